@@ -1,0 +1,1 @@
+"""Explanation methods: name grammar, engine, and the method families."""

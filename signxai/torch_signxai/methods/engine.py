@@ -1,0 +1,92 @@
+"""The engine: runs a :class:`~.grammar.MethodSpec` on a model and an input.
+
+Every public entry point (both APIs and the analyzer classes) ends here: :func:`explain` converts
+the input (:mod:`.io`), leaves the model exactly as it found it (:func:`model_guard`), dispatches
+to the family's implementation, applies the post-multipliers and returns numpy.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import gradient as _gradient
+from .grammar import MethodSpec, parse
+from .io import to_batch
+from .signed import apply_post
+
+__all__ = ["explain", "register_family", "model_guard"]
+
+Family = Callable[[nn.Module, torch.Tensor, Any, MethodSpec], torch.Tensor]
+
+_FAMILIES: dict[str, Family] = {
+    "gradient": _gradient.gradient,
+    "guided_backprop": _gradient.guided_backprop,
+    "deconvnet": _gradient.deconvnet,
+    "smoothgrad": _gradient.smoothgrad,
+    "vargrad": _gradient.vargrad,
+    "integrated_gradients": _gradient.integrated_gradients,
+    "deeplift": _gradient.deeplift,
+    "random_uniform": _gradient.random_uniform,
+}
+
+
+def register_family(name: str, function: Family) -> None:
+    """Register the implementation of a method family (used by the LRP and Grad-CAM modules)."""
+    _FAMILIES[name] = function
+
+
+@contextmanager
+def model_guard(model: nn.Module) -> Iterator[nn.Module]:
+    """Evaluate ``model`` in eval mode with frozen parameters, then restore every module's
+    training flag and every parameter's ``requires_grad`` exactly as they were."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    modes = [(module, module.training) for module in model.modules()]
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    try:
+        model.eval()
+        for param, _ in flags:
+            param.requires_grad_(False)
+        yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
+        for param, flag in flags:
+            param.requires_grad_(flag)
+
+
+def explain(spec: MethodSpec | str, model: nn.Module, x: Any, target: Any = None, *,
+            single: bool | None) -> np.ndarray:
+    """Compute the relevance map(s) of ``spec`` for ``model`` at ``x``.
+
+    Parameters
+    ----------
+    spec : MethodSpec or str
+        The method (a name is parsed without keyword parameters).
+    model : torch.nn.Module
+        The model; it returns logits of shape (batch, classes).
+    x : numpy.ndarray, torch.Tensor or list
+        One input (``single=True``) or a batch (see :func:`.io.to_batch`).
+    target : None, int or sequence of int
+        The explained class: None for each input's largest logit.
+    single : bool or None
+        Whether ``x`` is one input; None decides from its rank (see :func:`.io.to_batch`).
+
+    Returns
+    -------
+    numpy.ndarray
+        Relevance of ``x``'s shape.
+    """
+    if isinstance(spec, str):
+        spec = parse(spec)
+    if spec.family not in _FAMILIES:
+        raise NotImplementedError(f"method {spec.name!r} (family {spec.family!r}) is not implemented yet")
+    batch = to_batch(x, model, single=single)
+    with model_guard(model):
+        relevance = _FAMILIES[spec.family](model, batch.tensor, target, spec)
+    relevance = apply_post(relevance, batch.tensor, spec.post, spec.params.get("post_mu", 0.0))
+    return batch.output(relevance)

@@ -1,0 +1,228 @@
+"""The gradient family: gradient, guided backprop, deconvnet, SmoothGrad, VarGrad, integrated
+gradients, DeepLIFT (rescale) and the random baseline.
+
+Every function here has the engine's family signature ``(model, x, target, spec) -> relevance``:
+``x`` is a validated batch on the model's device, ``target`` the caller's raw target (resolved by
+:mod:`.targets`), and the result a tensor of ``x``'s shape.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from zennit.composites import DeconvNet, GuidedBackprop
+from zennit.core import Composite
+
+from .grammar import MethodSpec
+from .io import as_tensor_like
+from .targets import check_logits, output_seed, resolve_targets
+
+__all__ = ["attribute", "fixed_targets", "gradient", "guided_backprop", "deconvnet", "smoothgrad",
+           "vargrad", "integrated_gradients", "deeplift", "random_uniform"]
+
+#: elementwise activations whose backward DeepLIFT's rescale rule replaces
+RESCALE_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.GELU, nn.SiLU)
+
+
+def attribute(model: nn.Module, x: torch.Tensor, target: Any, *, from_logit: bool = False,
+              composite: Composite | None = None) -> torch.Tensor:
+    """One forward and one (possibly rule-modified) backward pass: d(seed . logits)/dx.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    x : torch.Tensor
+        Input batch.
+    target : Any
+        The caller's target (see :func:`.targets.resolve_targets`).
+    from_logit : bool
+        Seed the backward pass with the selected logit's value instead of 1.
+    composite : zennit.core.Composite, optional
+        Rules registered on the model for this pass only (LRP, guided backprop, ...).
+
+    Returns
+    -------
+    torch.Tensor
+        The gradient (the relevance, under a composite) of ``x``'s shape.
+    """
+    x = x.detach().requires_grad_(True)
+    context = composite.context(model) if composite is not None else nullcontext()
+    with torch.enable_grad(), context:
+        logits = check_logits(model(x))
+        seed = output_seed(logits, resolve_targets(target, logits), from_logit=from_logit)
+        (grad,) = torch.autograd.grad(logits, x, grad_outputs=seed)
+    return grad
+
+
+def fixed_targets(model: nn.Module, x: torch.Tensor, target: Any) -> torch.Tensor:
+    """Class indices for ``x`` resolved once on the clean input (for methods that evaluate the
+    model on other points: noisy copies, path points)."""
+    with torch.no_grad():
+        return resolve_targets(target, check_logits(model(x)))
+
+
+def _gradients(model: nn.Module, points: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Input gradients of the selected logits at ``points`` of shape (k, batch, ...): one pass."""
+    k, batch = points.shape[:2]
+    flat = points.reshape(k * batch, *points.shape[2:])
+    grad = attribute(model, flat, indices.repeat(k))
+    return grad.reshape(points.shape)
+
+
+def _chunks(total: int, batch: int, budget: int) -> Iterator[tuple[int, int]]:
+    """Split ``total`` samples into chunks of at most ``budget`` rows (``batch`` rows a sample)."""
+    step = max(1, budget // batch)
+    for start in range(0, total, step):
+        yield start, min(total, start + step)
+
+
+def gradient(model, x, target, spec: MethodSpec) -> torch.Tensor:
+    """Plain input gradient of the selected logit."""
+    return attribute(model, x, target)
+
+
+def guided_backprop(model, x, target, spec: MethodSpec) -> torch.Tensor:
+    """Guided backpropagation (ReLU passes positive gradients at positive inputs), seeded with the logit."""
+    return attribute(model, x, target, from_logit=True, composite=GuidedBackprop())
+
+
+def deconvnet(model, x, target, spec: MethodSpec) -> torch.Tensor:
+    """DeconvNet (ReLU passes positive gradients), seeded with the logit."""
+    return attribute(model, x, target, from_logit=True, composite=DeconvNet())
+
+
+def _noise_chunks(x: torch.Tensor, spec: MethodSpec) -> Callable[[int, int], torch.Tensor]:
+    """A function giving the perturbations of samples ``start:stop``, shape (stop-start, *x.shape)."""
+    samples = spec["num_samples"]
+    if spec["noise"] is not None:
+        noise = as_tensor_like(spec["noise"], x, "noise")
+        if noise.ndim == x.ndim and x.shape[0] == 1:
+            noise = noise.unsqueeze(1)
+        if tuple(noise.shape) != (samples, *x.shape):
+            raise ValueError(f"noise must have shape (num_samples, *input batch shape) = "
+                             f"{(samples, *x.shape)}, got {tuple(noise.shape)}")
+        return lambda start, stop: noise[start:stop]
+    generator = torch.Generator(device="cpu")
+    if spec["seed"] is not None:
+        generator.manual_seed(int(spec["seed"]))
+    else:
+        generator.seed()
+
+    def draw(start: int, stop: int) -> torch.Tensor:
+        normal = torch.randn((stop - start, *x.shape), generator=generator, dtype=torch.float64)
+        return (normal * spec["noise_level"]).to(device=x.device, dtype=x.dtype)
+    return draw
+
+
+def _noisy_moments(model, x, target, spec: MethodSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population variance of the gradients at ``x + noise`` over the samples, computed
+    chunk by chunk (Chan et al.'s pairwise update), each chunk one batched pass."""
+    indices = fixed_targets(model, x, target)
+    noise = _noise_chunks(x, spec)
+    count, mean, m2 = 0, torch.zeros_like(x), torch.zeros_like(x)
+    for start, stop in _chunks(spec["num_samples"], x.shape[0], spec["batch_size"]):
+        grads = _gradients(model, x.unsqueeze(0) + noise(start, stop), indices)
+        size, chunk_mean = stop - start, grads.mean(dim=0)
+        delta = chunk_mean - mean
+        total = count + size
+        mean = mean + delta * (size / total)
+        m2 = m2 + ((grads - chunk_mean) ** 2).sum(dim=0) + delta ** 2 * (count * size / total)
+        count = total
+    return mean, m2 / count
+
+
+def smoothgrad(model, x, target, spec: MethodSpec) -> torch.Tensor:
+    """SmoothGrad: mean gradient over ``num_samples`` copies ``x + N(0, noise_level**2)``."""
+    return _noisy_moments(model, x, target, spec)[0]
+
+
+def vargrad(model, x, target, spec: MethodSpec) -> torch.Tensor:
+    """VarGrad: population variance (ddof 0) of the gradient over the same noisy copies."""
+    return _noisy_moments(model, x, target, spec)[1]
+
+
+def _reference(x: torch.Tensor, spec: MethodSpec) -> torch.Tensor:
+    if spec["reference"] is None:
+        return torch.zeros_like(x)
+    return as_tensor_like(spec["reference"], x, "reference").expand_as(x)
+
+
+def integrated_gradients(model, x, target, spec: MethodSpec) -> torch.Tensor:
+    """Integrated gradients on iNNvestigate's path: points ``ref + k/steps * (x - ref)`` for
+    ``k = 0 .. steps-1``; the mean gradient times ``x - ref``."""
+    indices = fixed_targets(model, x, target)
+    reference = _reference(x, spec)
+    delta = x - reference
+    steps = spec["steps"]
+    total = torch.zeros_like(x)
+    for start, stop in _chunks(steps, x.shape[0], spec["batch_size"]):
+        alphas = torch.arange(start, stop, device=x.device, dtype=x.dtype) / steps
+        points = reference.unsqueeze(0) + alphas.view(-1, *[1] * x.ndim) * delta.unsqueeze(0)
+        total = total + _gradients(model, points, indices).sum(dim=0)
+    return total / steps * delta
+
+
+class _Rescale(torch.autograd.Function):
+    """Pass an activation's output forward; backward, scale by DeepLIFT's multiplier
+    ``(f(x) - f(x0)) / (x - x0)``, falling back to the local gradient where ``x == x0``."""
+
+    @staticmethod
+    def forward(ctx, inp, out, ref_in, ref_out, local_grad):
+        delta_in = inp - ref_in
+        safe = delta_in.abs() > 1e-12 * (1 + inp.abs())
+        ratio = (out - ref_out) / torch.where(safe, delta_in, torch.ones_like(delta_in))
+        ctx.save_for_backward(torch.where(safe, ratio, local_grad))
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (multiplier,) = ctx.saved_tensors
+        return grad_out * multiplier, None, None, None, None
+
+
+def deeplift(model, x, target, spec: MethodSpec) -> torch.Tensor:
+    """DeepLIFT with the rescale rule at every elementwise activation module; linear layers and
+    pooling pass gradients. Returns multipliers times ``x - reference``."""
+    reference = _reference(x, spec)
+    recorded: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    activations = [m for m in model.modules() if isinstance(m, RESCALE_ACTIVATIONS)]
+
+    def record(module, inputs, output):
+        recorded.setdefault(module, []).append((inputs[0].detach(), output.detach()))
+
+    def rescale(module, inputs, output):
+        ref_in, ref_out = recorded[module].pop(0)
+        inp = inputs[0]
+        with torch.enable_grad():
+            probe = inp.detach().requires_grad_(True)
+            (local_grad,) = torch.autograd.grad(module.forward(probe).sum(), probe)
+        return _Rescale.apply(inp, output.detach(), ref_in, ref_out, local_grad)
+
+    handles = [m.register_forward_hook(record) for m in activations]
+    try:
+        with torch.no_grad():
+            model(reference)
+    finally:
+        for handle in handles:
+            handle.remove()
+    handles = [m.register_forward_hook(rescale) for m in activations]
+    try:
+        grad = attribute(model, x, target)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return grad * (x - reference)
+
+
+def random_uniform(model, x, target, spec: MethodSpec) -> torch.Tensor:
+    """U(-1, 1) noise, seeded, one map shared across the channel axis (axis 1 of inputs of rank >= 3)."""
+    generator = torch.Generator(device="cpu")
+    if spec["seed"] is not None:
+        generator.manual_seed(int(spec["seed"]))
+    else:
+        generator.seed()
+    shape = (x.shape[0], 1, *x.shape[2:]) if x.ndim >= 3 else tuple(x.shape)
+    values = torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1
+    return values.to(device=x.device, dtype=x.dtype).expand_as(x).clone()

@@ -1,0 +1,332 @@
+"""The method-name grammar: the one place where method names are understood.
+
+A name such as ``lrpsign_epsilon_0_25_std_x_mu_0_5`` or ``smoothgrad_x_sign_mu_neg_0_5`` is
+parsed into a :class:`MethodSpec`; every public entry point runs through :func:`parse`.
+
+Grammar (see ``METHODS.md``)::
+
+    name      := base [ "_x_input" ] [ "_x_sign" [ "_mu" [ "_" number ] ] ]
+    base      := gradient-family | grad-cam | lrp
+    lrp       := prefix "_" rule [ "_mu_" number ] [ "_VGG16ILSVRC" ]
+    prefix    := "lrp" | "lrpz" | "lrpsign" | "w2lrp" | "flatlrp" | "zblrp"
+    rule      := "z" | "z_plus" | "epsilon" [ "_" number [ "_std_x" ] ] | "alpha_" number "_beta_" number
+               | "gamma" [ "_" number ] | "flat" | "w_square" | "sequential_composite_" ("a" | "b")
+               | "deep_taylor"
+    number    := [ "neg_" ] digits [ "_" digits ]        (``_`` between digits is a decimal point)
+
+Explicit keyword arguments (``epsilon=``, ``mu=``, ``stdfactor=``, ``low=``, ``high=``, ...) fill or
+override the parameters a name carries.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+__all__ = ["MethodSpec", "parse", "known_names", "LRP_PREFIXES", "LRP_RULES"]
+
+_NUMBER = r"(?:neg_)?\d+(?:_\d+)?"
+
+#: input-layer rule of each LRP name prefix (None: the hidden-layer rule also at the input)
+LRP_PREFIXES: Mapping[str, str | None] = MappingProxyType({
+    "lrp": None,
+    "lrpz": "z",
+    "lrpsign": "sign",
+    "w2lrp": "w_square",
+    "flatlrp": "flat",
+    "zblrp": "zbox",
+})
+
+#: hidden-layer LRP rules and the parameters each one takes
+LRP_RULES: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "z": (),
+    "epsilon": ("epsilon",),
+    "epsilon_std_x": ("stdfactor",),
+    "alpha_beta": ("alpha", "beta"),
+    "z_plus": (),
+    "gamma": ("gamma",),
+    "flat": (),
+    "w_square": (),
+    "sequential_composite_a": (),
+    "sequential_composite_b": (),
+    "deep_taylor": (),
+})
+
+#: ImageNet (BGR, mean-subtracted) input range of the VGG16 presets
+_ZBOX_PRESETS = MappingProxyType({"VGG16ILSVRC": (-123.68, 151.061)})
+#: Grad-CAM presets: default layer of each known architecture (None: the last conv layer)
+_GRADCAM_PRESETS = MappingProxyType({
+    "VGG16ILSVRC": "features.28",
+    "VGG16MITPL365": "features.28",
+    "MNISTCNN": None,
+})
+
+#: parameters of each family, with defaults (None: no default, resolved by the engine)
+_FAMILY_PARAMS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "gradient": {},
+    "guided_backprop": {},
+    "deconvnet": {},
+    "smoothgrad": {"noise_level": 0.2, "num_samples": 50, "seed": None, "noise": None,
+                   "batch_size": 64},
+    "vargrad": {"noise_level": 0.2, "num_samples": 50, "seed": None, "noise": None,
+                "batch_size": 64},
+    "integrated_gradients": {"steps": 50, "reference": None, "batch_size": 64},
+    "deeplift": {"reference": None},
+    "random_uniform": {"seed": None},
+    "grad_cam": {"layer_name": None},
+    "guided_grad_cam": {"layer_name": None},
+    "lrp": {},
+})
+#: defaults of LRP parameters (None: the name or a keyword must give it)
+_LRP_DEFAULTS = MappingProxyType({"gamma": 0.5, "mu": 0.0})
+#: parameters of each LRP input-layer rule
+_INPUT_RULE_PARAMS = MappingProxyType({"sign": ("mu",), "zbox": ("low", "high")})
+
+#: keyword aliases accepted for a parameter
+_KWARG_ALIASES = MappingProxyType({
+    "baseline": "reference",
+    "reference_inputs": "reference",
+    "augment_by_n": "num_samples",
+    "noise_scale": "noise_level",
+    "target_layer": "layer_name",
+    "last_conv_layer_name": "layer_name",
+})
+
+#: whole-name aliases: the seed's short forms and other spellings
+_NAME_ALIASES = MappingProxyType({
+    "gradients": "gradient",
+    "vanilla_gradient": "gradient",
+    "input_t_gradient": "gradient_x_input",
+    "input_x_gradient": "gradient_x_input",
+    "lrp_zplus": "lrp_z_plus",
+    "lrp_wsquare": "lrp_w_square",
+    "lrp_alphabeta": "lrp_alpha_beta",
+    "lrp_zbox": "zblrp_z",
+    "deep_taylor": "lrp_deep_taylor",
+})
+
+_SIMPLE_BASES = MappingProxyType({
+    "gradient": "gradient",
+    "guided_backprop": "guided_backprop",
+    "deconvnet": "deconvnet",
+    "smoothgrad": "smoothgrad",
+    "vargrad": "vargrad",
+    "integrated_gradients": "integrated_gradients",
+    "deeplift_method": "deeplift",
+    "deeplift": "deeplift",
+    "random_uniform": "random_uniform",
+})
+
+_POST_RE = re.compile(
+    rf"^(?P<base>.+?)(?P<x_input>_x_input)?(?P<x_sign>_x_sign(?:_mu(?P<post_mu>_{_NUMBER})?)?)?$")
+_GRADCAM_RE = re.compile(
+    r"^(?P<guided>guided_)?grad_cam(?P<timeseries>_timeseries)?(?:_(?P<preset>[A-Za-z0-9]+))?$")
+_LRP_RE = re.compile(
+    rf"^(?P<prefix>{'|'.join(LRP_PREFIXES)})_(?P<rule>"
+    rf"z_plus|z|epsilon(?:_(?P<eps>{_NUMBER})(?P<std_x>_std_x)?)?"
+    rf"|alpha_beta|alpha_(?P<alpha>{_NUMBER})_beta_(?P<beta>{_NUMBER})"
+    rf"|gamma(?:_(?P<gamma>{_NUMBER}))?|flat|w_square|sequential_composite_[ab]|deep_taylor)"
+    rf"(?:_mu_(?P<mu>{_NUMBER}))?(?:_(?P<preset>VGG16ILSVRC))?$")
+
+
+def _number(text: str) -> float:
+    """Decode a grammar number: ``0_25`` is 0.25, ``neg_0_5`` is -0.5."""
+    negative = text.startswith("neg_")
+    digits = text[4:] if negative else text
+    value = float(digits.replace("_", "."))
+    return -value if negative else value
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method name means, independent of any model.
+
+    Attributes
+    ----------
+    name : str
+        The name as the caller gave it.
+    family : str
+        Which engine computes the map: ``'gradient'``, ``'guided_backprop'``, ``'deconvnet'``,
+        ``'smoothgrad'``, ``'vargrad'``, ``'integrated_gradients'``, ``'deeplift'``,
+        ``'random_uniform'``, ``'grad_cam'``, ``'guided_grad_cam'`` or ``'lrp'``.
+    rule : str or None
+        The hidden-layer LRP rule (a key of :data:`LRP_RULES`), for the LRP family.
+    input_rule : str or None
+        The LRP rule of the input layer (``'z'``, ``'sign'``, ``'w_square'``, ``'flat'``,
+        ``'zbox'``), or None for the hidden-layer rule.
+    params : Mapping
+        The method's parameters, defaults filled in.
+    post : tuple of str
+        Post-multipliers applied to the map, in order: ``'x_input'`` and/or ``'x_sign'``.
+    batchnorm : str
+        How LRP treats BatchNorm: ``'exact'`` (its true affine map, the PyTorch-native API) or
+        ``'innvestigate'`` (iNNvestigate 2.1.2's linearisation, the TF-compatible API; trap 11).
+    """
+
+    name: str
+    family: str
+    rule: str | None = None
+    input_rule: str | None = None
+    params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    post: tuple[str, ...] = ()
+    batchnorm: str = "exact"
+
+    def __getitem__(self, key: str) -> Any:
+        return self.params[key]
+
+
+def known_names() -> list[str]:
+    """Representative valid names (the fixed part of the vocabulary), used for suggestions."""
+    names = list(_SIMPLE_BASES) + list(_NAME_ALIASES)
+    names += ["grad_cam", "grad_cam_timeseries", "guided_grad_cam"]
+    names += [f"grad_cam_{p}" for p in _GRADCAM_PRESETS] + [f"guided_grad_cam_{p}" for p in _GRADCAM_PRESETS]
+    rule_examples = ["z", "z_plus", "epsilon_0_1", "epsilon_0_1_std_x", "alpha_1_beta_0",
+                     "alpha_2_beta_1", "gamma", "flat", "w_square", "sequential_composite_a",
+                     "sequential_composite_b", "deep_taylor"]
+    names += [f"{prefix}_{rule}" for prefix in LRP_PREFIXES for rule in rule_examples]
+    base = list(names)
+    names += [f"{n}{post}" for n in base for post in ("_x_input", "_x_sign", "_x_input_x_sign")]
+    return names
+
+
+def _unknown(name: str, why: str = "") -> ValueError:
+    close = difflib.get_close_matches(name, known_names(), n=5, cutoff=0.5)
+    hint = f" Closest valid names: {', '.join(close)}." if close else ""
+    return ValueError(f"Unknown method name {name!r}{': ' + why if why else ''}.{hint}")
+
+
+def _parse_base(base: str, full: str) -> tuple[str, str | None, str | None, dict[str, Any]]:
+    """Parse the part of a name before its post-multipliers: (family, rule, input_rule, params)."""
+    if base in _SIMPLE_BASES:
+        return _SIMPLE_BASES[base], None, None, {}
+    match = _GRADCAM_RE.match(base)
+    if match:
+        params: dict[str, Any] = {}
+        preset = match["preset"]
+        if preset is not None:
+            if preset not in _GRADCAM_PRESETS:
+                raise _unknown(full, f"unknown Grad-CAM preset {preset!r} "
+                                     f"(known: {', '.join(_GRADCAM_PRESETS)})")
+            params["layer_name"] = _GRADCAM_PRESETS[preset]
+        if match["timeseries"]:
+            params["timeseries"] = True
+        return ("guided_grad_cam" if match["guided"] else "grad_cam"), None, None, params
+    match = _LRP_RE.match(base)
+    if not match:
+        raise _unknown(full)
+    params = {}
+    rule = match["rule"]
+    if rule.startswith("epsilon"):
+        if match["eps"] is not None:
+            value = _number(match["eps"])
+            if match["std_x"]:
+                rule, params["stdfactor"] = "epsilon_std_x", value
+            else:
+                rule, params["epsilon"] = "epsilon", value
+        else:
+            rule = "epsilon"
+    elif rule.startswith("alpha"):
+        alpha, beta = match["alpha"], match["beta"]
+        if alpha is not None:
+            params["alpha"], params["beta"] = _number(alpha), _number(beta)
+        rule = "alpha_beta"
+    elif rule.startswith("gamma"):
+        if match["gamma"] is not None:
+            params["gamma"] = _number(match["gamma"])
+        rule = "gamma"
+    input_rule = LRP_PREFIXES[match["prefix"]]
+    if match["mu"] is not None:
+        if input_rule != "sign":
+            raise _unknown(full, "'_mu_' after the rule only applies to the lrpsign prefix")
+        params["mu"] = _number(match["mu"])
+    if match["preset"] is not None:
+        if input_rule != "zbox":
+            raise _unknown(full, "the VGG16ILSVRC bounds only apply to the zblrp prefix")
+        params["low"], params["high"] = _ZBOX_PRESETS[match["preset"]]
+    return "lrp", rule, input_rule, params
+
+
+def parse(name: str, **kwargs: Any) -> MethodSpec:
+    """Parse a method name (and keyword parameters) into a :class:`MethodSpec`.
+
+    Parameters
+    ----------
+    name : str
+        A method name, e.g. ``'lrp_epsilon_0_1'``, ``'smoothgrad_x_sign_mu_0_5'``.
+    **kwargs
+        Method parameters that fill or override those the name carries (``epsilon``, ``mu``,
+        ``stdfactor``, ``alpha``, ``beta``, ``gamma``, ``low``, ``high``, ``steps``,
+        ``noise_level``, ``num_samples``, ``seed``, ``noise``, ``reference``, ``layer_name``,
+        ``batch_size``).
+
+    Returns
+    -------
+    MethodSpec
+
+    Raises
+    ------
+    ValueError
+        For an unknown or malformed name (with the closest valid names), a parameter the method
+        does not take, or a required parameter that is missing or out of range.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"method name must be a str, got {type(name).__name__}")
+    canonical = _NAME_ALIASES.get(name, name)
+    match = _POST_RE.match(canonical)
+    if not match:
+        raise _unknown(name)
+    family, rule, input_rule, params = _parse_base(match["base"], name)
+    post: list[str] = []
+    post_mu = None
+    if match["x_input"]:
+        post.append("x_input")
+    if match["x_sign"]:
+        post.append("x_sign")
+        post_mu = _number(match["post_mu"][1:]) if match["post_mu"] else 0.0
+    if rule == "alpha_beta" and "alpha" not in params:
+        params.update(alpha=1.0, beta=0.0)
+
+    merged = dict(_FAMILY_PARAMS[family])
+    if family == "lrp":
+        keys = LRP_RULES[rule] + _INPUT_RULE_PARAMS.get(input_rule, ())
+        merged.update({key: _LRP_DEFAULTS.get(key) for key in keys})
+    merged.update(params)
+    if post_mu is not None:
+        merged["post_mu"] = post_mu
+    for key, value in kwargs.items():
+        key = _KWARG_ALIASES.get(key, key)
+        if key == "mu" and input_rule != "sign" and post_mu is not None:
+            key = "post_mu"
+        if key not in merged:
+            accepted = sorted(k for k in merged if k != "post_mu")
+            raise ValueError(f"method {name!r} does not take the parameter {key!r}; "
+                             f"it takes: {', '.join(accepted) or 'no parameters'}")
+        merged[key] = value
+    _check_params(name, family, rule, input_rule, merged)
+    return MethodSpec(name=name, family=family, rule=rule, input_rule=input_rule,
+                      params=MappingProxyType(merged), post=tuple(post))
+
+
+def _check_params(name: str, family: str, rule: str | None, input_rule: str | None,
+                  params: dict[str, Any]) -> None:
+    """Reject missing or out-of-range parameters with a message naming them."""
+    if family == "lrp":
+        for key in LRP_RULES[rule]:
+            if params.get(key) is None:
+                raise ValueError(f"method {name!r} needs the parameter {key}= "
+                                 f"(e.g. {name}_0_1, or pass {key}=0.1)")
+        if rule == "epsilon" and not params["epsilon"] >= 0:
+            raise ValueError(f"method {name!r}: epsilon must be >= 0, got {params['epsilon']}")
+        if rule == "alpha_beta" and params["alpha"] - params["beta"] != 1:
+            raise ValueError(f"method {name!r}: alpha - beta must be 1 (alpha={params['alpha']}, "
+                             f"beta={params['beta']})")
+        if input_rule == "zbox" and (params["low"] is None or params["high"] is None):
+            raise ValueError(f"method {name!r}: the Z-box input rule needs low= and high= "
+                             f"(or the _VGG16ILSVRC preset)")
+    for key in ("num_samples", "steps", "batch_size"):
+        if key in params and (not isinstance(params[key], int) or params[key] < 1):
+            raise ValueError(f"method {name!r}: {key} must be a positive int, got {params[key]!r}")
+    if "noise_level" in params and not params["noise_level"] >= 0:
+        raise ValueError(f"method {name!r}: noise_level must be >= 0, got {params['noise_level']!r}")
