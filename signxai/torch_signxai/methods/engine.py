@@ -13,12 +13,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import gradcam as _gradcam
 from . import gradient as _gradient
+from . import lrp as _lrp
 from .grammar import MethodSpec, parse
 from .io import to_batch
 from .signed import apply_post
 
-__all__ = ["explain", "register_family", "model_guard"]
+__all__ = ["explain", "model_guard"]
 
 Family = Callable[[nn.Module, torch.Tensor, Any, MethodSpec], torch.Tensor]
 
@@ -31,12 +33,10 @@ _FAMILIES: dict[str, Family] = {
     "integrated_gradients": _gradient.integrated_gradients,
     "deeplift": _gradient.deeplift,
     "random_uniform": _gradient.random_uniform,
+    "grad_cam": _gradcam.grad_cam,
+    "guided_grad_cam": _gradcam.guided_grad_cam,
+    "lrp": _lrp.lrp,
 }
-
-
-def register_family(name: str, function: Family) -> None:
-    """Register the implementation of a method family (used by the LRP and Grad-CAM modules)."""
-    _FAMILIES[name] = function
 
 
 @contextmanager
@@ -83,8 +83,6 @@ def explain(spec: MethodSpec | str, model: nn.Module, x: Any, target: Any = None
     """
     if isinstance(spec, str):
         spec = parse(spec)
-    if spec.family not in _FAMILIES:
-        raise NotImplementedError(f"method {spec.name!r} (family {spec.family!r}) is not implemented yet")
     batch = to_batch(x, model, single=single)
     with model_guard(model):
         relevance = _FAMILIES[spec.family](model, batch.tensor, target, spec)
