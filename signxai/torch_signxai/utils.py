@@ -49,22 +49,29 @@ class NoSoftmaxWrapper(nn.Module):
     """
 
     def __init__(self, model: nn.Module) -> None:
-        super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        mode = model.training
+        # set before Module.__init__, whose `self.training = True` goes through the property below
         object.__setattr__(self, "wrapped", model)
+        super().__init__()
+        self.training = mode  # undo Module.__init__'s write to the wrapped model's flag
         for name, child in model.named_children():
             self.add_module(name, child)
         for name, param in model.named_parameters(recurse=False):
             self.register_parameter(name, param)
         for name, buffer in model.named_buffers(recurse=False):
             self.register_buffer(name, buffer)
-        self.training = model.training
 
-    def train(self, mode: bool = True) -> "NoSoftmaxWrapper":
-        """Set the training flag of the wrapper and of the wrapped model."""
+    @property
+    def training(self) -> bool:
+        """The wrapped model's training flag: the wrapper has no flag of its own, so the two never
+        disagree (``train()``/``eval()`` on either, or restoring the flag directly, sets both)."""
+        return self.wrapped.training
+
+    @training.setter
+    def training(self, mode: bool) -> None:
         self.wrapped.training = mode
-        return super().train(mode)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Forward pass that returns logits directly (no softmax).
