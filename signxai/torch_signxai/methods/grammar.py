@@ -20,6 +20,7 @@ override the parameters a name carries.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -319,7 +320,8 @@ def _check_params(name: str, family: str, rule: str | None, input_rule: str | No
                                  f"(e.g. {name}_0_1, or pass {key}=0.1)")
         if rule == "epsilon" and not params["epsilon"] >= 0:
             raise ValueError(f"method {name!r}: epsilon must be >= 0, got {params['epsilon']}")
-        if rule == "alpha_beta" and params["alpha"] - params["beta"] != 1:
+        if rule == "alpha_beta" and not math.isclose(params["alpha"] - params["beta"], 1.0,
+                                                      rel_tol=0.0, abs_tol=1e-9):
             raise ValueError(f"method {name!r}: alpha - beta must be 1 (alpha={params['alpha']}, "
                              f"beta={params['beta']})")
         if input_rule == "zbox" and (params["low"] is None or params["high"] is None):
