@@ -217,7 +217,11 @@ def deeplift(model, x, target, spec: MethodSpec) -> torch.Tensor:
 
 
 def random_uniform(model, x, target, spec: MethodSpec) -> torch.Tensor:
-    """U(-1, 1) noise, seeded, one map shared across the channel axis (axis 1 of inputs of rank >= 3)."""
+    """U(-1, 1) noise, seeded, one map shared across the channel axis (axis 1 of inputs of rank >= 3).
+
+    The map does not depend on the model, but the model is run once so that its output and the
+    target are validated as for every other method."""
+    fixed_targets(model, x, target)
     generator = torch.Generator(device="cpu")
     if spec["seed"] is not None:
         generator.manual_seed(int(spec["seed"]))
