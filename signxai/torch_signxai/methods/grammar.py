@@ -179,22 +179,31 @@ class MethodSpec:
 
 
 def known_names() -> list[str]:
-    """Representative valid names (the fixed part of the vocabulary), used for suggestions."""
-    names = list(_SIMPLE_BASES) + list(_NAME_ALIASES)
-    names += ["grad_cam", "grad_cam_timeseries", "guided_grad_cam"]
-    names += [f"grad_cam_{p}" for p in _GRADCAM_PRESETS] + [f"guided_grad_cam_{p}" for p in _GRADCAM_PRESETS]
+    """Representative valid names (the fixed part of the vocabulary), used for suggestions.
+
+    Every name here resolves on its own, without keyword parameters: Z-box names carry the
+    ``_VGG16ILSVRC`` bounds, and the whole-name aliases appear only as themselves (they take no
+    post-multiplier suffix).
+    """
+    bases = list(_SIMPLE_BASES) + ["grad_cam", "grad_cam_timeseries", "guided_grad_cam"]
+    bases += [f"grad_cam_{p}" for p in _GRADCAM_PRESETS] + [f"guided_grad_cam_{p}" for p in _GRADCAM_PRESETS]
     rule_examples = ["z", "z_plus", "epsilon_0_1", "epsilon_0_1_std_x", "alpha_1_beta_0",
                      "alpha_2_beta_1", "gamma", "flat", "w_square", "sequential_composite_a",
                      "sequential_composite_b", "deep_taylor"]
-    names += [f"{prefix}_{rule}" for prefix in LRP_PREFIXES for rule in rule_examples]
-    base = list(names)
-    names += [f"{n}{post}" for n in base for post in ("_x_input", "_x_sign", "_x_input_x_sign")]
+    bases += [f"{prefix}_{rule}" + ("_VGG16ILSVRC" if LRP_PREFIXES[prefix] == "zbox" else "")
+              for prefix in LRP_PREFIXES for rule in rule_examples]
+    names = bases + [f"{n}{post}" for n in bases for post in ("_x_input", "_x_sign", "_x_input_x_sign")]
+    # an alias onto a Z-box name needs low=/high=, so it is no suggestion on its own
+    names += [alias for alias, target in _NAME_ALIASES.items() if not target.startswith("zblrp_")]
     return names
 
 
 def _unknown(name: str, why: str = "") -> ValueError:
-    close = difflib.get_close_matches(name, known_names(), n=5, cutoff=0.5)
-    hint = f" Closest valid names: {', '.join(close)}." if close else ""
+    vocabulary: dict[str, str] = {}
+    for known in known_names():
+        vocabulary.setdefault(known.lower(), known)
+    close = difflib.get_close_matches(name.lower(), list(vocabulary), n=5, cutoff=0.5)
+    hint = f" Closest valid names: {', '.join(vocabulary[c] for c in close)}." if close else ""
     return ValueError(f"Unknown method name {name!r}{': ' + why if why else ''}.{hint}")
 
 
