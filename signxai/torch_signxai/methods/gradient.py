@@ -27,7 +27,7 @@ RESCALE_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.So
 
 
 def attribute(model: nn.Module, x: torch.Tensor, target: Any, *, from_logit: bool = False,
-              composite: Composite | None = None) -> torch.Tensor:
+              positive_only: bool = False, composite: Composite | None = None) -> torch.Tensor:
     """One forward and one (possibly rule-modified) backward pass: d(seed . logits)/dx.
 
     Parameters
@@ -39,6 +39,8 @@ def attribute(model: nn.Module, x: torch.Tensor, target: Any, *, from_logit: boo
         The caller's target (see :func:`.targets.resolve_targets`).
     from_logit : bool
         Seed the backward pass with the selected logit's value instead of 1.
+    positive_only : bool
+        With ``from_logit``, seed with ``max(logit, 0)``.
     composite : zennit.core.Composite, optional
         Rules registered on the model for this pass only (LRP, guided backprop, ...).
 
@@ -51,7 +53,8 @@ def attribute(model: nn.Module, x: torch.Tensor, target: Any, *, from_logit: boo
     context = composite.context(model) if composite is not None else nullcontext()
     with torch.enable_grad(), context:
         logits = check_logits(model(x))
-        seed = output_seed(logits, resolve_targets(target, logits), from_logit=from_logit)
+        seed = output_seed(logits, resolve_targets(target, logits), from_logit=from_logit,
+                           positive_only=positive_only)
         (grad,) = torch.autograd.grad(logits, x, grad_outputs=seed)
     return grad
 

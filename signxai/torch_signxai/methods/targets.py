@@ -61,13 +61,18 @@ def resolve_targets(target: Any, logits: torch.Tensor) -> torch.Tensor:
     return torch.tensor(values, device=logits.device, dtype=torch.long)
 
 
-def output_seed(logits: torch.Tensor, indices: torch.Tensor, *, from_logit: bool) -> torch.Tensor:
-    """The gradient seed at the output: one-hot of the targets, times the logit's value if ``from_logit``.
+def output_seed(logits: torch.Tensor, indices: torch.Tensor, *, from_logit: bool,
+                positive_only: bool = False) -> torch.Tensor:
+    """The gradient seed at the output: one-hot of the targets, times the logit's value if ``from_logit``
+    (clamped at zero if ``positive_only``: Deep Taylor explains ``ReLU(logit)``).
 
     iNNvestigate starts LRP, guided backprop and deconvnet from the selected logit's value; plain
     gradients start from 1.
     """
     seed = torch.zeros_like(logits)
     rows = torch.arange(logits.shape[0], device=logits.device)
-    seed[rows, indices] = logits.detach()[rows, indices] if from_logit else 1
+    selected = logits.detach()[rows, indices]
+    if positive_only:
+        selected = selected.clamp(min=0)
+    seed[rows, indices] = selected if from_logit else 1
     return seed
