@@ -20,13 +20,16 @@ override the parameters a name carries.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-__all__ = ["MethodSpec", "parse", "known_names", "LRP_PREFIXES", "LRP_RULES"]
+import numpy as np
+
+__all__ = ["MethodSpec", "parse", "format_number", "known_names", "LRP_PREFIXES", "LRP_RULES"]
 
 _NUMBER = r"(?:neg_)?\d+(?:_\d+)?"
 
@@ -82,6 +85,9 @@ _FAMILY_PARAMS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
 })
 #: defaults of LRP parameters (None: the name or a keyword must give it)
 _LRP_DEFAULTS = MappingProxyType({"gamma": 0.5, "mu": 0.0})
+#: parameters every LRP method takes: the rule of the last conv/dense layer (a hidden-rule name
+#: such as ``'epsilon_0_1'``; None for the hidden rule)
+_LRP_COMMON = ("last_rule",)
 #: parameters of each LRP input-layer rule
 _INPUT_RULE_PARAMS = MappingProxyType({"sign": ("mu",), "zbox": ("low", "high")})
 
@@ -140,6 +146,12 @@ def _number(text: str) -> float:
     return -value if negative else value
 
 
+def format_number(value: float) -> str:
+    """Write a number in the grammar's notation: 0.25 is ``0_25``, -0.5 is ``neg_0_5``."""
+    text = np.format_float_positional(float(value), trim="-")
+    return ("neg_" + text[1:] if text.startswith("-") else text).replace(".", "_")
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """What a method name means, independent of any model.
@@ -181,10 +193,16 @@ class MethodSpec:
 def known_names() -> list[str]:
     """Representative valid names (the fixed part of the vocabulary), used for suggestions.
 
-    Every name here resolves on its own, without keyword parameters: Z-box names carry the
-    ``_VGG16ILSVRC`` bounds, and the whole-name aliases appear only as themselves (they take no
-    post-multiplier suffix).
+    Every name here resolves on its own, without keyword parameters: candidates are built from
+    the vocabulary (Z-box names with the ``_VGG16ILSVRC`` bounds, whole-name aliases only as
+    themselves) and kept only if :func:`parse` accepts them, so a rule added to the grammar's
+    checks can never turn a suggestion into an error.
     """
+    return list(_vocabulary())
+
+
+@functools.lru_cache(maxsize=1)
+def _vocabulary() -> tuple[str, ...]:
     bases = list(_SIMPLE_BASES) + ["grad_cam", "grad_cam_timeseries", "guided_grad_cam"]
     bases += [f"grad_cam_{p}" for p in _GRADCAM_PRESETS] + [f"guided_grad_cam_{p}" for p in _GRADCAM_PRESETS]
     rule_examples = ["z", "z_plus", "epsilon_0_1", "epsilon_0_1_std_x", "alpha_1_beta_0",
@@ -193,17 +211,35 @@ def known_names() -> list[str]:
     bases += [f"{prefix}_{rule}" + ("_VGG16ILSVRC" if LRP_PREFIXES[prefix] == "zbox" else "")
               for prefix in LRP_PREFIXES for rule in rule_examples]
     names = bases + [f"{n}{post}" for n in bases for post in ("_x_input", "_x_sign", "_x_input_x_sign")]
-    # an alias onto a Z-box name needs low=/high=, so it is no suggestion on its own
-    names += [alias for alias, target in _NAME_ALIASES.items() if not target.startswith("zblrp_")]
-    return names
+    names += list(_NAME_ALIASES)
+    global _BUILDING_VOCABULARY
+    _BUILDING_VOCABULARY = True
+    try:
+        return tuple(name for name in names if _resolves(name))
+    finally:
+        _BUILDING_VOCABULARY = False
+
+
+_BUILDING_VOCABULARY = False
+
+
+def _resolves(name: str) -> bool:
+    try:
+        parse(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _unknown(name: str, why: str = "") -> ValueError:
-    vocabulary: dict[str, str] = {}
-    for known in known_names():
-        vocabulary.setdefault(known.lower(), known)
-    close = difflib.get_close_matches(name.lower(), list(vocabulary), n=5, cutoff=0.5)
-    hint = f" Closest valid names: {', '.join(vocabulary[c] for c in close)}." if close else ""
+    close: list[str] = []
+    if not _BUILDING_VOCABULARY:  # no suggestions while the vocabulary itself is being checked
+        vocabulary: dict[str, str] = {}
+        for known in _vocabulary():
+            vocabulary.setdefault(known.lower(), known)
+        close = [vocabulary[c] for c in difflib.get_close_matches(name.lower(), list(vocabulary),
+                                                                  n=5, cutoff=0.5)]
+    hint = f" Closest valid names: {', '.join(close)}." if close else ""
     return ValueError(f"Unknown method name {name!r}{': ' + why if why else ''}.{hint}")
 
 
@@ -300,7 +336,7 @@ def parse(name: str, **kwargs: Any) -> MethodSpec:
 
     merged = dict(_FAMILY_PARAMS[family])
     if family == "lrp":
-        keys = LRP_RULES[rule] + _INPUT_RULE_PARAMS.get(input_rule, ())
+        keys = LRP_RULES[rule] + _INPUT_RULE_PARAMS.get(input_rule, ()) + _LRP_COMMON
         merged.update({key: _LRP_DEFAULTS.get(key) for key in keys})
     merged.update(params)
     if post_mu is not None:
@@ -323,6 +359,13 @@ def _check_params(name: str, family: str, rule: str | None, input_rule: str | No
                   params: dict[str, Any]) -> None:
     """Reject missing or out-of-range parameters with a message naming them."""
     if family == "lrp":
+        if rule == "deep_taylor" and input_rule is not None:
+            raise ValueError(f"method {name!r}: deep_taylor takes no input-layer rule "
+                             f"(iNNvestigate's DeepTaylor has none); use lrp_deep_taylor")
+        if params["last_rule"] is not None:
+            last = parse(f"lrp_{params['last_rule']}")
+            if last.rule in ("sequential_composite_a", "sequential_composite_b", "deep_taylor"):
+                raise ValueError(f"method {name!r}: last_rule must be a single rule, got {params['last_rule']!r}")
         for key in LRP_RULES[rule]:
             if params.get(key) is None:
                 raise ValueError(f"method {name!r} needs the parameter {key}= "

@@ -15,7 +15,7 @@ from torch.overrides import TorchFunctionMode
 from zennit.core import Composite, Hook
 from zennit.rules import Pass
 
-from ..grammar import MethodSpec
+from ..grammar import MethodSpec, parse
 from .rules import (Affine, AlphaBetaRule, AlphaBetaX2m100Rule, EpsilonRule, FlatRule, GammaRule,
                     Rule, SignRule, StdxEpsilonRule, WSquareRule, ZBoxRule, ZRule)
 
@@ -104,15 +104,16 @@ def _input_rule(spec: MethodSpec) -> Optional[Rule]:
 
 def plan_for(spec: MethodSpec) -> Plan:
     """The layer rules of an LRP method spec, following the iNNvestigate analyzer it names."""
-    input_rule = _input_rule(spec)
+    last = spec.params.get("last_rule")
+    common = {"input": _input_rule(spec), "last": _hidden_rule(parse(f"lrp_{last}")) if last else None}
     if spec.rule in ("sequential_composite_a", "sequential_composite_b"):
         conv = AlphaBetaRule(1.0, 0.0) if spec.rule.endswith("a") else AlphaBetaRule(2.0, 1.0)
-        return Plan(dense=EpsilonRule(0.1), conv=conv, batchnorm=AlphaBetaX2m100Rule(), input=input_rule)
+        return Plan(dense=EpsilonRule(0.1), conv=conv, batchnorm=AlphaBetaX2m100Rule(), **common)
     if spec.rule == "deep_taylor":
-        return Plan(dense=WSquareRule(), conv=WSquareRule(), batchnorm=WSquareRule(), input=input_rule,
-                    average_pool=None, deep_taylor=True)
+        return Plan(dense=WSquareRule(), conv=WSquareRule(), batchnorm=WSquareRule(),
+                    average_pool=None, deep_taylor=True, **common)
     hidden = _hidden_rule(spec)
-    return Plan(dense=hidden, conv=hidden, batchnorm=hidden, input=input_rule)
+    return Plan(dense=hidden, conv=hidden, batchnorm=hidden, **common)
 
 
 def _kernel_view(module: nn.Module) -> Affine:
