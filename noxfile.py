@@ -1,0 +1,40 @@
+"""Sessions: `nox -s tests` (fast suite, no TensorFlow), `nox -s parity` (the cross-framework
+harness on the bundled fixtures, then the TensorFlow test suite), `nox -s bench` (benchmarks).
+
+pytest's exit code 5 ("no tests collected") fails a session like any other non-zero code:
+an empty run is a broken run.
+"""
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0"}
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The default test suite: library, fixtures and stored references, without TensorFlow."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "not tf and not slow", "-p", "no:cacheprovider", *session.posargs, env=ENV)
+
+
+@nox.session(python=PYTHON)
+def parity(session: nox.Session) -> None:
+    """Run iNNvestigate live on Keras twins of the fixture models, write parity-report.md and
+    parity-figure.png, print the table; then the TensorFlow tests (twin, reference, Hypothesis
+    parity suite)."""
+    session.install("-e", ".[parity,test]")
+    session.run("python", "-m", "parity", *session.posargs, env=ENV)
+    session.run("pytest", "-m", "tf", "-p", "no:cacheprovider", "tests/parity", env=ENV)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks (ratios measured in one process); not part of the test gate."""
+    session.install("-e", ".[parity,test]")
+    for script in sorted(Path("benchmarks").glob("*.py")):
+        session.run("python", str(script), env=ENV)
