@@ -1,0 +1,107 @@
+"""Run both frameworks on one fixture: our library on the PyTorch model, iNNvestigate on a fresh
+Keras twin for every analyzer. Needs TensorFlow in graph mode (see :func:`graph_mode`)."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from fixtures.models import FIXTURES, load_inputs, load_model
+from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps
+
+from .cases import Case, cases
+
+__all__ = ["graph_mode", "FixtureRun", "run_fixture", "IDENTITY_TOLERANCE"]
+
+#: the trap-10 identities (lrp_z == gradient_x_input, lrpsign_z == gradient_x_sign on ReLU nets)
+#: must hold on the reference side to this relative error, or input-layer rules were dropped
+IDENTITY_TOLERANCE = 1e-5
+
+
+def graph_mode() -> None:
+    """Switch TensorFlow to graph mode, as iNNvestigate needs, before any Keras model is built."""
+    import tensorflow as tf
+    tf.compat.v1.disable_eager_execution()
+
+
+@dataclass
+class FixtureRun:
+    """Maps of both frameworks for every applicable method of one fixture, in one dtype."""
+
+    fixture: str
+    dtype: str
+    inputs: np.ndarray
+    targets: np.ndarray
+    ours: dict[str, np.ndarray] = field(default_factory=dict)
+    references: dict[str, np.ndarray] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    identities: dict[str, float] = field(default_factory=dict)
+    input_layer_hidden: str | None = None
+
+
+def run_fixture(fixture: str, dtype: str = "float32", names: list[str] | None = None,
+                progress: Callable[[str], None] | None = None, ours: bool = True) -> FixtureRun:
+    """Compute our maps and iNNvestigate's reference maps for one fixture model.
+
+    Parameters
+    ----------
+    fixture : str
+        A key of :data:`fixtures.models.FIXTURES`.
+    dtype : {'float32', 'float64'}
+        Both frameworks compute in this dtype (Keras ``floatx`` and ``model.double()``).
+    names : list of str, optional
+        Method names (default: every name of ``method_names.txt``).
+    progress : callable, optional
+        Called with each method name before it runs.
+    ours : bool
+        Also compute our library's maps (False: references only).
+    """
+    import tensorflow as tf
+
+    from .reference import ReferenceUnavailable, check_identities, reference_map
+    from .twin import to_keras
+
+    info = FIXTURES[fixture]
+    model = load_model(fixture)
+    x = load_inputs(fixture)
+    if dtype == "float64":
+        model, x = copy.deepcopy(model).double(), x.astype(np.float64)
+    with torch.no_grad():
+        targets = model(torch.from_numpy(x)).argmax(dim=1).numpy()
+    previous = tf.keras.backend.floatx()
+    tf.keras.backend.set_floatx(dtype)
+    try:
+        twin = to_keras(model, info.input_shape, dtype=dtype)
+        run = FixtureRun(fixture, dtype, x, targets, input_layer_hidden=twin.hidden_reason)
+        chosen, run.skipped = cases(fixture, info.kind, info.gradcam_layer, x, names)
+        tf.keras.backend.clear_session()
+        run.identities = check_identities(twin.fresh, x, targets)
+        for case in chosen:
+            if progress is not None:
+                progress(f"{fixture} {dtype} {case.method}")
+            if ours:
+                try:
+                    run.ours[case.method] = _ours(case, model, x, targets)
+                except Exception as error:  # our failure is a failing row of the report
+                    run.errors[case.method] = f"signxai: {type(error).__name__}: {error}"
+            tf.keras.backend.clear_session()
+            try:
+                run.references[case.method] = reference_map(
+                    case.spec, twin.fresh, x, targets, input_layer_hidden=twin.input_layer_hidden,
+                    layer_names=twin.layer_names)
+            except ReferenceUnavailable as error:
+                run.unavailable[case.method] = str(error)
+            except Exception as error:  # a reference that crashes is a failing row, not a crash
+                run.errors[case.method] = f"{type(error).__name__}: {error}"
+    finally:
+        tf.keras.backend.set_floatx(previous)
+    return run
+
+
+def _ours(case: Case, model: torch.nn.Module, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    return calculate_relevancemaps(case.method, x, model, neuron_selection=targets, **case.kwargs)
