@@ -83,6 +83,8 @@ def explain(spec: MethodSpec | str, model: nn.Module, x: Any, target: Any = None
     """
     if isinstance(spec, str):
         spec = parse(spec)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     batch = to_batch(x, model, single=single)
     with model_guard(model):
         relevance = _FAMILIES[spec.family](model, batch.tensor, target, spec)
