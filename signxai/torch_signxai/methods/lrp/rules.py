@@ -39,7 +39,9 @@ def _negative(t: torch.Tensor) -> torch.Tensor:
 
 def safe_divide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a / b`` with exact zeros of ``b`` replaced by 1e-7 (iNNvestigate's ``safe_divide``)."""
-    return a / (b + SAFE_EPSILON * (b == 0))
+    # the mask in b's dtype first: a Python float times a bool tensor is float32, and 1e-7 rounded
+    # to float32 is 1.0000000116860974e-07, not the 1e-7 of a float64 model
+    return a / (b + (b == 0).to(b.dtype) * SAFE_EPSILON)
 
 
 def _signed_stabilise(z: torch.Tensor, epsilon) -> torch.Tensor:
