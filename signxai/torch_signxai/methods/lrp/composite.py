@@ -31,6 +31,8 @@ ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Softplus, 
 PASS_THROUGH = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
                 nn.AdaptiveMaxPool2d, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d,
                 nn.Dropout2d, nn.Identity, nn.Softmax, nn.LogSoftmax)
+#: leaves the Keras twin drops (identities in eval mode): an activation after them still fuses
+_NO_KERAS_LAYER = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 #: functions allowed in a forward pass outside any module: they only reshape
 _SHAPE_FUNCTIONS = {
     torch.flatten, torch.Tensor.flatten, torch.Tensor.view, torch.Tensor.reshape, torch.reshape,
@@ -63,8 +65,9 @@ class Plan:
     average_pool : Rule or None
         Rule of average pooling, or None for its plain gradient.
     deep_taylor : bool
-        iNNvestigate's Deep Taylor: Z+ (alpha1-beta0 without bias) on a kernel layer directly
-        followed by an activation, W-square on one that is not; relevance starts at ReLU(logit).
+        iNNvestigate's Deep Taylor: relevance starts at ReLU(logit); a ReLU fused into the
+        conv/dense layer it directly follows (as in the Keras twin) passes relevance, any other
+        ReLU takes its gradient. (Its kernel rule is Z+ on every conv/dense layer: ``dense``/``conv``.)
     """
 
     dense: Rule
@@ -110,7 +113,11 @@ def plan_for(spec: MethodSpec) -> Plan:
         conv = AlphaBetaRule(1.0, 0.0) if spec.rule.endswith("a") else AlphaBetaRule(2.0, 1.0)
         return Plan(dense=EpsilonRule(0.1), conv=conv, batchnorm=AlphaBetaX2m100Rule(), **common)
     if spec.rule == "deep_taylor":
-        return Plan(dense=WSquareRule(), conv=WSquareRule(), batchnorm=WSquareRule(),
+        # iNNvestigate 2.1.2 chooses Z+ for a kernel layer that "contains an activation" and
+        # W-square otherwise, but its test is hasattr(layer, "activation"), true for every Keras
+        # Dense/Conv (linear ones too): so every conv/dense layer gets Z+ (bias ignored)
+        z_plus = AlphaBetaRule(1.0, 0.0, bias=False)
+        return Plan(dense=z_plus, conv=z_plus, batchnorm=WSquareRule(),
                     average_pool=None, deep_taylor=True, **common)
     hidden = _hidden_rule(spec)
     return Plan(dense=hidden, conv=hidden, batchnorm=hidden, **common)
@@ -156,7 +163,9 @@ def _pool_view(module: nn.Module) -> Affine:
 class Trace:
     """What ran during the forward pass of one explanation."""
 
+    #: conv/dense layers in the order they ran
     kernels: list = field(default_factory=list)
+    #: every leaf module in the order it ran
     leaves: list = field(default_factory=list)
 
 
@@ -174,7 +183,6 @@ class RuleHook(Hook):
 
     def forward(self, module, input, output):
         self.stored_tensors["input"] = input
-        self.trace.leaves.append(module)
         if isinstance(module, KERNEL_LAYERS):
             self.trace.kernels.append(module)
 
@@ -184,8 +192,7 @@ class RuleHook(Hook):
 
 
 class TracedPass(Pass):
-    """Zennit's pass-through rule (relevance crosses activations unchanged, as in iNNvestigate),
-    recording that the activation ran."""
+    """Zennit's pass-through rule (relevance crosses activations unchanged, as in iNNvestigate)."""
 
     def __init__(self, trace: Trace) -> None:
         super().__init__()
@@ -193,9 +200,6 @@ class TracedPass(Pass):
 
     def copy(self) -> "TracedPass":
         return TracedPass(self.trace)
-
-    def forward(self, module, input, output):
-        self.trace.leaves.append(module)
 
 
 class LRPComposite(Composite):
@@ -237,10 +241,17 @@ class LRPComposite(Composite):
         self.trace.kernels.clear()
         self.trace.leaves.clear()
         super().register(module)
+        # every leaf records that it ran (hook-less ones too: max pooling, flatten, dropout)
+        for leaf in module.modules():
+            if next(leaf.children(), None) is None:
+                self.handles.append(leaf.register_forward_hook(self._record))
         guard = OperationGuard(module)
         self.handles.append(guard)
         self.handles.append(module.register_forward_pre_hook(guard.start))
         self.handles.append(module.register_forward_hook(guard.stop, always_call=True))
+
+    def _record(self, module: nn.Module, input, output) -> None:
+        self.trace.leaves.append(module)
 
     def _kernel_rule(self, module: nn.Module) -> Rule:
         plan, kernels = self.plan, self.trace.kernels
@@ -248,16 +259,14 @@ class LRPComposite(Composite):
             return plan.input
         if plan.last is not None and module is kernels[-1]:
             return plan.last
-        if plan.deep_taylor:
-            leaves = self.trace.leaves
-            position = leaves.index(module)
-            followed = position + 1 < len(leaves) and isinstance(leaves[position + 1], ACTIVATIONS)
-            return AlphaBetaRule(1.0, 0.0, bias=False) if followed else WSquareRule()
         return plan.dense if isinstance(module, nn.Linear) else plan.conv
 
 
 class _TracedGradient(Hook):
-    """Leave an activation's gradient as it is (Deep Taylor's ReLU mapping), recording that it ran."""
+    """Deep Taylor's activation mapping: an activation fused into the conv/dense layer it directly
+    follows (Dropout/Identity in between are no layers in the Keras twin) has no mapping of its
+    own, so relevance passes; any other one (e.g. a ReLU after BatchNorm or pooling, a Keras
+    ``Activation`` layer) takes its gradient."""
 
     def __init__(self, trace: Trace) -> None:
         super().__init__()
@@ -266,10 +275,13 @@ class _TracedGradient(Hook):
     def copy(self) -> "_TracedGradient":
         return _TracedGradient(self.trace)
 
-    def forward(self, module, input, output):
-        self.trace.leaves.append(module)
-
     def backward(self, module, grad_input, grad_output):
+        leaves = self.trace.leaves
+        position = leaves.index(module) - 1
+        while position >= 0 and isinstance(leaves[position], _NO_KERAS_LAYER):
+            position -= 1
+        if position >= 0 and isinstance(leaves[position], KERNEL_LAYERS):
+            return grad_output
         return None
 
 
