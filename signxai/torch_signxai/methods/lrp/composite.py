@@ -31,6 +31,15 @@ ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Softplus, 
 PASS_THROUGH = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
                 nn.AdaptiveMaxPool2d, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d,
                 nn.Dropout2d, nn.Identity, nn.Softmax, nn.LogSoftmax)
+
+
+def _keras_activation_layer(module: nn.Module) -> bool:
+    """Whether the Keras twin has this activation as a layer of its own that is no ``Activation``
+    layer (LeakyReLU, ELU with alpha != 1): iNNvestigate's LRP maps those by their gradient, and
+    only ``Activation`` layers (or activations fused into a conv/dense layer) pass relevance."""
+    return isinstance(module, nn.LeakyReLU) or (isinstance(module, nn.ELU) and module.alpha != 1.0)
+
+
 #: leaves the Keras twin drops (identities in eval mode): an activation after them still fuses
 _NO_KERAS_LAYER = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 #: functions allowed in a forward pass outside any module: they only reshape
@@ -230,7 +239,7 @@ class LRPComposite(Composite):
             if isinstance(module, AVERAGE_POOLS) and plan.average_pool is not None:
                 return pool_hook
             if isinstance(module, ACTIVATIONS) and not plan.deep_taylor:
-                return pass_hook
+                return None if _keras_activation_layer(module) else pass_hook
             if isinstance(module, ACTIVATIONS):
                 return _TracedGradient(self.trace)
             return None
@@ -276,6 +285,8 @@ class _TracedGradient(Hook):
         return _TracedGradient(self.trace)
 
     def backward(self, module, grad_input, grad_output):
+        if _keras_activation_layer(module):
+            return None
         leaves = self.trace.leaves
         position = leaves.index(module) - 1
         while position >= 0 and isinstance(leaves[position], _NO_KERAS_LAYER):
