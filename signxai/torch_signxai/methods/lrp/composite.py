@@ -326,7 +326,8 @@ class OperationGuard(TorchFunctionMode):
         self.current = ""
         self.handles = []
         for name, module in model.named_modules():
-            if next(module.children(), None) is None and module is not model:
+            # a model that is itself a leaf (a bare nn.Linear) runs its own operation inside itself
+            if next(module.children(), None) is None:
                 self.handles.append(module.register_forward_pre_hook(self._enter, prepend=True))
                 self.handles.append(module.register_forward_hook(self._exit, always_call=True))
         self.names = {module: name for name, module in model.named_modules()}
