@@ -52,7 +52,7 @@ def attribute(model: nn.Module, x: torch.Tensor, target: Any, *, from_logit: boo
     x = x.detach().requires_grad_(True)
     context = composite.context(model) if composite is not None else nullcontext()
     with torch.enable_grad(), context:
-        logits = check_logits(model(x))
+        logits = check_logits(model(x.clone()))  # a private copy: the model may modify its input in place
         seed = output_seed(logits, resolve_targets(target, logits), from_logit=from_logit,
                            positive_only=positive_only)
         (grad,) = torch.autograd.grad(logits, x, grad_outputs=seed)
@@ -63,7 +63,7 @@ def fixed_targets(model: nn.Module, x: torch.Tensor, target: Any) -> torch.Tenso
     """Class indices for ``x`` resolved once on the clean input (for methods that evaluate the
     model on other points: noisy copies, path points)."""
     with torch.no_grad():
-        return resolve_targets(target, check_logits(model(x)))
+        return resolve_targets(target, check_logits(model(x.clone())))  # the model may modify its input
 
 
 def _gradients(model: nn.Module, points: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -206,7 +206,7 @@ def deeplift(model, x, target, spec: MethodSpec) -> torch.Tensor:
     handles = [m.register_forward_hook(record) for m in activations]
     try:
         with torch.no_grad():
-            model(reference)
+            model(reference.clone())
     finally:
         for handle in handles:
             handle.remove()

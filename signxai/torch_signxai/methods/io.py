@@ -144,5 +144,5 @@ def to_batch(x: Any | Sequence[Any], model: nn.Module, *, single: bool | None) -
     if not torch.isfinite(tensor).all():
         bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(f"input contains {bad} NaN or inf value(s)")
-    tensor = tensor.to(device=device, dtype=dtype)
+    tensor = tensor.to(device=device, dtype=dtype, copy=True)  # never an alias of the caller's data
     return Batch(tensor=tensor, added_batch_axis=added)
