@@ -42,12 +42,13 @@ Keras 2 and TensorFlow 2.14 facts the twin relies on
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import operator
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -218,6 +219,20 @@ class Twin:
             with the same layer names and weights as :attr:`keras_model`.
         """
         return _build(self._specs, self.input_shape, self.dtype)
+
+    @contextlib.contextmanager
+    def floatx(self) -> Iterator[None]:
+        """Set Keras' floatx to the twin's dtype for the ``with`` block, then restore it.
+
+        iNNvestigate builds its constants in floatx, so a float64 twin must be
+        analysed inside this block (building the twin itself needs no floatx).
+        """
+        previous = tf.keras.backend.floatx()
+        tf.keras.backend.set_floatx(self.dtype)
+        try:
+            yield
+        finally:
+            tf.keras.backend.set_floatx(previous)
 
     def verify(
         self,
@@ -606,7 +621,10 @@ def _same_reproduces(size: int, kernel: int, stride: int, pad: int) -> bool:
 
 
 def _keras_padding(
-    sizes: tuple[int, ...], kernels: tuple[int, ...], strides: tuple[int, ...], pads: tuple[int, ...]
+    sizes: tuple[int, ...],
+    kernels: tuple[int, ...],
+    strides: tuple[int, ...],
+    pads: tuple[int, ...],
 ) -> tuple[str, tuple[int, ...] | None]:
     """Keras padding mode for symmetric PyTorch padding, and explicit padding if needed.
 
@@ -817,7 +835,8 @@ class _Converter:
         """Flatten ``(C, *spatial)`` to features; remember Keras' feature order."""
         if step.out_shape != (math.prod(step.in_shape),):
             raise self._unsupported(
-                step, f"reshapes {step.in_shape} to {step.out_shape}, which is not a flatten from dim 1"
+                step,
+                f"reshapes {step.in_shape} to {step.out_shape}, which is not a flatten from dim 1",
             )
         if len(step.in_shape) == 1:
             self._drop(step)
@@ -880,7 +899,11 @@ class _Converter:
         weights = [np.ascontiguousarray(kernel)]
         if linear.bias is not None:
             weights.append(_numpy(linear.bias))
-        config = {"units": linear.out_features, "use_bias": linear.bias is not None, "activation": None}
+        config = {
+            "units": linear.out_features,
+            "use_bias": linear.bias is not None,
+            "activation": None,
+        }
         self._perm = None
         self._emit(step, tf.keras.layers.Dense, config, tuple(weights))
         self._fusable, self._nonnegative = True, False
@@ -903,7 +926,9 @@ class _Converter:
             "scale": bn.affine,
             "fused": False,
         }
-        self._emit(step, tf.keras.layers.BatchNormalization, config, tuple(weights), {"training": False})
+        self._emit(
+            step, tf.keras.layers.BatchNormalization, config, tuple(weights), {"training": False}
+        )
         self._nonnegative = False
 
     def _maxpool(self, step: _Step) -> None:
@@ -958,9 +983,8 @@ class _Converter:
         pool = step.module
         rank = self._spatial_rank(step, 1 if isinstance(pool, nn.AdaptiveAvgPool1d) else 2)
         sizes = step.in_shape[1:]
-        targets = tuple(
-            size if out is None else out for size, out in zip(sizes, _ntuple(pool.output_size, rank))
-        )
+        requested = _ntuple(pool.output_size, rank)
+        targets = tuple(size if out is None else out for size, out in zip(sizes, requested))
         if targets == sizes:
             self._drop(step)
         elif all(t == 1 for t in targets):
@@ -972,11 +996,14 @@ class _Converter:
             self._emit(step, cls, {"keepdims": True})
         elif all(size % t == 0 for size, t in zip(sizes, targets)):
             windows = tuple(size // t for size, t in zip(sizes, targets))
-            cls = tf.keras.layers.AveragePooling1D if rank == 1 else tf.keras.layers.AveragePooling2D
+            cls = (
+                tf.keras.layers.AveragePooling1D if rank == 1 else tf.keras.layers.AveragePooling2D
+            )
             self._emit(step, cls, {"pool_size": windows, "strides": windows, "padding": "valid"})
         else:
             raise self._unsupported(
-                step, f"pools {sizes} to {targets}, which is neither 1 nor a divisor of the input size"
+                step,
+                f"pools {sizes} to {targets}, which is neither 1 nor a divisor of the input size",
             )
 
 
@@ -1055,7 +1082,9 @@ def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     return diff / scale if scale > 0 else diff
 
 
-def _checkpoint_error(checkpoint: _Checkpoint, keras_act: np.ndarray, torch_acts: dict[str, Any]) -> float:
+def _checkpoint_error(
+    checkpoint: _Checkpoint, keras_act: np.ndarray, torch_acts: dict[str, Any]
+) -> float:
     """Relative error of a Keras activation against the PyTorch node it stands for."""
     expected = torch_acts[checkpoint.node].numpy()
     return _relative_error(_keras_to_torch_layout(keras_act, checkpoint.perm), expected)

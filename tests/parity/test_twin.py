@@ -588,6 +588,20 @@ def test_innvestigate_analyses_a_fresh_twin_and_sees_input_layer_rules():
     assert np.abs(plain - with_z).max() > 1e-3 * np.abs(plain).max()
 
 
+def test_innvestigate_analyses_a_float64_twin_inside_its_floatx_block():
+    innvestigate = pytest.importorskip("innvestigate")
+    model = _seq(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(12, 3))
+    twin = to_keras(model, (2, 4, 4), dtype="float64")
+    x = to_channels_last(np.random.default_rng(5).standard_normal((2, 2, 4, 4)))
+    with twin.floatx():
+        assert tf.keras.backend.floatx() == "float64"
+        lrp_z = innvestigate.create_analyzer("lrp.z", twin.fresh()).analyze(x)
+        gradient_x_input = innvestigate.create_analyzer("input_t_gradient", twin.fresh()).analyze(x)
+    assert tf.keras.backend.floatx() == "float32"
+    assert lrp_z.dtype == np.float64
+    np.testing.assert_allclose(lrp_z, gradient_x_input, rtol=1e-10, atol=1e-12)  # a ReLU-net identity
+
+
 def test_innvestigate_drops_input_layer_rules_on_a_hidden_twin():
     innvestigate = pytest.importorskip("innvestigate")
     model = _seq(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
