@@ -294,3 +294,37 @@ def test_wrapped_model_keeps_its_flags(name):
     assert_unchanged(inner, before_inner)
     assert_unchanged(model, before_wrapper)
     assert_no_hooks(inner)
+
+
+# --------------------------------------------------------------------------- models that modify their input
+
+class ScalesInPlace(nn.Module):
+    """A linear model that doubles its input in place before using it: logit = W (2 x) + b."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.linear = nn.Linear(4, 3).double()
+
+    def forward(self, x):
+        x.mul_(2.0)
+        return self.linear(x)
+
+
+@pytest.mark.parametrize("as_torch", [False, True])
+@pytest.mark.parametrize("name", NAMES)
+def test_a_model_modifying_its_input_in_place(name, as_torch):
+    model = ScalesInPlace()
+    w = model.linear.weight.detach().numpy()
+    x_np = np.array([0.5, -1.0, 0.0, 2.0])
+    x = torch.from_numpy(x_np.copy()) if as_torch else x_np.copy()
+    result = calculate_relevancemap(model, x, method=name, target_class=1, **fast(name))
+    np.testing.assert_array_equal(np.asarray(x), x_np)  # the caller's data is never the model's
+    family = parse(name).family
+    if family in {"gradient", "integrated_gradients", "deeplift"}:
+        # each pass sees the clean input once: the map of the linear map x -> W (2 x)
+        base = 2 * w[1] * (x_np if family != "gradient" else 1.0)
+        spec = parse(name)
+        for step in spec.post:
+            base = base * (x_np if step == "x_input" else np.where(x_np >= spec.params["post_mu"], 1.0, -1.0))
+        np.testing.assert_allclose(result, base, rtol=1e-13, atol=1e-15)
