@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .harness import graph_mode, run_fixture
+from .harness import graph_mode, run_all
 
 STORED_TOLERANCE = 1e-5
 
@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="*", help="method names (default: every applicable name)")
     parser.add_argument("--no-float64", action="store_true", help="skip the float64 comparison")
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for the report files")
+    parser.add_argument("--workers", type=int, default=2, help="processes (default: 2)")
     return parser
 
 
@@ -63,13 +64,15 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     names = args.models or list(FIXTURES)
+    dtypes = ["float32"] if args.no_float64 else ["float32", "float64"]
+    print(f"[parity] {len(names)} models x {len(dtypes)} dtypes in {args.workers} processes", flush=True)
+    results = run_all([(f, d) for f in names for d in dtypes], args.methods, args.workers)
+    by_job = {(r.fixture, r.dtype): r for r in results}
     rows, runs, stored_notes = [], [], {}
     for fixture in names:
-        print(f"[parity] {fixture}: float32", flush=True)
-        run = run_fixture(fixture, "float32", args.methods)
-        run64 = None if args.no_float64 else run_fixture(fixture, "float64", args.methods)
+        run = by_job[(fixture, "float32")]
         runs.append(run)
-        rows += rows_from(run, run64)
+        rows += rows_from(run, by_job.get((fixture, "float64")))
         mismatches = _stored_mismatches(run)
         stored_notes[fixture] = "match" if not mismatches else f"DIFFER: {', '.join(mismatches[:8])}"
         print(f"[parity] {fixture}: stored references {stored_notes[fixture]}", flush=True)

@@ -81,6 +81,7 @@ __all__ = [
     "ReferenceUnavailable",
     "reference_map",
     "check_identities",
+    "apply_post",
     "SignRule",
     "StdxEpsilonRule",
     "GammaRule",
@@ -241,7 +242,8 @@ def _sign(x: np.ndarray, mu: float) -> np.ndarray:
     return np.where(x >= mu, 1, -1).astype(x.dtype)
 
 
-def _apply_post(spec: MethodSpec, rmap: np.ndarray, x: np.ndarray) -> np.ndarray:
+def apply_post(spec: MethodSpec, rmap: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Apply the spec's post-multipliers (``x_input``, ``x_sign`` with ``post_mu``) in numpy."""
     for post in spec.post:
         if post == "x_input":
             rmap = rmap * x
@@ -662,7 +664,7 @@ def reference_map(spec: MethodSpec, keras_model_factory: Callable[[], keras.Mode
     if rmap.shape != x.shape:
         raise AssertionError(f"{spec.name}: reference map has shape {rmap.shape}, "
                              f"input {x.shape}")
-    return _apply_post(spec, rmap, x)
+    return apply_post(spec, rmap, x)
 
 
 def _relative_gap(a: np.ndarray, b: np.ndarray) -> float:

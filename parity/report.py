@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .compare import FLAG_ABOVE, LOOSER_TOLERANCES, compare, tolerance_for
-from .harness import IDENTITY_TOLERANCE, FixtureRun
+from .harness import FixtureRun
 
 __all__ = ["Row", "rows_from", "write_markdown", "write_json", "write_figure", "summary"]
 
@@ -45,7 +45,7 @@ def _failed(model: str, method: str, note: str) -> Row:
 def rows_from(run: FixtureRun, run64: FixtureRun | None = None) -> list[Row]:
     """Rows of one fixture: float32 metrics gate each row; float64 errors are reported beside."""
     rows = []
-    dropped = {name: err for name, err in run.identities.items() if err > IDENTITY_TOLERANCE}
+    dropped = run.dropped_input_rules()
     for method in sorted(set(run.ours) | set(run.references) | set(run.errors) | set(run.unavailable)):
         if method in run.errors:
             rows.append(_failed(run.fixture, method, run.errors[method]))
