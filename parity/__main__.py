@@ -38,7 +38,7 @@ def _stored_mismatches(run) -> list[str]:
     """Methods whose stored fixture reference differs from the live one (or is missing)."""
     from fixtures.references import load_references
 
-    stored = load_references(run.fixture)
+    stored = load_references(run.label)
     if stored is None:
         return ["<no stored references>"]
     bad = []
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = ["float32"] if args.no_float64 else ["float32", "float64"]
     print(f"[parity] {len(names)} models x {len(dtypes)} dtypes in {args.workers} processes", flush=True)
     results = run_all([(f, d) for f in names for d in dtypes], args.methods, args.workers)
-    by_job = {(r.fixture, r.dtype): r for r in results}
+    by_job = {(r.label, r.dtype): r for r in results}
     rows, runs, stored_notes = [], [], {}
     for fixture in names:
         run = by_job[(fixture, "float32")]

@@ -17,7 +17,7 @@ from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps
 
 from .cases import Case, cases
 
-__all__ = ["graph_mode", "FixtureRun", "run_fixture", "run_all", "IDENTITY_TOLERANCE"]
+__all__ = ["graph_mode", "ModelRun", "run_model", "run_fixture", "run_all", "model_kind", "IDENTITY_TOLERANCE"]
 
 #: the trap-10 identities (lrp_z == gradient_x_input, lrpsign_z == gradient_x_sign on ReLU nets)
 #: must hold on the reference side to this relative error, or input-layer rules were dropped
@@ -31,10 +31,10 @@ def graph_mode() -> None:
 
 
 @dataclass
-class FixtureRun:
-    """Maps of both frameworks for every applicable method of one fixture, in one dtype."""
+class ModelRun:
+    """Maps of both frameworks for every applicable method of one model, in one dtype."""
 
-    fixture: str
+    label: str
     dtype: str
     inputs: np.ndarray
     targets: np.ndarray
@@ -55,14 +55,37 @@ class FixtureRun:
                 and (not self.has_batchnorm or name == "lrp_z_vs_lrpsign_z_x_abs")}
 
 
+def model_kind(model: torch.nn.Module) -> tuple[str, str | None]:
+    """('cnn' | 'cnn1d' | 'mlp', path of the last conv module or None) of a model."""
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d))]
+    if not convs:
+        return "mlp", None
+    name, last = convs[-1]
+    return ("cnn1d" if isinstance(last, torch.nn.Conv1d) else "cnn"), name
+
+
 def run_fixture(fixture: str, dtype: str = "float32", names: list[str] | None = None,
-                progress: Callable[[str], None] | None = None, ours: bool = True) -> FixtureRun:
-    """Compute our maps and iNNvestigate's reference maps for one fixture model.
+                progress: Callable[[str], None] | None = None, ours: bool = True) -> ModelRun:
+    """:func:`run_model` on a fixture model (:data:`fixtures.models.FIXTURES`) and its stored inputs."""
+    return run_model(fixture, load_model(fixture), load_inputs(fixture), FIXTURES[fixture].input_shape,
+                     dtype, names, progress=progress, ours=ours)
+
+
+def run_model(label: str, model: torch.nn.Module, x: np.ndarray, input_shape: tuple[int, ...],
+              dtype: str = "float32", names: list[str] | None = None, *,
+              progress: Callable[[str], None] | None = None, ours: bool = True) -> ModelRun:
+    """Compute our maps and iNNvestigate's reference maps for one model.
 
     Parameters
     ----------
-    fixture : str
-        A key of :data:`fixtures.models.FIXTURES`.
+    label : str
+        The model's name in the report.
+    model : torch.nn.Module
+        The PyTorch model (returning logits); it is not modified.
+    x : numpy.ndarray
+        Inputs with batch axis, channels-first.
+    input_shape : tuple of int
+        One input's shape (channels-first, no batch axis).
     dtype : {'float32', 'float64'}
         Both frameworks compute in this dtype (Keras ``floatx`` and ``model.double()``).
     names : list of str, optional
@@ -77,27 +100,25 @@ def run_fixture(fixture: str, dtype: str = "float32", names: list[str] | None = 
     from .reference import ReferenceUnavailable, apply_post, check_identities, reference_map
     from .twin import to_keras
 
-    info = FIXTURES[fixture]
-    model = load_model(fixture)
-    x = load_inputs(fixture)
-    if dtype == "float64":
-        model, x = copy.deepcopy(model).double(), x.astype(np.float64)
+    kind, last_conv = model_kind(model)
+    model = copy.deepcopy(model).to(torch.float64 if dtype == "float64" else torch.float32)
+    x = np.asarray(x, dtype=dtype)
     with torch.no_grad():
         targets = model(torch.from_numpy(x)).argmax(dim=1).numpy()
     previous = tf.keras.backend.floatx()
     tf.keras.backend.set_floatx(dtype)
     try:
-        twin = to_keras(model, info.input_shape, dtype=dtype)
-        run = FixtureRun(fixture, dtype, x, targets, input_layer_hidden=twin.hidden_reason,
-                         has_batchnorm=any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                                           for m in model.modules()))
-        chosen, run.skipped = cases(fixture, info.kind, info.gradcam_layer, x, names)
+        twin = to_keras(model, tuple(input_shape), dtype=dtype)
+        run = ModelRun(label, dtype, x, targets, input_layer_hidden=twin.hidden_reason,
+                       has_batchnorm=any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                         for m in model.modules()))
+        chosen, run.skipped = cases(label, kind, last_conv, x, names)
         tf.keras.backend.clear_session()
         run.identities = check_identities(twin.fresh, x, targets)
         bases: dict = {}  # maps without post-multipliers, shared by e.g. lrp_z, lrp_z_x_input
         for case in chosen:
             if progress is not None:
-                progress(f"{fixture} {dtype} {case.method}")
+                progress(case.method)
             if ours:
                 try:
                     run.ours[case.method] = _ours(case, model, x, targets)
@@ -133,7 +154,7 @@ def _worker_init() -> None:
 
 
 def run_all(jobs: list[tuple[str, str]], names: list[str] | None = None,
-            workers: int = 2) -> list[FixtureRun]:
+            workers: int = 2) -> list[ModelRun]:
     """Run ``(fixture, dtype)`` jobs in ``workers`` processes (each its own TensorFlow graph),
     returning the runs in the order of ``jobs``."""
     if workers <= 1:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .compare import FLAG_ABOVE, LOOSER_TOLERANCES, compare, tolerance_for
-from .harness import FixtureRun
+from .harness import ModelRun
 
 __all__ = ["Row", "rows_from", "write_markdown", "write_json", "write_figure", "summary"]
 
@@ -42,16 +42,16 @@ def _failed(model: str, method: str, note: str) -> Row:
     return Row(model, method, nan, nan, nan, tolerance_for(method), False, None, note)
 
 
-def rows_from(run: FixtureRun, run64: FixtureRun | None = None) -> list[Row]:
+def rows_from(run: ModelRun, run64: ModelRun | None = None) -> list[Row]:
     """Rows of one fixture: float32 metrics gate each row; float64 errors are reported beside."""
     rows = []
     dropped = run.dropped_input_rules()
     for method in sorted(set(run.ours) | set(run.references) | set(run.errors) | set(run.unavailable)):
         if method in run.errors:
-            rows.append(_failed(run.fixture, method, run.errors[method]))
+            rows.append(_failed(run.label, method, run.errors[method]))
             continue
         if method in run.unavailable:
-            rows.append(_failed(run.fixture, method, f"no reference: {run.unavailable[method]}"))
+            rows.append(_failed(run.label, method, f"no reference: {run.unavailable[method]}"))
             continue
         metrics = compare(run.ours[method], run.references[method])
         tolerance = tolerance_for(method)
@@ -62,7 +62,7 @@ def rows_from(run: FixtureRun, run64: FixtureRun | None = None) -> list[Row]:
         passed = metrics.passed(tolerance)
         if dropped and _has_input_rule(method):
             passed, note = False, f"reference identities failed {dropped}: input-layer rule dropped"
-        rows.append(Row(run.fixture, method, metrics.rel_error, metrics.max_abs_error,
+        rows.append(Row(run.label, method, metrics.rel_error, metrics.max_abs_error,
                         metrics.correlation, tolerance, passed, f64, note))
     return rows
 
@@ -109,7 +109,7 @@ def write_json(path: Path, rows: list[Row], context: dict) -> None:
     path.write_text(json.dumps({"context": context, "summary": summary(rows), "rows": records}, indent=1))
 
 
-def write_figure(path: Path, runs: list[FixtureRun]) -> None:
+def write_figure(path: Path, runs: list[ModelRun]) -> None:
     """Side-by-side heatmaps (ours, iNNvestigate, difference) of the first input for a handful of
     methods, on the first 2-D fixture of ``runs``."""
     import matplotlib
@@ -132,7 +132,7 @@ def write_figure(path: Path, runs: list[FixtureRun]) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
         fig.colorbar(shown, ax=row[2], fraction=0.046)
-    fig.suptitle(f"{run.fixture}, input 0 ({run.dtype}); difference on the reference's colour scale",
+    fig.suptitle(f"{run.label}, input 0 ({run.dtype}); difference on the reference's colour scale",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
