@@ -268,3 +268,14 @@ def test_every_gradient_family_name_checks_the_target():
     for name in gradient_family_names():
         with pytest.raises(ValueError, match="target index 9"):
             calculate_relevancemap(cnn(), x_cnn(), method=name, target_class=9, **small(name))
+
+
+@pytest.mark.parametrize("name", ["gradient", "lrp_epsilon_0_1", "smoothgrad"])
+def test_right_rank_wrong_size_names_the_shape(name):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    kwargs = {"seed": 0} if name == "smoothgrad" else {}
+    with pytest.raises(ValueError, match=r"input batch of shape \(1, 2, 6, 6\).*channels"):
+        calculate_relevancemap(model, torch.randn(2, 6, 6), method=name, **kwargs)
+    with pytest.raises(ValueError, match=r"input batch of shape \(1, 1, 7, 7\)"):
+        calculate_relevancemap(model, torch.randn(1, 7, 7), method=name, **kwargs)

@@ -6,6 +6,7 @@ to the family's implementation, applies the post-multipliers and returns numpy.
 """
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -21,6 +22,9 @@ from .io import to_batch
 from .signed import apply_post
 
 __all__ = ["explain", "model_guard"]
+
+#: words of torch's errors for inputs of the wrong size (wrong channels, features, lengths)
+_SHAPE_WORDS = re.compile(r"shape|size|channels|dimension", re.IGNORECASE)
 
 Family = Callable[[nn.Module, torch.Tensor, Any, MethodSpec], torch.Tensor]
 
@@ -87,6 +91,12 @@ def explain(spec: MethodSpec | str, model: nn.Module, x: Any, target: Any = None
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     batch = to_batch(x, model, single=single)
     with model_guard(model):
-        relevance = _FAMILIES[spec.family](model, batch.tensor, target, spec)
+        try:
+            relevance = _FAMILIES[spec.family](model, batch.tensor, target, spec)
+        except RuntimeError as error:
+            if isinstance(error, NotImplementedError) or not _SHAPE_WORDS.search(str(error)):
+                raise
+            raise ValueError(f"the model cannot take an input batch of shape "
+                             f"{tuple(batch.tensor.shape)}: {error}") from error
     relevance = apply_post(relevance, batch.tensor, spec.post, spec.params.get("post_mu", 0.0))
     return batch.output(relevance)
