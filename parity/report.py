@@ -37,33 +37,34 @@ class Row:
         return self.passed and self.rel_error > FLAG_ABOVE
 
 
-def _failed(model: str, method: str, note: str) -> Row:
+def _failed(model: str, method: str, note: str, tolerance: float) -> Row:
     nan = float("nan")
-    return Row(model, method, nan, nan, nan, tolerance_for(method), False, None, note)
+    return Row(model, method, nan, nan, nan, tolerance, False, None, note)
 
 
-def rows_from(run: ModelRun, run64: ModelRun | None = None) -> list[Row]:
-    """Rows of one fixture: float32 metrics gate each row; float64 errors are reported beside."""
+def rows_from(run: ModelRun, run64: ModelRun | None = None, tolerance: float | None = None) -> list[Row]:
+    """Rows of one fixture: float32 metrics gate each row; float64 errors are reported beside.
+    ``tolerance``, when given, replaces every method's :func:`~.compare.tolerance_for`."""
     rows = []
     dropped = run.dropped_input_rules()
     for method in sorted(set(run.ours) | set(run.references) | set(run.errors) | set(run.unavailable)):
+        limit = tolerance_for(method) if tolerance is None else tolerance
         if method in run.errors:
-            rows.append(_failed(run.label, method, run.errors[method]))
+            rows.append(_failed(run.label, method, run.errors[method], limit))
             continue
         if method in run.unavailable:
-            rows.append(_failed(run.label, method, f"no reference: {run.unavailable[method]}"))
+            rows.append(_failed(run.label, method, f"no reference: {run.unavailable[method]}", limit))
             continue
         metrics = compare(run.ours[method], run.references[method])
-        tolerance = tolerance_for(method)
         f64 = None
         if run64 is not None and method in run64.references and method in run64.ours:
             f64 = compare(run64.ours[method], run64.references[method]).rel_error
         note = LOOSER_TOLERANCES.get(method, (None, ""))[1]
-        passed = metrics.passed(tolerance)
+        passed = metrics.passed(limit)
         if dropped and _has_input_rule(method):
             passed, note = False, f"reference identities failed {dropped}: input-layer rule dropped"
         rows.append(Row(run.label, method, metrics.rel_error, metrics.max_abs_error,
-                        metrics.correlation, tolerance, passed, f64, note))
+                        metrics.correlation, limit, passed, f64, note))
     return rows
 
 
