@@ -154,14 +154,14 @@ def _worker_init() -> None:
 
 
 def run_all(jobs: list[tuple[str, str]], names: list[str] | None = None,
-            workers: int = 2) -> list[ModelRun]:
+            workers: int = 2, ours: bool = True) -> list[ModelRun]:
     """Run ``(fixture, dtype)`` jobs in ``workers`` processes (each its own TensorFlow graph),
     returning the runs in the order of ``jobs``."""
     if workers <= 1:
-        return [run_fixture(fixture, dtype, names) for fixture, dtype in jobs]
+        return [run_fixture(fixture, dtype, names, ours=ours) for fixture, dtype in jobs]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-        futures = [pool.submit(run_fixture, fixture, dtype, names) for fixture, dtype in jobs]
+        futures = [pool.submit(run_fixture, fixture, dtype, names, ours=ours) for fixture, dtype in jobs]
         return [future.result() for future in futures]
 
 
