@@ -12,7 +12,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fixtures.models import FIXTURES, load_inputs, load_model
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps
 
 from .cases import Case, cases
@@ -66,7 +65,10 @@ def model_kind(model: torch.nn.Module) -> tuple[str, str | None]:
 
 def run_fixture(fixture: str, dtype: str = "float32", names: list[str] | None = None,
                 progress: Callable[[str], None] | None = None, ours: bool = True) -> ModelRun:
-    """:func:`run_model` on a fixture model (:data:`fixtures.models.FIXTURES`) and its stored inputs."""
+    """:func:`run_model` on a fixture model (:data:`fixtures.models.FIXTURES`) and its stored inputs
+    (the ``fixtures`` folder of the repository must be importable)."""
+    from fixtures.models import FIXTURES, load_inputs, load_model
+
     return run_model(fixture, load_model(fixture), load_inputs(fixture), FIXTURES[fixture].input_shape,
                      dtype, names, progress=progress, ours=ours)
 
