@@ -1,0 +1,170 @@
+"""A pytest helper: check your own model's maps against iNNvestigate's from your test suite.
+
+:func:`assert_parity` runs TensorFlow and iNNvestigate in a child process, so the calling test
+process never imports TensorFlow and stays in eager mode (iNNvestigate needs graph mode, which
+cannot be switched back).
+
+How the model reaches the child: the whole module is written with ``torch.save`` (pickle), which
+stores each class by module and name. The child gets the folder of every module that defines one
+of the model's classes on its ``sys.path`` and imports that module, so classes defined at the top
+level of a test file or of your package work; a class defined inside a function or in
+``__main__`` cannot be found again and is rejected with ``ValueError``.
+
+Example
+-------
+::
+
+    from parity.testing import assert_parity
+
+    def test_my_model_matches_innvestigate():
+        assert_parity(MyModel(), x, methods=["gradient", "lrp_epsilon_0_1", "lrpsign_z"])
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .cli import format_table
+
+__all__ = ["assert_parity"]
+
+#: lines of the child's stderr quoted when it could not run the check
+_STDERR_LINES = 20
+
+
+def assert_parity(model: torch.nn.Module, x: Any, methods: list[str] | None = None, rtol: float = 1e-4,
+                  input_shape: tuple[int, ...] | None = None) -> list[dict]:
+    """Assert that signxai's maps of ``model`` equal iNNvestigate's on its Keras twin.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model, returning logits; its classes must be importable (see the module docstring).
+        It is not modified.
+    x : numpy.ndarray or torch.Tensor
+        Inputs, channels first, with a batch axis (or one input of ``input_shape``).
+    methods : list of str, optional
+        Method names (default: every applicable name of ``parity/method_names.txt``).
+    rtol : float
+        Largest relative error (max |ours - reference| / max |reference|) that passes.
+    input_shape : tuple of int, optional
+        One input's shape, channels first; when ``x`` has exactly this shape a batch axis is added.
+
+    Returns
+    -------
+    list of dict
+        One record per compared method (``method``, ``rel_error``, ``tolerance``, ``passed``, ...),
+        as ``signxai-parity --json`` writes them.
+
+    Raises
+    ------
+    AssertionError
+        When a method's relative error exceeds ``rtol``; the message holds the per-method table.
+    ValueError
+        When ``x`` does not fit ``input_shape`` or a class of the model cannot be pickled by name.
+    RuntimeError
+        When the check cannot run (a layer the twin or LRP cannot handle, an input the model
+        rejects, the parity extra missing); the message quotes the child process.
+    """
+    x = _batch(x, input_shape)
+    request = {"methods": methods, "rtol": rtol, "label": type(model).__name__}
+    with tempfile.TemporaryDirectory(prefix="signxai-parity-") as folder:
+        folder = Path(folder)
+        env = _child_env(model)
+        torch.save(model, folder / "model.pt")
+        np.save(folder / "x.npy", x)
+        (folder / "request.json").write_text(json.dumps(request))
+        child = subprocess.run([sys.executable, "-m", "parity.testing", str(folder)], env=env,
+                               capture_output=True, text=True)
+        result = folder / "result.json"
+        if not result.is_file():
+            tail = "\n".join(child.stderr.strip().splitlines()[-_STDERR_LINES:])
+            raise RuntimeError(f"the parity check could not run (exit {child.returncode}):\n{tail}")
+        record = json.loads(result.read_text())
+    rows = record["rows"]
+    if not all(row["passed"] for row in rows):
+        failing = ", ".join(row["method"] for row in rows if not row["passed"])
+        raise AssertionError(f"{record['summary']}; failing: {failing}\n{format_table(rows)}")
+    return rows
+
+
+def _batch(x: Any, input_shape: tuple[int, ...] | None) -> np.ndarray:
+    """``x`` as a float32 array with batch axis."""
+    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+    if input_shape is None:
+        return x
+    if x.shape == tuple(input_shape):
+        return x[None]
+    if x.shape[1:] != tuple(input_shape):
+        raise ValueError(f"x has shape {x.shape}; with input_shape={tuple(input_shape)} it must be "
+                         f"{tuple(input_shape)} or (batch, *{tuple(input_shape)})")
+    return x
+
+
+def _child_env(model: torch.nn.Module) -> dict[str, str]:
+    """The environment of the child: PYTHONPATH finds parity and every class of ``model``."""
+    import parity
+
+    folders = [*_class_roots(model), str(Path(parity.__file__).resolve().parents[1])]
+    inherited = os.environ.get("PYTHONPATH")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(folders + ([inherited] if inherited else [])))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return env
+
+
+def _class_roots(model: torch.nn.Module) -> list[str]:
+    """The folders from which the modules defining the model's classes are imported by name."""
+    roots: list[str] = []
+    for cls in {type(module) for module in model.modules()}:
+        if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+            raise ValueError(f"assert_parity sends the model to a child process with torch.save, which "
+                             f"stores classes by module and name: define {cls.__qualname__} at the top "
+                             f"level of an importable module (not in __main__ or inside a function)")
+        file = getattr(sys.modules.get(cls.__module__), "__file__", None)
+        if file is not None:
+            depth = cls.__module__.count(".") + (Path(file).name == "__init__.py")
+            root = str(Path(file).resolve().parents[depth])
+            if root not in roots:
+                roots.append(root)
+    return roots
+
+
+def _child(folder: Path) -> int:
+    """The child process: compare the saved model on the saved inputs, write ``result.json``.
+
+    Returns
+    -------
+    int
+        0 when the result was written, 2 when the check could not run (one line on stderr).
+    """
+    from .cli import UsageError, compare_model, require_parity_extra, run_context, write_reports
+
+    started = time.time()
+    request = json.loads((folder / "request.json").read_text())
+    try:
+        require_parity_extra()
+        from .harness import graph_mode
+
+        graph_mode()
+        # a whole module, pickled by the caller's process moments ago
+        model = torch.load(folder / "model.pt", map_location="cpu", weights_only=False).eval()
+        rows, run = compare_model(model, np.load(folder / "x.npy"), request["methods"],
+                                  label=request["label"], tolerance=request["rtol"])
+    except UsageError as error:
+        print(f"assert_parity: {error}", file=sys.stderr)
+        return 2
+    write_reports(rows, run, {"options": request, **run_context(started)}, json_path=folder / "result.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(Path(sys.argv[1])))
