@@ -1,0 +1,138 @@
+"""Overhead of the TF-compatible LRP entry point over a direct Zennit call with the same rules.
+
+Builds a VGG-style CNN (input 3x64x64; conv blocks of 32, 64 and 128 channels, each two 3x3 convs
+with ReLU and a 2x2 max pool; then Linear(8192, 256), ReLU, Linear(256, 10); seeded random
+weights, eval mode, float32) and times, for batch 1 and batch 32, in this one process:
+
+* ours: ``signxai.torch_signxai.methods.wrappers.calculate_relevancemaps('lrp_epsilon_0_1', x, model)``
+  (target: each input's largest logit; includes input validation, the model guard, building the
+  composite and returning numpy);
+* direct: ``zennit.attribution.Gradient(model, composite)`` called with ``attr_output`` = one-hot of
+  the largest logit times its value, where ``composite`` is
+  ``LRPComposite(plan_for(parse('lrp_epsilon_0_1')), 'innvestigate')`` (the same rules; the
+  attributor is built once, as a Zennit user would);
+* gradient: a plain input gradient of the largest logit (one forward, one ``torch.autograd.grad``).
+
+Each is run twice to warm up, then 7 times, the three taking turns in every round (so that the
+load of a shared machine falls on all alike); the median wall time is reported, with the ratio
+ours/direct (target <= 1.15) and each method's ratio to the plain gradient. Both LRP maps are
+checked to agree before timing.
+
+Run: ``.venv/bin/python benchmarks/lrp_overhead.py`` (``--runs``, ``--warmup``, ``--batches``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from zennit.attribution import Gradient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from signxai.torch_signxai.methods.grammar import parse  # noqa: E402
+from signxai.torch_signxai.methods.lrp.composite import LRPComposite, plan_for  # noqa: E402
+from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps  # noqa: E402
+
+METHOD = "lrp_epsilon_0_1"
+THREADS = 2
+TARGET_RATIO = 1.15
+
+
+def vgg_style(seed: int = 0) -> nn.Module:
+    """The benchmark CNN: 3x64x64 -> 10 logits, seeded random initialisation, eval mode."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    channels = 3
+    for width in (32, 64, 128):
+        layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
+                   nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        channels = width
+    layers += [nn.Flatten(), nn.Linear(128 * 8 * 8, 256), nn.ReLU(), nn.Linear(256, 10)]
+    return nn.Sequential(*layers).eval()
+
+
+def median_seconds(fns: dict[str, Callable[[], object]], warmup: int, runs: int) -> dict[str, float]:
+    """Median wall time of each function; the functions take turns in every round, so that a
+    change of machine load affects all of them alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def logit_seed(output: torch.Tensor) -> torch.Tensor:
+    """One-hot of each row's largest logit, times that logit's value (iNNvestigate's start)."""
+    output = output.detach()
+    seed = torch.zeros_like(output)
+    rows = torch.arange(output.shape[0])
+    index = output.argmax(dim=1)
+    seed[rows, index] = output[rows, index]
+    return seed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    args = parser.parse_args()
+
+    torch.set_num_threads(THREADS)
+    model = vgg_style()
+    composite = LRPComposite(plan_for(parse(METHOD)), "innvestigate")
+    attributor = Gradient(model, composite, attr_output=logit_seed)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs visible; "
+          f"{METHOD}; median of {args.runs} runs after {args.warmup} warm-ups")
+    header = (f"{'batch':>5} | {'ours ms':>9} | {'direct ms':>9} | {'gradient ms':>11} | "
+              f"{'ours/direct':>11} | {'ours/grad':>9} | {'direct/grad':>11}")
+    print(header)
+    print("-" * len(header))
+    worst = 0.0
+    for batch in args.batches:
+        generator = torch.Generator().manual_seed(batch)
+        x = torch.randn(batch, 3, 64, 64, generator=generator)
+
+        def ours():
+            return calculate_relevancemaps(METHOD, x, model)
+
+        def direct():
+            return attributor(x.detach().clone())[1]
+
+        def gradient():
+            probe = x.detach().clone().requires_grad_(True)
+            output = model(probe)
+            seed = torch.zeros_like(output)
+            seed[torch.arange(batch), output.detach().argmax(dim=1)] = 1.0
+            return torch.autograd.grad(output, probe, grad_outputs=seed)[0]
+
+        mine, theirs = torch.from_numpy(ours()), direct()
+        scale = theirs.abs().max()
+        if not torch.allclose(mine, theirs, rtol=1e-4, atol=1e-5 * float(scale)):
+            raise SystemExit(f"batch {batch}: ours and the direct Zennit call disagree "
+                             f"(max diff {float((mine - theirs).abs().max()):.3g})")
+
+        medians = median_seconds({"ours": ours, "direct": direct, "gradient": gradient}, args.warmup, args.runs)
+        t_ours, t_direct, t_grad = medians["ours"], medians["direct"], medians["gradient"]
+        worst = max(worst, t_ours / t_direct)
+        print(f"{batch:>5} | {t_ours * 1e3:>9.1f} | {t_direct * 1e3:>9.1f} | {t_grad * 1e3:>11.1f} | "
+              f"{t_ours / t_direct:>11.3f} | {t_ours / t_grad:>9.2f} | {t_direct / t_grad:>11.2f}")
+    verdict = "meets" if worst <= TARGET_RATIO else "MISSES"
+    print(f"worst ours/direct = {worst:.3f}: {verdict} the target <= {TARGET_RATIO}")
+
+
+if __name__ == "__main__":
+    main()
