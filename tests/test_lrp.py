@@ -654,7 +654,7 @@ HYPOTHESIS_NAMES = ["lrp_z", "lrp_epsilon_0_1", "lrp_epsilon_0_5_std_x", "lrp_al
                     "lrp_sequential_composite_b", "lrp_deep_taylor"]
 
 
-@settings(max_examples=60)
+@settings(max_examples=max(60, settings.default.max_examples))
 @given(stacks(), st.sampled_from(HYPOTHESIS_NAMES))
 def test_hypothesis_random_stacks_against_the_reference(case, name):
     model, x = case
