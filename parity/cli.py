@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import asdict
 from datetime import datetime, timezone
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TextIO
 
@@ -41,7 +41,8 @@ EXAMPLE = """example (a factory function build() in my_model.py in the current f
   signxai-parity --model my_model:build --input-shape 1,8,8 \\
       --methods gradient,lrp_epsilon_0_1,lrpsign_z --out parity-out --json parity-out/parity.json"""
 
-PARITY_EXTRA = "TensorFlow and iNNvestigate are needed: install the parity extra: pip install 'signxai[parity]'"
+PARITY_EXTRA = ("TensorFlow and iNNvestigate are needed: install the parity extra: "
+                "pip install 'signxai[parity]'")
 
 #: longest error text quoted in a one-line message
 _QUOTE_CHARS = 300
@@ -226,21 +227,20 @@ def _build(spec: str) -> torch.nn.Module:
     except Exception as error:
         raise UsageError(f"{spec}() raised {_one_line(error)}") from error
     if not isinstance(model, torch.nn.Module):
-        raise UsageError(f"{spec}() returned an object of type {type(model).__name__}, not a torch.nn.Module: "
-                         f"make the factory return the model")
+        raise UsageError(f"{spec}() returned an object of type {type(model).__name__}, not a "
+                         f"torch.nn.Module: make the factory return the model")
     return model
 
 
-def _existing(path: Path, option: str, what: str) -> Path:
-    """``path``, or :class:`UsageError` when there is no such file."""
+def _require_file(path: Path, option: str, what: str) -> None:
+    """Raise :class:`UsageError` when there is no file ``path``."""
     if not path.is_file():
         raise UsageError(f"no such file: {path} ({option} takes {what})")
-    return path
 
 
 def _load_state_dict(model: torch.nn.Module, path: Path, spec: str) -> None:
     """Load the weights file ``path`` into ``model``."""
-    _existing(path, "--state-dict", "a file written by torch.save(model.state_dict(), PATH)")
+    _require_file(path, "--state-dict", "a file written by torch.save(model.state_dict(), PATH)")
     try:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as error:
@@ -249,7 +249,7 @@ def _load_state_dict(model: torch.nn.Module, path: Path, spec: str) -> None:
 
 def _load_torchscript(path: Path) -> torch.nn.Module:
     """Load a TorchScript file and check that torch.fx can trace it for the Keras twin."""
-    _existing(path, "--torchscript", "a file written by torch.jit.save")
+    _require_file(path, "--torchscript", "a file written by torch.jit.save")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
@@ -290,7 +290,7 @@ def _shape(text: str) -> tuple[int, ...]:
 
 def _read_npy(path: Path) -> np.ndarray:
     """A float32 array with batch axis from a .npy file."""
-    _existing(path, "--inputs", "a .npy array, channels first, with a batch axis")
+    _require_file(path, "--inputs", "a .npy array, channels first, with a batch axis")
     try:
         x = np.load(path, allow_pickle=False)
     except Exception as error:
@@ -352,7 +352,7 @@ def compare_model(model: torch.nn.Module, x: np.ndarray, names: list[str] | None
 
     _check_outputs(model, x)
     chosen = _applicable(model, x, names, label)
-    if any(spec.family == "lrp" for spec in (case.spec for case in chosen)):
+    if any(case.spec.family == "lrp" for case in chosen):
         _check_lrp_support(model, x)
     dtypes = ["float32", "float64"] if float64 else ["float32"]
     bar = ProgressBar(len(chosen) * len(dtypes)) if progress else None
@@ -482,7 +482,7 @@ def _version(distribution: str) -> str:
     """The installed version of ``distribution``, or 'not installed'."""
     try:
         return version(distribution)
-    except Exception:
+    except PackageNotFoundError:
         return "not installed"
 
 

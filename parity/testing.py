@@ -124,7 +124,7 @@ def _child_env(model: torch.nn.Module) -> dict[str, str]:
 def _class_roots(model: torch.nn.Module) -> list[str]:
     """The folders from which the modules defining the model's classes are imported by name."""
     roots: list[str] = []
-    for cls in {type(module) for module in model.modules()}:
+    for cls in dict.fromkeys(type(module) for module in model.modules()):
         if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
             raise ValueError(f"assert_parity sends the model to a child process with torch.save, which "
                              f"stores classes by module and name: define {cls.__qualname__} at the top "
