@@ -29,7 +29,8 @@ def parity(session: nox.Session) -> None:
     parity suite)."""
     session.install("-e", ".[parity,test]")
     session.run("python", "-m", "parity", *session.posargs, env=ENV)
-    session.run("pytest", "-m", "tf", "-p", "no:cacheprovider", "tests/parity", env=ENV)
+    session.run("pytest", "-m", "tf", "-p", "no:cacheprovider", "tests/parity", "tests/test_parity_helper.py",
+                env=ENV)
 
 
 @nox.session(python=PYTHON)

@@ -103,7 +103,7 @@ def run_model(label: str, model: torch.nn.Module, x: np.ndarray, input_shape: tu
     from .twin import to_keras
 
     kind, last_conv = model_kind(model)
-    model = copy.deepcopy(model).to(torch.float64 if dtype == "float64" else torch.float32)
+    model = copy.deepcopy(model).to(torch.float64 if dtype == "float64" else torch.float32).eval()
     x = np.asarray(x, dtype=dtype)
     with torch.no_grad():
         targets = model(torch.from_numpy(x)).argmax(dim=1).numpy()

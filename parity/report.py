@@ -122,7 +122,10 @@ def write_figure(path: Path, runs: list[ModelRun]) -> None:
     import matplotlib.pyplot as plt
 
     run = next((r for r in runs if r.inputs.ndim == 4), runs[0])
-    methods = [m for m in FIGURE_METHODS if m in run.ours and m in run.references]
+    compared = [m for m in sorted(run.ours) if m in run.references]
+    methods = [m for m in FIGURE_METHODS if m in compared] or compared[:len(FIGURE_METHODS)]
+    if not methods:
+        raise ValueError("no compared method to draw")
     fig, axes = plt.subplots(len(methods), 3, figsize=(7.5, 2.4 * len(methods)), squeeze=False)
     for row, method in zip(axes, methods):
         ours, ref = run.ours[method][0], run.references[method][0]
