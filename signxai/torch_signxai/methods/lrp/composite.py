@@ -65,8 +65,9 @@ class Plan:
     ----------
     dense, conv : Rule
         Rules of hidden dense and conv layers.
-    batchnorm : Rule
-        Rule applied to BatchNorm's affine map (iNNvestigate's BN rule of the analyzer).
+    batchnorm : Rule or None
+        Rule applied to BatchNorm's affine map (iNNvestigate's BN rule of the analyzer), or None
+        for its plain gradient.
     input : Rule or None
         Rule of the input layer (the first conv/dense layer executed), or None for the hidden rule.
     last : Rule or None
@@ -81,7 +82,7 @@ class Plan:
 
     dense: Rule
     conv: Rule
-    batchnorm: Rule
+    batchnorm: Optional[Rule]
     input: Optional[Rule] = None
     last: Optional[Rule] = None
     average_pool: Optional[Rule] = field(default_factory=ZRule)
@@ -125,8 +126,11 @@ def plan_for(spec: MethodSpec) -> Plan:
         # iNNvestigate 2.1.2 chooses Z+ for a kernel layer that "contains an activation" and
         # W-square otherwise, but its test is hasattr(layer, "activation"), true for every Keras
         # Dense/Conv (linear ones too): so every conv/dense layer gets Z+ (bias ignored)
+        # Its BatchNorm mapping (W-square on the fused layer) is never reached either: the ReLU
+        # condition before it, "no kernel and only ReLU activations", holds for a BatchNormalization
+        # layer (it has no activation at all), so BN gets its plain gradient (its true scale)
         z_plus = AlphaBetaRule(1.0, 0.0, bias=False)
-        return Plan(dense=z_plus, conv=z_plus, batchnorm=WSquareRule(),
+        return Plan(dense=z_plus, conv=z_plus, batchnorm=None,
                     average_pool=None, deep_taylor=True, **common)
     hidden = _hidden_rule(spec)
     return Plan(dense=hidden, conv=hidden, batchnorm=hidden, **common)
@@ -235,7 +239,7 @@ class LRPComposite(Composite):
             if isinstance(module, KERNEL_LAYERS):
                 return kernel_hook
             if isinstance(module, NORM_LAYERS):
-                return norm_hook
+                return norm_hook if plan.batchnorm is not None else None
             if isinstance(module, AVERAGE_POOLS) and plan.average_pool is not None:
                 return pool_hook
             if isinstance(module, ACTIVATIONS) and not plan.deep_taylor:
