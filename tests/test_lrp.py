@@ -181,8 +181,8 @@ def test_batchnorm_in_both_apis(model_name):
         native = native_relevancemap(model, x, method=name, target_class=target)
         assert_close(tf_map, reference(layers, x.ravel(), target, methods[name], bn="innvestigate").reshape(shape))
         assert_close(native, reference(layers, x.ravel(), target, methods[name], bn="exact").reshape(shape))
-        # the bias of the BN stand-in matters to these (W-square, Flat, Deep Taylor pass relevance
-        # through a diagonal map as it is; Z+ on a diagonal map only sees the sign of the scale)
+        # the bias of the BN stand-in matters to these (W-square and Flat pass relevance through a
+        # diagonal map as it is, Z+ only sees the sign of its scale, Deep Taylor takes BN's gradient)
         if name in ("lrp_z", "lrp_epsilon_0_1", "lrp_epsilon_0_5_std_x", "lrp_alpha_2_beta_1", "lrp_gamma",
                     "lrpsign_epsilon_0_1"):
             assert np.any(tf_map != 0), name

@@ -377,7 +377,9 @@ def reference(layers: list[Layer], x: np.ndarray, target: int, method: Method, b
     relevance unchanged (Deep Taylor: only a ReLU fused into the conv/dense layer it directly
     follows; any other ReLU takes the gradient), LeakyReLU (a layer of its own in Keras) takes the
     gradient, max pooling routes to the first maximum of the window, average pooling gets the Z
-    rule (Deep Taylor: its gradient). ``input_layer`` overrides which layer index gets the input rule.
+    rule (Deep Taylor: its gradient). BatchNorm gets the analyzer's rule on ``bn``'s linear map
+    (Deep Taylor: the gradient of the true map, in either mode: iNNvestigate's DeepTaylor checks
+    "no kernel and only ReLU activations" before its BN mapping, and a BN layer passes that test). ``input_layer`` overrides which layer index gets the input rule.
     """
     acts = forward(layers, x)
     kernels = [i for i, layer in enumerate(layers) if layer.op == "linear"]
@@ -400,8 +402,11 @@ def reference(layers: list[Layer], x: np.ndarray, target: int, method: Method, b
                 rule = method.hidden
             R = rule(L, a, R)
         elif layer.op == "bn":
-            rule = rule_x2m100 if method.preset else rule_w_square if method.deep_taylor else method.hidden
-            R = rule(bn_linear(layer, bn), a, R)
+            if method.deep_taylor:  # DeepTaylor's ReLU condition catches BN first: its gradient
+                R = bn_linear(layer, "exact").M.T @ R
+            else:
+                rule = rule_x2m100 if method.preset else method.hidden
+                R = rule(bn_linear(layer, bn), a, R)
         elif layer.op == "relu":
             if method.deep_taylor:
                 j = i - 1
