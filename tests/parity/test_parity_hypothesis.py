@@ -47,7 +47,9 @@ def architectures(draw):
         shape = (channels, size, size) if kind == "cnn" else (channels, size)
         for _ in range(draw(st.integers(1, 2))):
             out = draw(st.integers(2, 4))
-            layers.append(conv(channels, out, 3, padding=draw(st.sampled_from([0, 1])), bias=bias))
+            padding = draw(st.sampled_from([0, 1])) if size >= 3 else 1
+            layers.append(conv(channels, out, 3, padding=padding, bias=bias))
+            size += 2 * padding - 2
             if draw(st.booleans()):
                 bn = norm(out)
                 bn.running_mean.uniform_(-0.5, 0.5)
@@ -55,12 +57,12 @@ def architectures(draw):
                 nn.init.uniform_(bn.weight, 0.5, 1.5)
                 layers.append(bn)
             layers.append(nn.ReLU())
-            if draw(st.booleans()):
+            if size >= 2 and draw(st.booleans()):
                 layers.append(draw(st.sampled_from(pools))(2))
+                size //= 2
             channels = out
         layers.append(nn.Flatten())
-        with torch.no_grad():
-            width = nn.Sequential(*layers)(torch.zeros(1, *shape)).shape[1]
+        width = channels * size ** (2 if kind == "cnn" else 1)
     layers.append(nn.Linear(width, classes, bias=bias))
     return nn.Sequential(*layers).eval(), shape, kind
 
