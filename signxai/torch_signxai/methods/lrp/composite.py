@@ -3,17 +3,28 @@
 Each layer gets a Zennit hook; which rule a conv/dense layer uses is decided when relevance
 reaches it, from the order in which layers actually ran (so "the input layer" is the first
 conv/dense layer the input reaches, not the first one registered: METHODS.md trap 4).
+
+A conv, dense, BatchNorm or average-pooling layer's hook (:class:`RuleHook`) puts one small
+autograd function in place of the layer's own backward: its backward maps the output relevance
+to the input with the layer's rule, given the layer's input and (for the rules that divide by
+it, :attr:`.rules.Rule.reuses_output`: Z, epsilon, std_x epsilon, SIGN) the layer's output from
+the forward pass. Those rules thus cost one transpose (``W^T v``, the same kernel as the layer's
+input gradient) and a few elementwise operations, as a plain gradient does; rules that modify
+the weights (alpha-beta, gamma, W-square, flat, Z-box) compute their own forwards and transposes.
+The layer's own backward never runs, and its input and output are released as soon as its
+relevance has been computed.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from functools import partial
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from zennit.core import Composite, Hook
-from zennit.rules import Pass
+from zennit.core import Composite, Hook, RemovableHandle, RemovableHandleList
 
 from ..grammar import MethodSpec, parse
 from .rules import (Affine, AlphaBetaRule, AlphaBetaX2m100Rule, EpsilonRule, FlatRule, GammaRule,
@@ -136,10 +147,31 @@ def plan_for(spec: MethodSpec) -> Plan:
     return Plan(dense=hidden, conv=hidden, batchnorm=hidden, **common)
 
 
+def _linear_adjoint(v: torch.Tensor, like: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``weight^T v`` of a dense layer: what autograd computes as ``linear``'s input gradient."""
+    return torch.matmul(v, weight)
+
+
+def _conv_adjoint(module: nn.Module) -> Optional[Callable]:
+    """``weight^T v`` of a convolution by its input-gradient kernel (``convolution_backward``,
+    what autograd runs for the layer's own backward, without a forward pass); None for padding
+    that is not a plain zero padding of fixed size (autograd handles those)."""
+    if module.padding_mode != "zeros" or isinstance(module.padding, str):
+        return None
+    stride, padding, dilation, groups = module.stride, module.padding, module.dilation, module.groups
+    output_padding = (0,) * len(stride)
+
+    def adjoint(v: torch.Tensor, like: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten.convolution_backward(
+            v, like, weight, None, stride, padding, dilation, False, output_padding, groups,
+            (True, False, False))[0]
+    return adjoint
+
+
 def _kernel_view(module: nn.Module) -> Affine:
     if isinstance(module, nn.Linear):
-        return Affine(module.weight, module.bias, torch.nn.functional.linear)
-    return Affine(module.weight, module.bias, module._conv_forward)
+        return Affine(module.weight, module.bias, torch.nn.functional.linear, _linear_adjoint, -1)
+    return Affine(module.weight, module.bias, module._conv_forward, _conv_adjoint(module), 1)
 
 
 def _batchnorm_view(module: nn.Module, mode: str) -> Affine:
@@ -163,7 +195,10 @@ def _batchnorm_view(module: nn.Module, mode: str) -> Affine:
         shape = (1, -1) + (1,) * (x.ndim - 2)
         out = x * weight.view(shape)
         return out if bias is None else out + bias.view(shape)
-    return Affine(scale.detach(), shift.detach(), apply)
+
+    def adjoint(v, like, weight):  # the input gradient of ``x * weight``
+        return v * weight.view((1, -1) + (1,) * (v.ndim - 2))
+    return Affine(scale.detach(), shift.detach(), apply, adjoint, 1)
 
 
 def _pool_view(module: nn.Module) -> Affine:
@@ -180,39 +215,218 @@ class Trace:
     kernels: list = field(default_factory=list)
     #: every leaf module in the order it ran
     leaves: list = field(default_factory=list)
+    #: (weak references to) the latest output of a rule layer and its :class:`_Slot`, while that
+    #: slot keeps the output: a ReLU that consumes this very tensor may stand in for it
+    pending: Optional[tuple] = None
+
+    def clear(self) -> None:
+        self.kernels.clear()
+        self.leaves.clear()
+        self.pending = None
+
+
+class _Slot:
+    """What one call of a layer leaves for its relevance step: its input ``x`` and (when a rule
+    may reuse it) its output ``z``, with their in-place version counters at the end of the call.
+
+    When a ReLU module consumes the output directly, the slot keeps the ReLU's output ``y``
+    instead (``fused``): where ``y > 0`` it equals ``z``, and where ``y == 0`` the relevance that
+    reaches ``z`` is zero whenever the layers above multiply relevance by their input (Z,
+    epsilon, alpha-beta, ...), so the share ``r / stabilised(z)`` is zero there whatever ``z`` was,
+    provided the rule's denominator at a zero output is not zero (a safe divide, or epsilon > 0).
+    The relevance step checks both premises and recomputes ``z`` when one fails. ``y`` is the
+    next layer's input, which is kept anyway, so the layer's output need not be. (The shares at
+    those positions may differ from the unfused ones in the sign of zero only.)
+    """
+
+    __slots__ = ("x", "z", "x_version", "z_version", "fused", "__weakref__")
+
+    def __init__(self, x: torch.Tensor, z: Optional[torch.Tensor]) -> None:
+        self.x, self.z = x, z
+        self.x_version = self.z_version = 0
+        self.fused = False
+
+    def seal(self) -> None:
+        self.x_version = self.x._version
+        if self.z is not None:
+            self.z_version = self.z._version
+
+    def fuse(self, y: torch.Tensor) -> None:
+        """Keep the ReLU output ``y`` of the layer's output instead of the output itself."""
+        self.z, self.fused, self.z_version = y, True, y._version
+
+    def output(self, r: torch.Tensor, rule: Rule, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The layer's output as ``rule`` may use it against relevance ``r``, or None when it
+        must be recomputed (not kept, modified in place since, or a fused ReLU output where a
+        premise fails: ``r`` not zero where ``y`` is, or a rule that may divide by zero there)."""
+        z = self.z
+        if z is None or z._version != self.z_version:
+            return None
+        if self.fused:
+            if not rule.divides_zero_safely(x):
+                return None
+            # r with its entries at y <= 0 zeroed (ReLU's own backward kernel) must equal r
+            # (NaN never compares equal, so NaN relevance also recomputes)
+            if not torch.equal(torch.ops.aten.threshold_backward(r, z, 0), r):
+                return None
+        return z
+
+
+class _RelevanceStep(torch.autograd.Function):
+    """Stands in for a layer's own backward: forward returns the layer's output unchanged (the
+    very tensor, marked as modified so that it carries this function's gradient node), backward
+    returns ``step(relevance at the output)`` as the relevance at the input."""
+
+    @staticmethod
+    def forward(ctx, x, z, step):
+        ctx.step = step
+        ctx.mark_dirty(z)
+        return z
+
+    @staticmethod
+    def backward(ctx, r):
+        step, ctx.step = ctx.step, None  # release the layer's tensors as soon as they are used
+        return step(r), None, None
+
+
+class _PassStep(torch.autograd.Function):
+    """An activation under LRP: forward returns the activation's output ``y`` (computed without
+    autograd), backward passes the relevance to the activation's input ``x`` unchanged."""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        ctx.mark_dirty(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, r):
+        return r, None
 
 
 class RuleHook(Hook):
     """A Zennit hook that maps a layer's output relevance to its input with a :class:`Rule`,
-    choosing the rule at backward time (input / last / hidden layer, from the trace)."""
+    choosing the rule at backward time (input / last / hidden layer, from the trace).
+
+    Parameters
+    ----------
+    view : callable
+        The layer as an :class:`Affine` map.
+    choose : callable
+        ``choose(module) -> Rule`` at backward time.
+    trace : Trace
+        The composite's record of the forward pass.
+    candidates : callable, optional
+        ``candidates(module) -> rules`` that ``choose`` may return for the module; the layer's
+        output is kept for the backward pass only if one of them reuses it.
+    native : bool
+        Whether the module's own output is exactly ``view(module)(x)`` (conv, dense, pooling;
+        not BatchNorm, whose view is iNNvestigate's linearisation or an algebraically equal map),
+        so that a rule may take it instead of recomputing it.
+    """
 
     def __init__(self, view: Callable[[nn.Module], Affine], choose: Callable[[nn.Module], Rule],
-                 trace: Trace) -> None:
+                 trace: Trace, candidates: Optional[Callable[[nn.Module], Iterable[Rule]]] = None,
+                 native: bool = False) -> None:
         super().__init__()
         self.view, self.choose, self.trace = view, choose, trace
+        self.candidates, self.native = candidates, native
 
     def copy(self) -> "RuleHook":
-        return RuleHook(self.view, self.choose, self.trace)
+        return RuleHook(self.view, self.choose, self.trace, self.candidates, self.native)
 
-    def forward(self, module, input, output):
-        self.stored_tensors["input"] = input
+    def register(self, module: nn.Module) -> RemovableHandleList:
+        """One forward hook; no input copy (these layers never modify their input)."""
+        return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self.post_forward)])
+
+    def _keeps_output(self, module: nn.Module) -> bool:
+        if not self.native:
+            return False
+        rules = self.candidates(module) if self.candidates is not None else (self.choose(module),)
+        return any(rule is not None and rule.reuses_output for rule in rules)
+
+    def post_forward(self, module, input, output):
         if isinstance(module, KERNEL_LAYERS):
             self.trace.kernels.append(module)
+        x = input[0] if isinstance(input, tuple) else input
+        if not (self.active and torch.is_grad_enabled() and isinstance(output, torch.Tensor)
+                and isinstance(x, torch.Tensor) and x.requires_grad):
+            return None
+        slot = _Slot(x.detach(), output.detach() if self._keeps_output(module) else None)
+        result = _RelevanceStep.apply(x, output.detach(), partial(self._relevance, module, slot))
+        slot.seal()
+        if slot.z is not None:
+            self.trace.pending = (weakref.ref(result), weakref.ref(slot))
+        return result
 
-    def backward(self, module, grad_input, grad_output):
-        x = self.stored_tensors["input"][0]
-        return (self.choose(module).relevance(self.view(module), x, grad_output[0]),)
+    def _relevance(self, module: nn.Module, slot: _Slot, r: torch.Tensor) -> torch.Tensor:
+        x = slot.x
+        if x._version != slot.x_version:
+            raise RuntimeError(f"the input of layer '{type(module).__name__}' was modified in place "
+                               f"after the layer ran; LRP needs it unchanged")
+        rule = self.choose(module)
+        z = slot.output(r, rule, x) if rule.reuses_output else None
+        fused = slot.fused
+        slot.x = slot.z = None
+        # z None: the rule computes the layer's output itself (a rule that modifies the weights,
+        # or an output modified in place later / a failed ReLU premise)
+        return rule.relevance(self.view(module), x, r, z=z, nonnegative=z is not None and fused)
 
 
-class TracedPass(Pass):
-    """Zennit's pass-through rule (relevance crosses activations unchanged, as in iNNvestigate)."""
+class PassHook(Hook):
+    """Relevance passes an activation unchanged (iNNvestigate's LRP, Zennit's ``Pass``), with no
+    backward of the activation's own: the activation runs on a detached input (a copy when it
+    works in place, so that tensors kept for other layers stay intact) and a :class:`_PassStep`
+    links its output to its input.
+
+    A ``nn.ReLU`` that directly consumes a rule layer's output (see :class:`_Slot`) lets that
+    layer keep the ReLU's output instead of its own, and may then work in place on it.
+    """
 
     def __init__(self, trace: Trace) -> None:
         super().__init__()
         self.trace = trace
+        self.calls: list = []
 
-    def copy(self) -> "TracedPass":
-        return TracedPass(self.trace)
+    def copy(self) -> "PassHook":
+        return PassHook(self.trace)
+
+    def register(self, module: nn.Module) -> RemovableHandleList:
+        return RemovableHandleList([RemovableHandle(self), module.register_forward_pre_hook(self.pre_forward),
+                                    module.register_forward_hook(self.post_forward)])
+
+    def _producer(self, module: nn.Module, x: torch.Tensor) -> Optional[_Slot]:
+        """The slot whose layer output ``x`` is, when ``module`` is a ReLU that may stand in."""
+        pending, self.trace.pending = self.trace.pending, None
+        if type(module) is not nn.ReLU or pending is None or pending[0]() is not x:
+            return None
+        slot = pending[1]()
+        return slot if slot is not None and slot.z is not None and not slot.fused else None
+
+    def pre_forward(self, module, args):
+        x = args[0] if args else None
+        if not (self.active and torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.requires_grad):
+            self.calls.append(None)
+            return None
+        slot = self._producer(module, x)
+        detached = x.detach()
+        if slot is None and getattr(module, "inplace", False):
+            detached = detached.clone()
+        self.calls.append((x, slot))
+        return (detached, *args[1:])
+
+    def post_forward(self, module, args, output):
+        call = self.calls.pop() if self.calls else None
+        if call is None or not isinstance(output, torch.Tensor):
+            return None
+        x, slot = call
+        result = _PassStep.apply(x, output)
+        if slot is not None:
+            slot.fuse(result.detach())
+        return result
+
+    def remove(self) -> None:
+        self.calls.clear()
+        super().remove()
 
 
 class LRPComposite(Composite):
@@ -224,15 +438,19 @@ class LRPComposite(Composite):
         The rules.
     batchnorm : str
         ``'exact'`` or ``'innvestigate'`` (see :func:`_batchnorm_view`).
+    reuse_outputs : bool
+        Let rules that divide by a layer's output take it from the forward pass (the fast path,
+        default); False makes every rule recompute it (the general path, for comparisons).
     """
 
-    def __init__(self, plan: Plan, batchnorm: str) -> None:
+    def __init__(self, plan: Plan, batchnorm: str, reuse_outputs: bool = True) -> None:
         self.plan, self.trace = plan, Trace()
         self.names: dict[nn.Module, str] = {}
-        kernel_hook = RuleHook(_kernel_view, self._kernel_rule, self.trace)
+        kernel_hook = RuleHook(_kernel_view, self._kernel_rule, self.trace, self._kernel_rules,
+                               native=reuse_outputs)
         norm_hook = RuleHook(lambda m: _batchnorm_view(m, batchnorm), lambda m: plan.batchnorm, self.trace)
-        pool_hook = RuleHook(_pool_view, lambda m: plan.average_pool, self.trace)
-        pass_hook = TracedPass(self.trace)
+        pool_hook = RuleHook(_pool_view, lambda m: plan.average_pool, self.trace, native=reuse_outputs)
+        pass_hook = PassHook(self.trace)
 
         def module_map(ctx, name, module):
             self.names[module] = name
@@ -251,8 +469,7 @@ class LRPComposite(Composite):
 
     def register(self, module: nn.Module) -> None:
         check_supported(module)
-        self.trace.kernels.clear()
-        self.trace.leaves.clear()
+        self.trace.clear()
         super().register(module)
         # every leaf records that it ran (hook-less ones too: max pooling, flatten, dropout)
         for leaf in module.modules():
@@ -263,8 +480,17 @@ class LRPComposite(Composite):
         self.handles.append(module.register_forward_pre_hook(guard.start))
         self.handles.append(module.register_forward_hook(guard.stop, always_call=True))
 
+    def remove(self) -> None:
+        super().remove()
+        self.trace.pending = None
+
     def _record(self, module: nn.Module, input, output) -> None:
         self.trace.leaves.append(module)
+
+    def _kernel_rules(self, module: nn.Module) -> tuple:
+        """Every rule :meth:`_kernel_rule` may choose for ``module``."""
+        plan = self.plan
+        return plan.input, plan.last, plan.dense if isinstance(module, nn.Linear) else plan.conv
 
     def _kernel_rule(self, module: nn.Module) -> Rule:
         plan, kernels = self.plan, self.trace.kernels

@@ -4,7 +4,10 @@ A rule maps the relevance ``r`` at a layer's output back to its input ``x``, giv
 :class:`Affine` view of the layer (a conv, a dense layer, or BatchNorm's elementwise affine map).
 Every rule writes the layer as ``z = W x + b`` and uses only two operations on it: the forward
 ``layer(x, weights=..., bias=...)`` with modified parameters and the transpose
-``layer.transpose(v, weights=...)`` (``W'^T v``, by autograd). Where iNNvestigate divides, it
+``layer.transpose(v, weights=...)`` (``W'^T v``: the layer's own adjoint where the view has one,
+e.g. the input gradient of a convolution, else by autograd). Rules whose denominator is the
+layer's own output (:attr:`Rule.reuses_output`) accept it as ``z=`` instead of recomputing it
+(the composite hands over the output of the forward pass). Where iNNvestigate divides, it
 uses its safe divide, which only replaces exact zeros in the denominator (by 1e-7); Zennit's
 ``+-1e-6`` stabiliser is not used (METHODS.md traps 3, 5, 7).
 """
@@ -30,23 +33,35 @@ def _keep(t: torch.Tensor) -> torch.Tensor:
 
 
 def _positive(t: torch.Tensor) -> torch.Tensor:
-    return t * (t > 0)
+    """``t * (t > 0)`` in one pass (equal up to the sign of zeros, which no rule can see: a zero
+    in a sum or a product with a finite value gives the same value, and safe divides treat
+    -0 and +0 alike)."""
+    return t.clamp(min=0)
 
 
 def _negative(t: torch.Tensor) -> torch.Tensor:
-    return t * (t < 0)
+    """``t * (t < 0)`` in one pass (see :func:`_positive`)."""
+    return t.clamp(max=0)
 
 
 def safe_divide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a / b`` with exact zeros of ``b`` replaced by 1e-7 (iNNvestigate's ``safe_divide``)."""
-    # the mask in b's dtype first: a Python float times a bool tensor is float32, and 1e-7 rounded
-    # to float32 is 1.0000000116860974e-07, not the 1e-7 of a float64 model
-    return a / (b + (b == 0).to(b.dtype) * SAFE_EPSILON)
+    """``a / b`` with exact zeros of ``b`` replaced by 1e-7 (iNNvestigate's ``safe_divide``,
+    ``b + (b == 0) * 1e-7``: where ``b`` is zero that sum is 1e-7 itself, elsewhere ``b``)."""
+    # the Python float takes b's dtype: in float32 it is 1e-7 rounded to float32
+    # (1.0000000116860974e-07), in float64 the 1e-7 of a float64 model
+    return a / torch.where(b == 0, SAFE_EPSILON, b)
+
+
+def _times(a: torch.Tensor, layer: "Affine", g: torch.Tensor) -> torch.Tensor:
+    """``a * g`` for a transpose ``g`` of ``layer``: in place on ``g`` when the layer's adjoint
+    made it (a fresh tensor of nobody else's; an autograd gradient may alias its seed)."""
+    return g.mul_(a) if layer.adjoint is not None and g.shape == a.shape else a * g
 
 
 def _signed_stabilise(z: torch.Tensor, epsilon) -> torch.Tensor:
-    """``z + epsilon * (+1 if z >= 0 else -1)`` (iNNvestigate's epsilon rule)."""
-    return z + torch.where(z >= 0, 1.0, -1.0).to(z.dtype) * epsilon
+    """``z + epsilon * (+1 if z >= 0 else -1)`` (iNNvestigate's epsilon rule), as
+    ``z + epsilon`` or ``z - epsilon`` (the same values: a product with +-1 is exact)."""
+    return torch.where(z >= 0, z + epsilon, z - epsilon)
 
 
 @dataclass(frozen=True)
@@ -66,14 +81,38 @@ class Affine:
     weight: torch.Tensor
     bias: Optional[torch.Tensor]
     apply: Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+    #: ``adjoint(v, like, weight)``: ``weight^T v`` shaped like the input ``like``, without a
+    #: forward pass (e.g. a convolution's input gradient); None: by autograd through ``apply``
+    adjoint: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None
+    #: axis of the output along which the bias runs (1 for conv/BatchNorm, -1 for dense), or
+    #: None when unknown (see :meth:`offset`)
+    channel_axis: Optional[int] = None
 
     def __call__(self, x: torch.Tensor, weights: Modifier = _keep, bias: bool = True) -> torch.Tensor:
         """The layer at ``x`` with ``weights`` applied to its weight and (if ``bias``) its bias."""
         b = weights(self.bias) if bias and self.bias is not None else None
         return self.apply(x, weights(self.weight), b)
 
+    def offset(self, weights: Modifier, out: torch.Tensor) -> Optional[torch.Tensor]:
+        """``weights(b)`` shaped to broadcast against an output ``out``: the layer at an all-zero
+        input (``layer(0, weights)``, exactly, since every product with a zero is zero); None
+        without a bias or a known :attr:`channel_axis`."""
+        if self.bias is None or self.channel_axis is None:
+            return None
+        shape = [1] * out.ndim
+        shape[self.channel_axis] = -1
+        return weights(self.bias).reshape(shape)
+
+    def with_weights(self, weights: Modifier) -> "Affine":
+        """The layer with ``weights`` applied once to its weight and bias (for rules that use a
+        modified layer more than once)."""
+        bias = None if self.bias is None else weights(self.bias)
+        return Affine(weights(self.weight), bias, self.apply, self.adjoint, self.channel_axis)
+
     def transpose(self, v: torch.Tensor, like: torch.Tensor, weights: Modifier = _keep) -> torch.Tensor:
         """``W'^T v`` for the modified weight ``W' = weights(W)``, shaped like the input ``like``."""
+        if self.adjoint is not None:
+            return self.adjoint(v, like, weights(self.weight))
         probe = torch.zeros_like(like).requires_grad_(True)
         with torch.enable_grad():
             out = self.apply(probe, weights(self.weight), None)
@@ -82,9 +121,26 @@ class Affine:
 
 
 class Rule:
-    """Base of all rules: ``relevance(layer, x, r) -> relevance at x``."""
+    """Base of all rules: ``relevance(layer, x, r) -> relevance at x``.
 
-    def relevance(self, layer: Affine, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    A rule whose :attr:`reuses_output` is true divides by the layer's own output ``layer(x)``
+    (unmodified weights, bias kept) and takes it as ``relevance(layer, x, r, z=...)``; with
+    ``z=None`` it computes it. Such a rule needs nothing but that output and the layer's
+    transpose, which is what makes the composite's fast path possible.
+    """
+
+    #: whether :meth:`relevance` divides by ``layer(x)`` and accepts it as ``z``
+    reuses_output = False
+
+    def divides_zero_safely(self, x: torch.Tensor) -> bool:
+        """Whether the denominator is nonzero where the layer's output is zero (so that a zero
+        relevance there gives a zero share): true for safe divides."""
+        return True
+
+    def relevance(self, layer: Affine, x: torch.Tensor, r: torch.Tensor,
+                  z: Optional[torch.Tensor] = None, nonnegative: bool = False) -> torch.Tensor:
+        """Relevance at ``x``; ``z``: the layer's output ``layer(x)`` when known (for rules that
+        :attr:`reuse <reuses_output>` it), ``nonnegative``: that ``z`` has no negative entries."""
         raise NotImplementedError
 
 
@@ -94,8 +150,14 @@ class ZRule(Rule):
 
     bias: bool = True
 
-    def relevance(self, layer, x, r):
-        return x * layer.transpose(safe_divide(r, layer(x, bias=self.bias)), x)
+    @property
+    def reuses_output(self) -> bool:
+        return self.bias
+
+    def relevance(self, layer, x, r, z=None, nonnegative=False):
+        if z is None or not self.bias:
+            z = layer(x, bias=self.bias)
+        return _times(x, layer, layer.transpose(safe_divide(r, z), x))
 
 
 @dataclass(frozen=True)
@@ -103,13 +165,22 @@ class EpsilonRule(Rule):
     """LRP-epsilon: ``R_i = x_i sum_j w_ij R_j / (z_j + epsilon * sign(z_j))``, sign(0) = +1."""
 
     epsilon: float
+    reuses_output = True
 
     def stabiliser(self, x: torch.Tensor):
         return self.epsilon
 
-    def relevance(self, layer, x, r):
-        z = _signed_stabilise(layer(x), self.stabiliser(x))
-        return x * layer.transpose(r / z, x)
+    def divides_zero_safely(self, x):
+        epsilon = self.stabiliser(x)
+        return bool((epsilon > 0).all()) if isinstance(epsilon, torch.Tensor) else epsilon > 0
+
+    def relevance(self, layer, x, r, z=None, nonnegative=False):
+        epsilon = self.stabiliser(x)
+        if z is not None and nonnegative:
+            z = z + epsilon  # every entry is >= 0 (or NaN, which stays NaN either way)
+        else:
+            z = _signed_stabilise(layer(x) if z is None else z, epsilon)
+        return _times(x, layer, layer.transpose(r / z, x))
 
 
 @dataclass(frozen=True)
@@ -135,17 +206,37 @@ class AlphaBetaRule(Rule):
     beta: float = 0.0
     bias: bool = True
 
-    def _half(self, layer, x_pos, x_neg, r, first: Modifier, second: Modifier) -> torch.Tensor:
-        z = layer(x_pos, first, self.bias) + layer(x_neg, second, self.bias)
+    def _half(self, layer, x_pos, x_neg, r, first: Modifier, second: Modifier, modified) -> torch.Tensor:
+        if x_neg is None:
+            # no negative input (as after a ReLU): the second term is the layer at zero, which is
+            # its bias term alone (exactly: every product with a zero is zero), and its relevance
+            # is zero
+            z = modified(first)(x_pos, bias=self.bias)
+            if self.bias and layer.bias is not None:
+                z = z + layer.offset(second, z)
+            return x_pos * modified(first).transpose(safe_divide(r, z), x_pos)
+        z = modified(first)(x_pos, bias=self.bias) + modified(second)(x_neg, bias=self.bias)
         share = safe_divide(r, z)
-        return x_pos * layer.transpose(share, x_pos, first) + x_neg * layer.transpose(share, x_neg, second)
+        return (x_pos * modified(first).transpose(share, x_pos)
+                + x_neg * modified(second).transpose(share, x_neg))
 
-    def relevance(self, layer, x, r):
-        x_pos, x_neg = _positive(x), _negative(x)
-        activator = self._half(layer, x_pos, x_neg, r, _positive, _negative)
+    def relevance(self, layer, x, r, z=None, nonnegative=False):
+        cache: dict = {}
+
+        def modified(weights: Modifier) -> Affine:  # W+ and W- computed once per call
+            if weights not in cache:
+                cache[weights] = layer.with_weights(weights)
+            return cache[weights]
+
+        offset_known = not (self.bias and layer.bias is not None) or layer.channel_axis is not None
+        if offset_known and not bool((x < 0).any()):
+            x_pos, x_neg = x, None  # x * (x > 0) is x itself here
+        else:
+            x_pos, x_neg = _positive(x), _negative(x)
+        activator = self._half(layer, x_pos, x_neg, r, _positive, _negative, modified)
         if not self.beta:
             return activator
-        inhibitor = self._half(layer, x_pos, x_neg, r, _negative, _positive)
+        inhibitor = self._half(layer, x_pos, x_neg, r, _negative, _positive, modified)
         return self.alpha * activator - self.beta * inhibitor
 
 
@@ -154,10 +245,11 @@ class AlphaBetaX2m100Rule(Rule):
     """iNNvestigate's ``AlphaBetaX2m100Rule`` (its BatchNorm rule in the sequential presets):
     ``2 * x+ W+^T(R / (W+ x+ + b+)) - x+ W-^T(R / (W- x+ + b-))``; inputs below zero get none."""
 
-    def relevance(self, layer, x, r):
+    def relevance(self, layer, x, r, z=None, nonnegative=False):
         x_pos = _positive(x)
-        act = x_pos * layer.transpose(safe_divide(r, layer(x_pos, _positive)), x, _positive)
-        inh = x_pos * layer.transpose(safe_divide(r, layer(x_pos, _negative)), x, _negative)
+        pos, neg = layer.with_weights(_positive), layer.with_weights(_negative)
+        act = x_pos * pos.transpose(safe_divide(r, pos(x_pos)), x)
+        inh = x_pos * neg.transpose(safe_divide(r, neg(x_pos)), x)
         return 2 * act - inh
 
 
@@ -167,10 +259,11 @@ class GammaRule(Rule):
 
     gamma: float = 0.5
 
-    def relevance(self, layer, x, r):
+    def relevance(self, layer, x, r, z=None, nonnegative=False):
         def weights(t):
             return t + self.gamma * _positive(t)
-        return x * layer.transpose(safe_divide(r, layer(x, weights)), x, weights)
+        modified = layer.with_weights(weights)
+        return x * modified.transpose(safe_divide(r, modified(x)), x)
 
 
 @dataclass(frozen=True)
@@ -180,9 +273,10 @@ class WSquareRule(Rule):
     def weights(self, t: torch.Tensor) -> torch.Tensor:
         return t ** 2
 
-    def relevance(self, layer, x, r):
-        z = layer(torch.ones_like(x), self.weights, bias=False)
-        return layer.transpose(safe_divide(r, z), x, self.weights)
+    def relevance(self, layer, x, r, z=None, nonnegative=False):
+        modified = layer.with_weights(self.weights)
+        z = modified(torch.ones_like(x), bias=False)
+        return modified.transpose(safe_divide(r, z), x)
 
 
 @dataclass(frozen=True)
@@ -200,12 +294,13 @@ class ZBoxRule(Rule):
     low: float
     high: float
 
-    def relevance(self, layer, x, r):
+    def relevance(self, layer, x, r, z=None, nonnegative=False):
         low, high = torch.full_like(x, self.low), torch.full_like(x, self.high)
-        z = layer(x, bias=False) - layer(low, _positive, False) - layer(high, _negative, False)
+        pos, neg = layer.with_weights(_positive), layer.with_weights(_negative)
+        z = layer(x, bias=False) - pos(low, bias=False) - neg(high, bias=False)
         share = safe_divide(r, z)
-        return (x * layer.transpose(share, x) - low * layer.transpose(share, x, _positive)
-                - high * layer.transpose(share, x, _negative))
+        return (x * layer.transpose(share, x) - low * pos.transpose(share, x)
+                - high * neg.transpose(share, x))
 
 
 @dataclass(frozen=True)
@@ -214,10 +309,11 @@ class SignRule(Rule):
     ``s_mu(v) = +1 if v >= mu else -1``."""
 
     mu: float = 0.0
+    reuses_output = True
 
-    def relevance(self, layer, x, r):
+    def relevance(self, layer, x, r, z=None, nonnegative=False):
         sign = torch.where(x >= self.mu, 1.0, -1.0).to(x.dtype)
-        return sign * layer.transpose(safe_divide(r, layer(x)), x)
+        return _times(sign, layer, layer.transpose(safe_divide(r, layer(x) if z is None else z), x))
 
 
 @dataclass(frozen=True)
