@@ -345,3 +345,26 @@ def test_fast_path_is_taken_on_a_relu_chain(monkeypatch):
     x = np.random.default_rng(8).standard_normal((2, 3, 8, 8)).astype(np.float32)
     calculate_relevancemaps("lrpsign_epsilon_0_1", x, model)
     assert outputs == [(False, True), (True, True), (True, True), (True, True)]
+
+
+@pytest.mark.parametrize("rule", [AlphaBetaRule(1.0, 0.0), AlphaBetaRule(2.0, 1.0), AlphaBetaRule(1.0, 0.0, bias=False)])
+@pytest.mark.parametrize("signed", [False, True])
+def test_dense_weights_modified_in_row_blocks(rule, signed):
+    # a large dense weight is modified block by block (no whole modified copy); the blocks'
+    # forward and transpose equal the whole modified layer's
+    from signxai.torch_signxai.methods.lrp.composite import _linear_adjoint
+    torch.manual_seed(9)
+    weight, bias = torch.randn(11, 7, dtype=torch.float64), torch.randn(11, dtype=torch.float64)
+    whole = Affine(weight, bias, torch.nn.functional.linear, _linear_adjoint, -1)
+    blocks = Affine(weight, bias, torch.nn.functional.linear, _linear_adjoint, -1, row_block=3)
+    x = torch.randn(4, 7, dtype=torch.float64)
+    x = x if signed else x.clamp(min=0)
+    r = torch.randn(4, 11, dtype=torch.float64)
+    expected = rule.relevance(whole, x, r)
+    assert _relative_error(rule.relevance(blocks, x, r).numpy(), expected.numpy()) <= TOLERANCE
+
+
+def test_vgg_sized_dense_layer_gets_row_blocks():
+    view = _kernel_view(nn.Linear(25088, 256))
+    assert view.row_block is not None and view.row_block * 25088 <= 1 << 20
+    assert _kernel_view(nn.Linear(64, 10)).row_block is None

@@ -168,9 +168,16 @@ def _conv_adjoint(module: nn.Module) -> Optional[Callable]:
     return adjoint
 
 
+#: dense weights of at least this many entries are modified block by block (Affine.row_block),
+#: blocks of about this many entries (VGG16's first dense weight, 102.8M entries, would
+#: otherwise take a 392 MiB copy per modifier)
+_BLOCK_ENTRIES = 1 << 20
+
+
 def _kernel_view(module: nn.Module) -> Affine:
     if isinstance(module, nn.Linear):
-        return Affine(module.weight, module.bias, torch.nn.functional.linear, _linear_adjoint, -1)
+        rows = max(1, _BLOCK_ENTRIES // module.in_features) if module.weight.numel() > 4 * _BLOCK_ENTRIES else None
+        return Affine(module.weight, module.bias, torch.nn.functional.linear, _linear_adjoint, -1, rows)
     return Affine(module.weight, module.bias, module._conv_forward, _conv_adjoint(module), 1)
 
 

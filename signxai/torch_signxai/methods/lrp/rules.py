@@ -87,6 +87,10 @@ class Affine:
     #: axis of the output along which the bias runs (1 for conv/BatchNorm, -1 for dense), or
     #: None when unknown (see :meth:`offset`)
     channel_axis: Optional[int] = None
+    #: for a dense layer (``apply`` is ``linear``): :meth:`with_weights` modifies the weight in
+    #: blocks of this many output rows as they are used, so that no modified copy of a large
+    #: weight exists whole; None: modify the whole weight at once
+    row_block: Optional[int] = None
 
     def __call__(self, x: torch.Tensor, weights: Modifier = _keep, bias: bool = True) -> torch.Tensor:
         """The layer at ``x`` with ``weights`` applied to its weight and (if ``bias``) its bias."""
@@ -103,9 +107,11 @@ class Affine:
         shape[self.channel_axis] = -1
         return weights(self.bias).reshape(shape)
 
-    def with_weights(self, weights: Modifier) -> "Affine":
+    def with_weights(self, weights: Modifier) -> "Affine | _RowBlocks":
         """The layer with ``weights`` applied once to its weight and bias (for rules that use a
-        modified layer more than once)."""
+        modified layer more than once); block by block for a dense layer with :attr:`row_block`."""
+        if self.row_block is not None and self.weight.shape[0] > self.row_block:
+            return _RowBlocks(self, weights)
         bias = None if self.bias is None else weights(self.bias)
         return Affine(weights(self.weight), bias, self.apply, self.adjoint, self.channel_axis)
 
@@ -118,6 +124,40 @@ class Affine:
             out = self.apply(probe, weights(self.weight), None)
             (grad,) = torch.autograd.grad(out, probe, grad_outputs=v)
         return grad
+
+
+class _RowBlocks:
+    """A dense layer whose weight and bias are modified by ``weights`` (see
+    :meth:`Affine.with_weights`), the weight one block of output rows at a time: the forward
+    fills the output block by block, the transpose sums the blocks' ``W_block'^T v_block``
+    (the same sum as one product, in another order)."""
+
+    def __init__(self, layer: Affine, weights: Modifier) -> None:
+        self.layer, self.weights = layer, weights
+        self.bias = None if layer.bias is None else weights(layer.bias)
+
+    def _blocks(self):
+        weight, step = self.layer.weight, self.layer.row_block
+        for start in range(0, weight.shape[0], step):
+            yield start, min(start + step, weight.shape[0]), self.weights(weight[start:start + step])
+
+    def __call__(self, x: torch.Tensor, weights: Modifier = _keep, bias: bool = True) -> torch.Tensor:
+        if weights is not _keep:
+            raise ValueError("a layer with modified weights takes no further modifier")
+        out = x.new_empty(*x.shape[:-1], self.layer.weight.shape[0])
+        for start, stop, block in self._blocks():
+            b = self.bias[start:stop] if bias and self.bias is not None else None
+            out[..., start:stop] = torch.nn.functional.linear(x, block, b)
+        return out
+
+    def transpose(self, v: torch.Tensor, like: torch.Tensor, weights: Modifier = _keep) -> torch.Tensor:
+        if weights is not _keep:
+            raise ValueError("a layer with modified weights takes no further modifier")
+        total = None
+        for start, stop, block in self._blocks():
+            part = torch.matmul(v[..., start:stop], block)
+            total = part if total is None else total.add_(part)
+        return total
 
 
 class Rule:
