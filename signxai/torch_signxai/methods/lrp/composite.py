@@ -241,7 +241,8 @@ class _Slot:
     reaches ``z`` is zero whenever the layers above multiply relevance by their input (Z,
     epsilon, alpha-beta, ...), so the share ``r / stabilised(z)`` is zero there whatever ``z`` was,
     provided the rule's denominator at a zero output is not zero (a safe divide, or epsilon > 0).
-    The relevance step checks both premises and recomputes ``z`` when one fails. ``y`` is the
+    The relevance step checks the first premise, the rule the second (``cut=True``), and ``z``
+    is recomputed when one fails. ``y`` is the
     next layer's input, which is kept anyway, so the layer's output need not be. (The shares at
     those positions may differ from the unfused ones in the sign of zero only.)
     """
@@ -262,16 +263,14 @@ class _Slot:
         """Keep the ReLU output ``y`` of the layer's output instead of the output itself."""
         self.z, self.fused, self.z_version = y, True, y._version
 
-    def output(self, r: torch.Tensor, rule: Rule, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """The layer's output as ``rule`` may use it against relevance ``r``, or None when it
-        must be recomputed (not kept, modified in place since, or a fused ReLU output where a
-        premise fails: ``r`` not zero where ``y`` is, or a rule that may divide by zero there)."""
+    def output(self, r: torch.Tensor) -> Optional[torch.Tensor]:
+        """The layer's output (or, when ``fused``, its ReLU) as a rule may use it against
+        relevance ``r``, or None when it must be recomputed (not kept, modified in place since,
+        or a ReLU output where ``r`` is not zero at its zeros)."""
         z = self.z
         if z is None or z._version != self.z_version:
             return None
         if self.fused:
-            if not rule.divides_zero_safely(x):
-                return None
             # r with its entries at y <= 0 zeroed (ReLU's own backward kernel) must equal r
             # (NaN never compares equal, so NaN relevance also recomputes)
             if not torch.equal(torch.ops.aten.threshold_backward(r, z, 0), r):
@@ -371,12 +370,12 @@ class RuleHook(Hook):
             raise RuntimeError(f"the input of layer '{type(module).__name__}' was modified in place "
                                f"after the layer ran; LRP needs it unchanged")
         rule = self.choose(module)
-        z = slot.output(r, rule, x) if rule.reuses_output else None
+        z = slot.output(r) if rule.reuses_output else None
         fused = slot.fused
         slot.x = slot.z = None
         # z None: the rule computes the layer's output itself (a rule that modifies the weights,
         # or an output modified in place later / a failed ReLU premise)
-        return rule.relevance(self.view(module), x, r, z=z, nonnegative=z is not None and fused)
+        return rule.relevance(self.view(module), x, r, z=z, cut=z is not None and fused)
 
 
 class PassHook(Hook):

@@ -172,15 +172,15 @@ class Rule:
     #: whether :meth:`relevance` divides by ``layer(x)`` and accepts it as ``z``
     reuses_output = False
 
-    def divides_zero_safely(self, x: torch.Tensor) -> bool:
-        """Whether the denominator is nonzero where the layer's output is zero (so that a zero
-        relevance there gives a zero share): true for safe divides."""
-        return True
-
     def relevance(self, layer: Affine, x: torch.Tensor, r: torch.Tensor,
-                  z: Optional[torch.Tensor] = None, nonnegative: bool = False) -> torch.Tensor:
-        """Relevance at ``x``; ``z``: the layer's output ``layer(x)`` when known (for rules that
-        :attr:`reuse <reuses_output>` it), ``nonnegative``: that ``z`` has no negative entries."""
+                  z: Optional[torch.Tensor] = None, cut: bool = False) -> torch.Tensor:
+        """Relevance at ``x``.
+
+        ``z``: the layer's output ``layer(x)`` when known (for rules that :attr:`reuse
+        <reuses_output>` it). ``cut``: ``z`` is the output's ReLU instead, standing in for it:
+        equal where positive; where zero, ``r`` is zero, so any denominator that is not zero
+        there gives the same (zero) share; a rule whose denominator could be zero there must
+        compute the output itself."""
         raise NotImplementedError
 
 
@@ -194,7 +194,7 @@ class ZRule(Rule):
     def reuses_output(self) -> bool:
         return self.bias
 
-    def relevance(self, layer, x, r, z=None, nonnegative=False):
+    def relevance(self, layer, x, r, z=None, cut=False):
         if z is None or not self.bias:
             z = layer(x, bias=self.bias)
         return _times(x, layer, layer.transpose(safe_divide(r, z), x))
@@ -210,14 +210,13 @@ class EpsilonRule(Rule):
     def stabiliser(self, x: torch.Tensor):
         return self.epsilon
 
-    def divides_zero_safely(self, x):
+    def relevance(self, layer, x, r, z=None, cut=False):
         epsilon = self.stabiliser(x)
-        return bool((epsilon > 0).all()) if isinstance(epsilon, torch.Tensor) else epsilon > 0
-
-    def relevance(self, layer, x, r, z=None, nonnegative=False):
-        epsilon = self.stabiliser(x)
-        if z is not None and nonnegative:
-            z = z + epsilon  # every entry is >= 0 (or NaN, which stays NaN either way)
+        if cut and z is not None:
+            positive = bool((epsilon > 0).all()) if isinstance(epsilon, torch.Tensor) else epsilon > 0
+            # a ReLU output has no negative entries (a NaN stays NaN either way): z + epsilon,
+            # which is not zero at its zeros if epsilon > 0; else the true output is needed
+            z = z + epsilon if positive else _signed_stabilise(layer(x), epsilon)
         else:
             z = _signed_stabilise(layer(x) if z is None else z, epsilon)
         return _times(x, layer, layer.transpose(r / z, x))
@@ -260,7 +259,7 @@ class AlphaBetaRule(Rule):
         return (x_pos * modified(first).transpose(share, x_pos)
                 + x_neg * modified(second).transpose(share, x_neg))
 
-    def relevance(self, layer, x, r, z=None, nonnegative=False):
+    def relevance(self, layer, x, r, z=None, cut=False):
         cache: dict = {}
 
         def modified(weights: Modifier) -> Affine:  # W+ and W- computed once per call
@@ -285,7 +284,7 @@ class AlphaBetaX2m100Rule(Rule):
     """iNNvestigate's ``AlphaBetaX2m100Rule`` (its BatchNorm rule in the sequential presets):
     ``2 * x+ W+^T(R / (W+ x+ + b+)) - x+ W-^T(R / (W- x+ + b-))``; inputs below zero get none."""
 
-    def relevance(self, layer, x, r, z=None, nonnegative=False):
+    def relevance(self, layer, x, r, z=None, cut=False):
         x_pos = _positive(x)
         pos, neg = layer.with_weights(_positive), layer.with_weights(_negative)
         act = x_pos * pos.transpose(safe_divide(r, pos(x_pos)), x)
@@ -299,7 +298,7 @@ class GammaRule(Rule):
 
     gamma: float = 0.5
 
-    def relevance(self, layer, x, r, z=None, nonnegative=False):
+    def relevance(self, layer, x, r, z=None, cut=False):
         def weights(t):
             return t + self.gamma * _positive(t)
         modified = layer.with_weights(weights)
@@ -313,7 +312,7 @@ class WSquareRule(Rule):
     def weights(self, t: torch.Tensor) -> torch.Tensor:
         return t ** 2
 
-    def relevance(self, layer, x, r, z=None, nonnegative=False):
+    def relevance(self, layer, x, r, z=None, cut=False):
         modified = layer.with_weights(self.weights)
         z = modified(torch.ones_like(x), bias=False)
         return modified.transpose(safe_divide(r, z), x)
@@ -334,7 +333,7 @@ class ZBoxRule(Rule):
     low: float
     high: float
 
-    def relevance(self, layer, x, r, z=None, nonnegative=False):
+    def relevance(self, layer, x, r, z=None, cut=False):
         low, high = torch.full_like(x, self.low), torch.full_like(x, self.high)
         pos, neg = layer.with_weights(_positive), layer.with_weights(_negative)
         z = layer(x, bias=False) - pos(low, bias=False) - neg(high, bias=False)
@@ -351,7 +350,7 @@ class SignRule(Rule):
     mu: float = 0.0
     reuses_output = True
 
-    def relevance(self, layer, x, r, z=None, nonnegative=False):
+    def relevance(self, layer, x, r, z=None, cut=False):
         sign = torch.where(x >= self.mu, 1.0, -1.0).to(x.dtype)
         return _times(sign, layer, layer.transpose(safe_divide(r, layer(x) if z is None else z), x))
 
