@@ -28,7 +28,6 @@ from signxai.torch_signxai.methods.lrp.rules import (
     Affine,
     AlphaBetaRule,
     AlphaBetaX2m100Rule,
-    BatchNormReverseRule,
     EpsilonRule,
     FlatRule,
     GammaRule,
@@ -631,19 +630,6 @@ def test_alpha_beta_puts_the_full_bias_in_both_halves():
     # activator z = 2 - 0.5 = 1.5 (Zennit: 2 + b+ = 2); inhibitor z = -1 - 0.5 = -1.5 (Zennit: -1.5 too)
     expected = 2 * np.array([2 / 1.5, 0.0]) - 1 * np.array([0.0, -1 / -1.5])
     np.testing.assert_allclose(AlphaBetaRule(2.0, 1.0).relevance(layer, x, r).numpy(), [expected], rtol=1e-12)
-
-
-def test_batchnorm_reverse_rule_formula():
-    rng = np.random.default_rng(3)
-    x, r = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 4))
-    mean, beta, scale = rng.normal(size=(1, 3, 1)), rng.normal(size=(1, 3, 1)), rng.normal(size=(1, 3, 1))
-    y = (x - mean) * scale + beta
-    x[0, 0, 0] = mean[0, 0, 0]  # x - mean = 0 exactly: denominator 0 + 1e-7 (sign(0) = +1)
-    y[0, 0, 0] = beta[0, 0, 0]
-    got = BatchNormReverseRule().relevance_bn(*(torch.from_numpy(a) for a in (x, y, r, mean, beta))).numpy()
-    d = (x - mean) * y
-    d = d + 1e-7 * np.where(d >= 0, 1.0, -1.0)
-    assert_close(got, x * (y - beta) * r / safe(d))
 
 
 # =============================================================================================

@@ -20,7 +20,7 @@ import torch
 
 __all__ = ["Affine", "safe_divide", "ZRule", "EpsilonRule", "StdxEpsilonRule", "AlphaBetaRule",
            "AlphaBetaX2m100Rule", "GammaRule", "WSquareRule", "FlatRule", "ZBoxRule", "SignRule",
-           "BatchNormReverseRule", "Rule"]
+           "Rule"]
 
 #: iNNvestigate's safe-divide constant (Keras' epsilon)
 SAFE_EPSILON = 1e-7
@@ -353,14 +353,3 @@ class SignRule(Rule):
     def relevance(self, layer, x, r, z=None, cut=False):
         sign = torch.where(x >= self.mu, 1.0, -1.0).to(x.dtype)
         return _times(sign, layer, layer.transpose(safe_divide(r, layer(x) if z is None else z), x))
-
-
-@dataclass(frozen=True)
-class BatchNormReverseRule:
-    """iNNvestigate's ``BatchNormalizationReverseLayer`` (its BN handling for analyzers without a
-    BN rule): ``R_in = x (y - beta) R / ((x - mean) y)``, the denominator epsilon-signed by 1e-7
-    and then safe-divided."""
-
-    def relevance_bn(self, x, y, r, mean, beta) -> torch.Tensor:
-        denominator = _signed_stabilise((x - mean) * y, SAFE_EPSILON)
-        return safe_divide(x * (y - beta) * r, denominator)
