@@ -49,7 +49,17 @@ def safe_divide(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ``b + (b == 0) * 1e-7``: where ``b`` is zero that sum is 1e-7 itself, elsewhere ``b``)."""
     # the Python float takes b's dtype: in float32 it is 1e-7 rounded to float32
     # (1.0000000116860974e-07), in float64 the 1e-7 of a float64 model
-    return a / torch.where(b == 0, SAFE_EPSILON, b)
+    return _divide_into(a, torch.where(b == 0, SAFE_EPSILON, b))
+
+
+def _divide_into(a: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+    """``a / fresh``, written into ``fresh`` (a temporary of nobody else's) when it has the
+    result's shape and dtype: one activation-sized buffer fewer at the peak of the backward
+    pass, and no new allocation."""
+    recording = torch.is_grad_enabled() and (a.requires_grad or fresh.requires_grad)
+    if fresh.shape == a.shape and fresh.dtype == a.dtype and not recording:
+        return torch.div(a, fresh, out=fresh)
+    return a / fresh
 
 
 def _times(a: torch.Tensor, layer: "Affine", g: torch.Tensor) -> torch.Tensor:
@@ -219,7 +229,7 @@ class EpsilonRule(Rule):
             z = z + epsilon if positive else _signed_stabilise(layer(x), epsilon)
         else:
             z = _signed_stabilise(layer(x) if z is None else z, epsilon)
-        return _times(x, layer, layer.transpose(r / z, x))
+        return _times(x, layer, layer.transpose(_divide_into(r, z), x))  # z is a fresh stabilised copy
 
 
 @dataclass(frozen=True)
