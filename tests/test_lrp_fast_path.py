@@ -368,3 +368,65 @@ def test_vgg_sized_dense_layer_gets_row_blocks():
     view = _kernel_view(nn.Linear(25088, 256))
     assert view.row_block is not None and view.row_block * 25088 <= 1 << 20
     assert _kernel_view(nn.Linear(64, 10)).row_block is None
+
+
+# ---------------------------------------------------------------------------------------------
+# channels-last batches (float32 image batches on the CPU run channels-last)
+
+class _ViewFlatten(nn.Module):
+    """Features flattened with ``.view``, which a channels-last batch cannot do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.classifier = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        h = self.features(x)
+        return self.classifier(h.view(h.size(0), -1))
+
+
+def _layout_cases():
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+                          nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 4)).eval()
+    x = np.random.default_rng(10).standard_normal((5, 3, 8, 8)).astype(np.float32)
+    return model, x
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("gradient", {}), ("smoothgrad", {"num_samples": 4, "seed": 1}), ("integrated_gradients", {"steps": 4}),
+    ("lrp_epsilon_0_1", {}), ("lrpsign_z", {}), ("lrp_alpha_1_beta_0", {}), ("grad_cam", {"layer_name": "3"}),
+    ("guided_backprop", {}),
+])
+def test_channels_last_batch_matches_the_default_layout(name, kwargs):
+    from signxai.torch_signxai.methods import io
+    model, x = _layout_cases()
+    assert io.to_batch(x, model, single=False).tensor.is_contiguous(memory_format=torch.channels_last)
+    got = calculate_relevancemaps(name, x, model, **kwargs)
+    assert got.flags["C_CONTIGUOUS"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(io, "_channels_last", lambda tensor: False)
+        expected = calculate_relevancemaps(name, x, model, **kwargs)
+    assert _relative_error(got, expected) <= 1e-5
+
+
+def test_model_that_views_its_features_runs_in_the_default_layout():
+    torch.manual_seed(11)
+    model = _ViewFlatten().eval()
+    x = np.random.default_rng(11).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with pytest.raises(RuntimeError, match="view"):
+        model(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
+    for name in ["gradient", "lrp_epsilon_0_1", "smoothgrad"]:
+        got = calculate_relevancemaps(name, x, model, seed=0) if name == "smoothgrad" else \
+            calculate_relevancemaps(name, x, model)
+        assert got.shape == x.shape and np.isfinite(got).all()
+    expected = _general("lrp_epsilon_0_1", model.double(), x.astype(np.float64), None)
+    got = calculate_relevancemaps("lrp_epsilon_0_1", x.astype(np.float64), model)
+    assert _relative_error(got, expected) <= TOLERANCE
+
+
+def test_float64_batches_keep_the_default_layout():
+    from signxai.torch_signxai.methods import io
+    model, x = _layout_cases()
+    assert io.to_batch(x.astype(np.float64), model.double(), single=False).tensor.is_contiguous()

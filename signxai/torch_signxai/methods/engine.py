@@ -90,9 +90,18 @@ def explain(spec: MethodSpec | str, model: nn.Module, x: Any, target: Any = None
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     batch = to_batch(x, model, single=single)
+    family = _FAMILIES[spec.family]
     with model_guard(model):
         try:
-            relevance = _FAMILIES[spec.family](model, batch.tensor, target, spec)
+            try:
+                relevance = family(model, batch.tensor, target, spec)
+            except RuntimeError as error:
+                if isinstance(error, NotImplementedError) or batch.tensor.is_contiguous():
+                    raise
+                # a model that cannot run on a channels-last batch (e.g. ``.view()`` of its
+                # features): run it on the batch in the default layout
+                batch = batch.in_default_layout()
+                relevance = family(model, batch.tensor, target, spec)
         except RuntimeError as error:
             if isinstance(error, NotImplementedError) or not _SHAPE_WORDS.search(str(error)):
                 raise

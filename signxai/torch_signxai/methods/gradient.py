@@ -16,7 +16,7 @@ from zennit.composites import DeconvNet, GuidedBackprop
 from zennit.core import Composite
 
 from .grammar import MethodSpec
-from .io import as_tensor_like
+from .io import as_tensor_like, in_layout_of
 from .targets import check_logits, output_seed, resolve_targets
 
 __all__ = ["attribute", "fixed_targets", "gradient", "guided_backprop", "deconvnet", "smoothgrad",
@@ -66,10 +66,11 @@ def fixed_targets(model: nn.Module, x: torch.Tensor, target: Any) -> torch.Tenso
         return resolve_targets(target, check_logits(model(x.clone())))  # the model may modify its input
 
 
-def _gradients(model: nn.Module, points: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """Input gradients of the selected logits at ``points`` of shape (k, batch, ...): one pass."""
+def _gradients(model: nn.Module, points: torch.Tensor, indices: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Input gradients of the selected logits at ``points`` of shape (k, batch, ...): one pass,
+    laid out as the input batch ``x``."""
     k, batch = points.shape[:2]
-    flat = points.reshape(k * batch, *points.shape[2:])
+    flat = in_layout_of(points.reshape(k * batch, *points.shape[2:]), x)
     grad = attribute(model, flat, indices.repeat(k))
     return grad.reshape(points.shape)
 
@@ -126,7 +127,7 @@ def _noisy_moments(model, x, target, spec: MethodSpec) -> tuple[torch.Tensor, to
     noise = _noise_chunks(x, spec)
     count, mean, m2 = 0, torch.zeros_like(x), torch.zeros_like(x)
     for start, stop in _chunks(spec["num_samples"], x.shape[0], spec["batch_size"]):
-        grads = _gradients(model, x.unsqueeze(0) + noise(start, stop), indices)
+        grads = _gradients(model, x.unsqueeze(0) + noise(start, stop), indices, x)
         size, chunk_mean = stop - start, grads.mean(dim=0)
         delta = chunk_mean - mean
         total = count + size
@@ -163,7 +164,7 @@ def integrated_gradients(model, x, target, spec: MethodSpec) -> torch.Tensor:
     for start, stop in _chunks(steps, x.shape[0], spec["batch_size"]):
         alphas = torch.arange(start, stop, device=x.device, dtype=x.dtype) / steps
         points = reference.unsqueeze(0) + alphas.view(-1, *[1] * x.ndim) * delta.unsqueeze(0)
-        total = total + _gradients(model, points, indices).sum(dim=0)
+        total = total + _gradients(model, points, indices, x).sum(dim=0)
     return total / steps * delta
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Batch", "to_batch", "model_placement", "as_tensor_like"]
+__all__ = ["Batch", "to_batch", "model_placement", "as_tensor_like", "in_layout_of"]
 
 _CONV_RANK = {nn.Conv1d: 3, nn.Conv2d: 4, nn.Conv3d: 5}
 
@@ -26,7 +26,8 @@ class Batch:
     Attributes
     ----------
     tensor : torch.Tensor
-        The batch, detached from the caller's tensor, on the model's device and dtype.
+        The batch, detached from the caller's tensor, on the model's device and dtype; a float32
+        image batch on the CPU is laid out channels-last (see :func:`to_batch`).
     added_batch_axis : bool
         Whether a batch axis was added to a single input (and is removed from the output).
     """
@@ -39,8 +40,28 @@ class Batch:
         if relevance.shape != self.tensor.shape:
             raise RuntimeError(f"internal error: relevance of shape {tuple(relevance.shape)} "
                                f"for an input of shape {tuple(self.tensor.shape)}")
-        array = relevance.detach().cpu().numpy()
+        array = relevance.detach().cpu().contiguous().numpy()
         return array[0] if self.added_batch_axis else array
+
+    def in_default_layout(self) -> "Batch":
+        """The same batch laid out contiguously (row-major), as PyTorch lays out new tensors."""
+        return Batch(tensor=self.tensor.contiguous(), added_batch_axis=self.added_batch_axis)
+
+
+def _channels_last(tensor: torch.Tensor) -> bool:
+    """Whether a batch runs channels-last: a float32 image batch (rank 4) on the CPU, where
+    PyTorch's convolution and max-pooling kernels are faster in that layout (a small CNN's
+    gradient at batch 32: 1.5x). Values are the same up to float rounding (another summation
+    order inside the kernels)."""
+    return tensor.ndim == 4 and tensor.dtype == torch.float32 and tensor.device.type == "cpu"
+
+
+def in_layout_of(tensor: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """``tensor`` (a batch of other points: noisy copies, path points) laid out as ``batch``."""
+    if (tensor.ndim == 4 and batch.ndim == 4 and not batch.is_contiguous()
+            and batch.is_contiguous(memory_format=torch.channels_last)):
+        return tensor.contiguous(memory_format=torch.channels_last)
+    return tensor
 
 
 def model_placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -145,4 +166,6 @@ def to_batch(x: Any | Sequence[Any], model: nn.Module, *, single: bool | None) -
         bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(f"input contains {bad} NaN or inf value(s)")
     tensor = tensor.to(device=device, dtype=dtype, copy=True)  # never an alias of the caller's data
+    if _channels_last(tensor):
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
     return Batch(tensor=tensor, added_batch_axis=added)
