@@ -26,8 +26,8 @@ class Batch:
     Attributes
     ----------
     tensor : torch.Tensor
-        The batch, detached from the caller's tensor, on the model's device and dtype; a float32
-        image batch on the CPU is laid out channels-last (see :func:`to_batch`).
+        The batch, detached from the caller's tensor, on the model's device and dtype, in the
+        memory layout of the caller's tensor (see :func:`to_batch`).
     added_batch_axis : bool
         Whether a batch axis was added to a single input (and is removed from the output).
     """
@@ -46,14 +46,6 @@ class Batch:
     def in_default_layout(self) -> "Batch":
         """The same batch laid out contiguously (row-major), as PyTorch lays out new tensors."""
         return Batch(tensor=self.tensor.contiguous(), added_batch_axis=self.added_batch_axis)
-
-
-def _channels_last(tensor: torch.Tensor) -> bool:
-    """Whether a batch runs channels-last: a float32 image batch (rank 4) on the CPU, where
-    PyTorch's convolution and max-pooling kernels are faster in that layout (a small CNN's
-    gradient at batch 32: 1.5x). Values are the same up to float rounding (another summation
-    order inside the kernels)."""
-    return tensor.ndim == 4 and tensor.dtype == torch.float32 and tensor.device.type == "cpu"
 
 
 def in_layout_of(tensor: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
@@ -165,7 +157,8 @@ def to_batch(x: Any | Sequence[Any], model: nn.Module, *, single: bool | None) -
     if not torch.isfinite(tensor).all():
         bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(f"input contains {bad} NaN or inf value(s)")
-    tensor = tensor.to(device=device, dtype=dtype, copy=True)  # never an alias of the caller's data
-    if _channels_last(tensor):
-        tensor = tensor.contiguous(memory_format=torch.channels_last)
+    # never an alias of the caller's data; a channels-last tensor stays channels-last (PyTorch's
+    # CPU convolution and max-pooling kernels are faster in that layout, but their float32
+    # rounding errors are larger: not the default for numpy input)
+    tensor = tensor.to(device=device, dtype=dtype, copy=True)
     return Batch(tensor=tensor, added_batch_axis=added)
