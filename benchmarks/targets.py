@@ -4,7 +4,9 @@ Speed (in this process, the calls taking turns in every round, medians):
 
 * LRP vs the plain gradient on torchvision VGG16 (random init): ``lrp_epsilon_0_1`` and
   ``lrp_z`` at most 1.3x, ``lrp_alpha_1_beta_0`` at most 2.5x a plain autograd input gradient
-  (one forward, one ``torch.autograd.grad``), at batch 1 (224x224) and batch 8 (112x112);
+  (one forward, one ``torch.autograd.grad``, on the row-major input) and our own ``gradient``
+  (which, like our LRP, runs the batch channels-last), at batch 1 (224x224) and batch 8
+  (112x112); a target counts as met when both ratios are within it;
 * ``calculate_relevancemaps`` on 64 inputs at least 3x faster than a loop of 64
   ``calculate_relevancemap`` calls (small CNN; lrp_epsilon_0_1 and gradient);
 * ``smoothgrad`` with 50 samples at least 3x faster than 50 single gradient passes on the same
@@ -66,12 +68,14 @@ def lrp_vs_gradient(rounds: int) -> list[dict]:
         for name in [*LRP_TARGETS, *LRP_OTHERS]:
             fns[name] = (lambda name=name: calculate_relevancemaps(name, x, model))
         medians = B.median_seconds(fns, warmup=1, runs=rounds)
-        base = medians["gradient (autograd)"]
+        base, ours = medians["gradient (autograd)"], medians["gradient"]
         for name, seconds in medians.items():
             target = LRP_TARGETS.get(name)
+            worst = max(seconds / base, seconds / ours)
             rows.append({"config": f"VGG16 b{batch} {size}px", "method": name, "ms": seconds * 1e3,
-                         "ratio": seconds / base, "target": f"<= {target}" if target else "",
-                         "verdict": ("met" if seconds / base <= target else "MISSED") if target else ""})
+                         "ratio": seconds / base, "ratio_ours": seconds / ours,
+                         "target": f"<= {target}" if target else "",
+                         "verdict": ("met" if worst <= target else "MISSED") if target else ""})
         print(f"VGG16 batch {batch} at {size}px: " + ", ".join(f"{n} {s / base:.2f}x" for n, s in medians.items()),
               flush=True)
     return rows
@@ -109,6 +113,25 @@ def batched_vs_loop(rounds: int) -> list[dict]:
     rows.append({"what": "small CNN, smoothgrad (50 samples) vs 50 single gradient passes", "fast_ms": medians["smoothgrad"] * 1e3,
                  "slow_ms": medians["singles"] * 1e3, "speedup": ratio, "target": ">= 3",
                  "verdict": "met" if ratio >= 3 else "MISSED"})
+    # the same with a channels-last input tensor (opt-in: faster kernels, larger float32 rounding)
+    X_cl = cases[0][2].contiguous(memory_format=torch.channels_last)
+    medians = B.median_seconds({
+        "batched": lambda: calculate_relevancemaps("gradient", X_cl, model),
+        "loop": lambda: [calculate_relevancemap("gradient", X_cl[i:i + 1], model) for i in range(64)],
+    }, warmup=2, runs=rounds)
+    rows.append({"what": "small CNN, gradient, channels-last input tensor: 64 inputs, batched vs loop",
+                 "fast_ms": medians["batched"] * 1e3, "slow_ms": medians["loop"] * 1e3,
+                 "speedup": medians["loop"] / medians["batched"], "target": "", "verdict": ""})
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    noisy_cl = [(x_cl + noise[k]).contiguous(memory_format=torch.channels_last) for k in range(50)]
+    medians = B.median_seconds({
+        "smoothgrad": lambda: calculate_relevancemap("smoothgrad", x_cl, model, num_samples=50, noise=noise,
+                                                     neuron_selection=target),
+        "singles": lambda: [calculate_relevancemap("gradient", p, model, neuron_selection=target) for p in noisy_cl],
+    }, warmup=2, runs=rounds)
+    rows.append({"what": "small CNN, smoothgrad (50 samples) vs 50 single passes, channels-last input tensor",
+                 "fast_ms": medians["smoothgrad"] * 1e3, "slow_ms": medians["singles"] * 1e3,
+                 "speedup": medians["singles"] / medians["smoothgrad"], "target": "", "verdict": ""})
     # the ceiling of batching on this CPU: direct autograd, one batched pass vs 64 single passes
     X = cases[0][2]
     medians = B.median_seconds({
@@ -184,7 +207,8 @@ def main() -> None:
     held = held_after_call()
     print("\n### LRP vs plain gradient (VGG16)\n")
     print(B.table(speed, [("config", "config"), ("method", "method"), ("ms", "median ms"),
-                          ("ratio", "x plain gradient"), ("target", "target"), ("verdict", "")]))
+                          ("ratio", "x plain autograd gradient"), ("ratio_ours", "x our gradient"),
+                          ("target", "target"), ("verdict", "")]))
     print("\n### Batching\n")
     print(B.table(batching, [("what", "what"), ("fast_ms", "batched ms"), ("slow_ms", "one by one ms"),
                              ("speedup", "speed-up"), ("target", "target"), ("verdict", "")]))
