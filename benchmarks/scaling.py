@@ -36,6 +36,8 @@ SIZES = [32, 64, 96, 128, 160, 192, 224]
 BATCH_SERIES_SIZE = 112
 SIZE_SERIES_BATCH = 32
 PNG = Path(__file__).resolve().parent / "scaling.png"
+#: the measured points of the latest run (``--replot`` draws the plot from them again)
+DATA = Path(__file__).resolve().parent / "scaling.json"
 
 
 def child(method: str, batch: int, size: int, what: str) -> None:
@@ -119,8 +121,10 @@ def plot(batch_rows: list[dict], size_rows: list[dict], limit_gib: float, total_
                     out = done[-1]["batch"] + (total_gib - done[-1]["gib"]) / slope
                     axes[1][column].plot([done[-1]["batch"], out], [done[-1]["gib"], total_gib], linestyle=":",
                                          color=styles[method]["color"])
-                    axes[1][column].annotate(f"~{out:.0f}", (out, total_gib), color=styles[method]["color"],
-                                             fontsize=8, ha="center", va="bottom")
+                    axes[1][column].annotate(f"{method}: batch ~{out:.0f}", (out, total_gib),
+                                             xytext=(-8, -14 - 11 * METHODS.index(method)),
+                                             textcoords="offset points", color=styles[method]["color"],
+                                             fontsize=8, ha="right")
         for row in range(2):
             ax = axes[row][column]
             ax.set_xscale("log", base=2)
@@ -147,13 +151,21 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=SIZES)
     parser.add_argument("--max-seconds", type=float, default=20.0)
     parser.add_argument("--max-gib", type=float, default=8.0)
+    parser.add_argument("--replot", action="store_true", help=f"redraw {PNG.name} from {DATA.name}")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         method, batch, size, what = args.child
         child(method, int(batch), int(size), what)
         return
+    if args.replot:
+        data = json.loads(DATA.read_text())
+        plot(data["batch"], data["size"], data["max_gib"], data["machine_gib"])
+        print(f"plot: {PNG}")
+        return
 
+    import torch
+    torch.set_num_threads(B.THREADS)  # as in the children, which run every point
     print(B.header("scaling") + f"; machine memory {machine_gib():.1f} GiB")
     batch_rows, size_rows = [], []
     for method in args.methods:
@@ -183,6 +195,8 @@ def main() -> None:
             out = done[-1]["batch"] + (total - done[-1]["gib"]) / slope if slope > 0 else float("inf")
             print(f"- {method}: {slope * 1024:.1f} MiB per sample at {BATCH_SERIES_SIZE}x{BATCH_SERIES_SIZE}; "
                   f"a call needs the whole {total:.0f} GiB at batch ~{out:.0f}")
+    DATA.write_text(json.dumps({"batch": batch_rows, "size": size_rows, "max_gib": args.max_gib,
+                                "machine_gib": total, "header": B.header("scaling")}, indent=1))
     plot(batch_rows, size_rows, args.max_gib, total)
     print(f"\nplot: {PNG}")
 
