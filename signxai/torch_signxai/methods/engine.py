@@ -1,8 +1,9 @@
 """The engine: runs a :class:`~.grammar.MethodSpec` on a model and an input.
 
 Every public entry point (both APIs and the analyzer classes) ends here: :func:`explain` converts
-the input (:mod:`.io`), leaves the model exactly as it found it (:func:`model_guard`), dispatches
-to the family's implementation, applies the post-multipliers and returns numpy.
+the input (:mod:`.io`), leaves the model exactly as it found it (:func:`model_guard`), runs large
+max pooling through the faster kernel (:mod:`.pooling`), dispatches to the family's
+implementation, applies the post-multipliers and returns numpy.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from . import gradient as _gradient
 from . import lrp as _lrp
 from .grammar import MethodSpec, parse
 from .io import to_batch
+from .pooling import channels_last_max_pool
 from .signed import apply_post
 
 __all__ = ["explain", "model_guard"]
@@ -91,7 +93,7 @@ def explain(spec: MethodSpec | str, model: nn.Module, x: Any, target: Any = None
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     batch = to_batch(x, model, single=single)
     family = _FAMILIES[spec.family]
-    with model_guard(model):
+    with model_guard(model), channels_last_max_pool(model):
         try:
             try:
                 relevance = family(model, batch.tensor, target, spec)
