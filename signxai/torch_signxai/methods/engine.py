@@ -48,21 +48,23 @@ _FAMILIES: dict[str, Family] = {
 @contextmanager
 def model_guard(model: nn.Module) -> Iterator[nn.Module]:
     """Evaluate ``model`` in eval mode with frozen parameters, then restore every module's
-    training flag and every parameter's ``requires_grad`` exactly as they were."""
+    training flag and every parameter's ``requires_grad`` exactly as they were (only those
+    that were changed are touched)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    modes = [(module, module.training) for module in model.modules()]
-    flags = [(param, param.requires_grad) for param in model.parameters()]
+    training = [module for module in model.modules() if module.training]
+    trainable = [param for param in model.parameters() if param.requires_grad]
     try:
-        model.eval()
-        for param, _ in flags:
+        if training:
+            model.eval()
+        for param in trainable:
             param.requires_grad_(False)
         yield model
     finally:
-        for module, mode in modes:
-            module.training = mode
-        for param, flag in flags:
-            param.requires_grad_(flag)
+        for module in training:
+            module.training = True
+        for param in trainable:
+            param.requires_grad_(True)
 
 
 def explain(spec: MethodSpec | str, model: nn.Module, x: Any, target: Any = None, *,
