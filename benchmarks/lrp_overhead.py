@@ -14,7 +14,8 @@ weights, eval mode, float32) and times, for batch 1 and batch 32, in this one pr
 * gradient: a plain input gradient of the largest logit (one forward, one ``torch.autograd.grad``).
 
 Each is run twice to warm up, then 7 times, the three taking turns in every round (so that the
-load of a shared machine falls on all alike); the median wall time is reported, with the ratio
+load of a shared machine falls on all alike), on ``benchlib.THREADS`` threads (1 unless
+``BENCH_THREADS`` says otherwise); the median wall time is reported, with the ratio
 ours/direct (target <= 1.15) and each method's ratio to the plain gradient. Both LRP maps are
 checked to agree before timing.
 
@@ -23,64 +24,21 @@ Run: ``.venv/bin/python benchmarks/lrp_overhead.py`` (``--runs``, ``--warmup``, 
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
 import torch
-from torch import nn
 from zennit.attribution import Gradient
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import benchlib as B  # noqa: E402
 from signxai.torch_signxai.methods.grammar import parse  # noqa: E402
 from signxai.torch_signxai.methods.lrp.composite import LRPComposite, plan_for  # noqa: E402
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps  # noqa: E402
 
 METHOD = "lrp_epsilon_0_1"
-THREADS = 2
 TARGET_RATIO = 1.15
-
-
-def vgg_style(seed: int = 0) -> nn.Module:
-    """The benchmark CNN: 3x64x64 -> 10 logits, seeded random initialisation, eval mode."""
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    channels = 3
-    for width in (32, 64, 128):
-        layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
-                   nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
-        channels = width
-    layers += [nn.Flatten(), nn.Linear(128 * 8 * 8, 256), nn.ReLU(), nn.Linear(256, 10)]
-    return nn.Sequential(*layers).eval()
-
-
-def median_seconds(fns: dict[str, Callable[[], object]], warmup: int, runs: int) -> dict[str, float]:
-    """Median wall time of each function; the functions take turns in every round, so that a
-    change of machine load affects all of them alike."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(runs):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def logit_seed(output: torch.Tensor) -> torch.Tensor:
-    """One-hot of each row's largest logit, times that logit's value (iNNvestigate's start)."""
-    output = output.detach()
-    seed = torch.zeros_like(output)
-    rows = torch.arange(output.shape[0])
-    index = output.argmax(dim=1)
-    seed[rows, index] = output[rows, index]
-    return seed
 
 
 def main() -> None:
@@ -90,13 +48,12 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     args = parser.parse_args()
 
-    torch.set_num_threads(THREADS)
-    model = vgg_style()
+    torch.set_num_threads(B.THREADS)
+    model = B.vgg_style(64)
     composite = LRPComposite(plan_for(parse(METHOD)), "innvestigate")
-    attributor = Gradient(model, composite, attr_output=logit_seed)
+    attributor = Gradient(model, composite, attr_output=B.logit_seed)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs visible; "
-          f"{METHOD}; median of {args.runs} runs after {args.warmup} warm-ups")
+    print(B.header("lrp_overhead") + f"; {METHOD}; median of {args.runs} runs after {args.warmup} warm-ups")
     header = (f"{'batch':>5} | {'ours ms':>9} | {'direct ms':>9} | {'gradient ms':>11} | "
               f"{'ours/direct':>11} | {'ours/grad':>9} | {'direct/grad':>11}")
     print(header)
@@ -113,11 +70,7 @@ def main() -> None:
             return attributor(x.detach().clone())[1]
 
         def gradient():
-            probe = x.detach().clone().requires_grad_(True)
-            output = model(probe)
-            seed = torch.zeros_like(output)
-            seed[torch.arange(batch), output.detach().argmax(dim=1)] = 1.0
-            return torch.autograd.grad(output, probe, grad_outputs=seed)[0]
+            return B.plain_gradient(model, x)
 
         mine, theirs = torch.from_numpy(ours()), direct()
         scale = theirs.abs().max()
@@ -125,7 +78,7 @@ def main() -> None:
             raise SystemExit(f"batch {batch}: ours and the direct Zennit call disagree "
                              f"(max diff {float((mine - theirs).abs().max()):.3g})")
 
-        medians = median_seconds({"ours": ours, "direct": direct, "gradient": gradient}, args.warmup, args.runs)
+        medians = B.median_seconds({"ours": ours, "direct": direct, "gradient": gradient}, args.warmup, args.runs)
         t_ours, t_direct, t_grad = medians["ours"], medians["direct"], medians["gradient"]
         worst = max(worst, t_ours / t_direct)
         print(f"{batch:>5} | {t_ours * 1e3:>9.1f} | {t_direct * 1e3:>9.1f} | {t_grad * 1e3:>11.1f} | "

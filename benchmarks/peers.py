@@ -6,7 +6,9 @@ so that its peak memory is its own and TensorFlow never shares a process with th
 
 * ours: ``calculate_relevancemaps('lrp_epsilon_0_1', x, model)`` (PyTorch); also with the input
   tensor in ``torch.channels_last`` memory format (the library keeps a tensor's memory format,
-  and PyTorch's CPU convolutions and max pooling are faster in that layout);
+  and PyTorch's CPU convolutions are faster in that layout), and ("kept_memory", timing only)
+  in a process whose glibc keeps freed memory for reuse (``benchlib.KEEP_MEMORY_ENV``): by
+  default every new activation-sized tensor is fresh memory the kernel must fault in;
 * iNNvestigate: ``LRPEpsilon(model, epsilon=0.1, bias=True, neuron_selection_mode='index')`` on the
   Keras twin (``parity.twin.to_keras``, identical weights), TensorFlow in graph mode
   (``parity.harness.graph_mode``), a TF session with one intra-op and one inter-op thread;
@@ -44,9 +46,10 @@ import benchlib as B  # noqa: E402
 
 METHOD = "lrp_epsilon_0_1"
 EPSILON = 0.1
-IMPLEMENTATIONS = ["ours", "ours channels_last", "innvestigate", "captum", "zennit"]
+IMPLEMENTATIONS = ["ours", "ours channels_last", "ours kept_memory", "innvestigate", "captum", "zennit"]
 #: (model, batch)
-CONFIGS = {"small_cnn-b1": ("small_cnn", 1), "small_cnn-b32": ("small_cnn", 32), "vgg16-b1": ("vgg16", 1)}
+CONFIGS = {"small_cnn-b1": ("small_cnn", 1), "small_cnn-b32": ("small_cnn", 32),
+           "small_cnn-b64": ("small_cnn", 64), "vgg16-b1": ("vgg16", 1)}
 
 
 def _timed(fn, runs: int) -> tuple[float, object]:
@@ -189,7 +192,8 @@ def main() -> None:
                 runs = args.runs if model_name != "vgg16" else max(3, args.runs // 2)
                 command = ["--child", implementation, model_name, str(batch), "--runs", str(runs), "--out", out]
                 try:
-                    result = B.run_child(Path(__file__), command, timeout=1800, memory=False)
+                    keep = B.KEEP_MEMORY_ENV if implementation.endswith("kept_memory") else None
+                    result = B.run_child(Path(__file__), command, timeout=1800, memory=False, extra_env=keep)
                     result.update(B.run_child(Path(__file__), command + ["--memory"], timeout=1800))
                 except RuntimeError as error:
                     print(f"{label} {implementation}: failed: {str(error).splitlines()[-1]}")

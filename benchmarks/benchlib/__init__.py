@@ -200,12 +200,20 @@ MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0",
               "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": str(THREADS)}
 
 
-def run_child(script: Path, args: list[str], timeout: float = 900, memory: bool = True) -> dict:
+#: environment that lets glibc keep freed memory for reuse (the largest dynamic mmap threshold,
+#: no trimming): a new activation-sized tensor then reuses pages instead of faulting fresh ones in
+KEEP_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 40),
+                   "MALLOC_TOP_PAD_": str(256 << 20)}
+
+
+def run_child(script: Path, args: list[str], timeout: float = 900, memory: bool = True,
+              extra_env: dict[str, str] | None = None) -> dict:
     """Run ``script`` with ``args`` in a fresh Python process and return the JSON object it
     prints on its last stdout line. ``memory``: with MEMORY_ENV (for peak-memory runs only: a
     fixed mmap threshold makes every large allocation a system call and slows PyTorch down,
-    up to 2x on a small CNN), else only the thread settings."""
-    env = dict(os.environ, **(MEMORY_ENV if memory else {"TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": str(THREADS)}))
+    up to 2x on a small CNN), else only the thread settings. ``extra_env`` is added last."""
+    env = dict(os.environ, **(MEMORY_ENV if memory else {"TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": str(THREADS)}),
+               **(extra_env or {}))
     done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
                           env=env, timeout=timeout, cwd=str(ROOT))
     if done.returncode != 0:
