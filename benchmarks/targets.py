@@ -4,8 +4,8 @@ Speed (in this process, the calls taking turns in every round, medians):
 
 * LRP vs the plain gradient on torchvision VGG16 (random init): ``lrp_epsilon_0_1`` and
   ``lrp_z`` at most 1.3x, ``lrp_alpha_1_beta_0`` at most 2.5x a plain autograd input gradient
-  (one forward, one ``torch.autograd.grad``, on the row-major input) and our own ``gradient``
-  (which, like our LRP, runs the batch channels-last), at batch 1 (224x224) and batch 8
+  (one forward, one ``torch.autograd.grad``) and our own ``gradient`` (which, like our LRP,
+  pools large inputs with the channels-last kernel, see ``methods/pooling.py``), at batch 1 (224x224) and batch 8
   (112x112); a target counts as met when both ratios are within it;
 * ``calculate_relevancemaps`` on 64 inputs at least 3x faster than a loop of 64
   ``calculate_relevancemap`` calls (small CNN; lrp_epsilon_0_1 and gradient);
