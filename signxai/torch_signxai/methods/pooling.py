@@ -4,11 +4,11 @@ explanation.
 PyTorch's CPU kernel for ``max_pool2d`` on row-major (NCHW) tensors slows down about 4x per
 element once a layer's input passes about 2**16 entries (measured with torch 2.14.1 on one
 thread: 2.8 ms for a 32x16x32x32 input, against 0.27 ms for the same input laid out
-channels-last); it took 70 % of a small CNN's forward pass at batch 32. Max pooling selects
-entries and computes nothing, so the channels-last kernel returns the very same values and the
-very same winner indices: :func:`channels_last_max_pool` runs each large pooling call there (one
-layout copy of the input) and routes the gradient with PyTorch's own row-major backward kernel,
-as autograd would. Maps are bit-for-bit those of the model's own pooling.
+channels-last); a small CNN's two pooling layers took 70 % of its forward pass at batch 32.
+Max pooling selects entries and computes nothing, so the channels-last kernel returns the very
+same values and the very same winner indices: :func:`channels_last_max_pool` runs each large
+pooling call there (one layout copy of the input) and routes the gradient with PyTorch's own
+row-major backward kernel, as autograd would. Maps are bit-for-bit those of the model's own pooling.
 """
 from __future__ import annotations
 
