@@ -69,3 +69,27 @@ def test_class_defined_in_a_function_is_refused_before_any_child_runs():
 def test_input_of_the_wrong_shape_is_refused():
     with pytest.raises(ValueError, match=r"x has shape \(3, 1, 8, 8\)"):
         assert_parity(TinyCNN(), X, input_shape=(3, 8, 8))
+
+
+class PooledCNN(nn.Module):
+    """Large enough (32 inputs of 3x32x32) that both max-pooling layers take signxai's
+    channels-last pooling path (``methods/pooling.py``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.layers = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                    nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                    nn.Flatten(), nn.Linear(8 * 8 * 8, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def test_channels_last_pooling_path_keeps_parity_with_innvestigate():
+    from signxai.torch_signxai.methods import pooling
+    x = np.random.default_rng(1).standard_normal((32, 3, 32, 32)).astype(np.float32)
+    assert 32 * 8 * 16 * 16 >= pooling.MIN_ENTRIES  # the smaller pooling input takes the path too
+    methods = ["gradient", "lrp_epsilon_0_1", "lrp_alpha_1_beta_0", "lrpsign_z", "guided_backprop"]
+    rows = assert_parity(PooledCNN(), x, methods=methods)
+    assert sorted(row["method"] for row in rows) == sorted(methods) and all(row["passed"] for row in rows)
