@@ -38,7 +38,6 @@ class _MaxPool2d(torch.autograd.Function):
         indices = indices.contiguous()
         ctx.save_for_backward(x, indices)
         ctx.arguments = (kernel_size, stride, padding, dilation, ceil_mode)
-        ctx.mark_non_differentiable(indices)
         return output.contiguous()
 
     @staticmethod
