@@ -931,25 +931,38 @@ class _Converter:
         )
         self._nonnegative = False
 
+    def _pool_geometry(self, step: _Step, rank: int) -> tuple:
+        """Pool sizes, strides and PyTorch padding of a pooling step, with the Keras padding
+        mode that reproduces it and the explicit zero padding needed (or None)."""
+        pool = step.module
+        kernels, strides = _ntuple(pool.kernel_size, rank), _ntuple(pool.stride, rank)
+        pads = _ntuple(pool.padding, rank)
+        padding, explicit = _keras_padding(step.in_shape[1:], kernels, strides, pads)
+        return kernels, strides, pads, padding, explicit
+
+    def _emit_pool(self, step: _Step, classes: tuple, rank: int, kernels, strides, padding: str,
+                   explicit) -> None:
+        """Emit the explicit zero padding (if any), then the Keras pooling layer of ``rank``."""
+        if explicit is not None:
+            self._emit_padding(step, explicit)
+        config = {"pool_size": kernels, "strides": strides, "padding": padding}
+        self._emit(step, classes[rank - 1], config)
+
     def _maxpool(self, step: _Step) -> None:
         """MaxPool1d/2d as Keras MaxPooling1D/2D."""
         pool = step.module
         rank = self._spatial_rank(step, 1 if isinstance(pool, nn.MaxPool1d) else 2)
         if pool.ceil_mode or pool.return_indices or max(_ntuple(pool.dilation, rank)) > 1:
             raise self._unsupported(step, "uses ceil_mode, return_indices or dilation")
-        kernels, strides = _ntuple(pool.kernel_size, rank), _ntuple(pool.stride, rank)
-        pads = _ntuple(pool.padding, rank)
-        padding, explicit = _keras_padding(step.in_shape[1:], kernels, strides, pads)
+        kernels, strides, pads, padding, explicit = self._pool_geometry(step, rank)
         if explicit is not None and not self._nonnegative:
             raise self._unsupported(
                 step,
                 f"pads by {pads}, which Keras 'same' cannot reproduce here, and its input may be "
                 "negative (zero padding would change the maximum)",
             )
-        if explicit is not None:
-            self._emit_padding(step, explicit)
-        cls = tf.keras.layers.MaxPooling1D if rank == 1 else tf.keras.layers.MaxPooling2D
-        self._emit(step, cls, {"pool_size": kernels, "strides": strides, "padding": padding})
+        classes = (tf.keras.layers.MaxPooling1D, tf.keras.layers.MaxPooling2D)
+        self._emit_pool(step, classes, rank, kernels, strides, padding, explicit)
 
     def _avgpool(self, step: _Step) -> None:
         """AvgPool1d/2d as Keras AveragePooling1D/2D.
@@ -962,9 +975,7 @@ class _Converter:
         rank = self._spatial_rank(step, 1 if isinstance(pool, nn.AvgPool1d) else 2)
         if pool.ceil_mode or getattr(pool, "divisor_override", None) is not None:
             raise self._unsupported(step, "uses ceil_mode or divisor_override")
-        kernels, strides = _ntuple(pool.kernel_size, rank), _ntuple(pool.stride, rank)
-        pads = _ntuple(pool.padding, rank)
-        padding, explicit = _keras_padding(step.in_shape[1:], kernels, strides, pads)
+        kernels, strides, pads, padding, explicit = self._pool_geometry(step, rank)
         if pool.count_include_pad and padding == "same":
             padding, explicit = "valid", pads
         if explicit is not None and not pool.count_include_pad:
@@ -973,10 +984,8 @@ class _Converter:
                 f"pads by {pads} with count_include_pad=False, which Keras 'same' cannot "
                 "reproduce here",
             )
-        if explicit is not None:
-            self._emit_padding(step, explicit)
-        cls = tf.keras.layers.AveragePooling1D if rank == 1 else tf.keras.layers.AveragePooling2D
-        self._emit(step, cls, {"pool_size": kernels, "strides": strides, "padding": padding})
+        classes = (tf.keras.layers.AveragePooling1D, tf.keras.layers.AveragePooling2D)
+        self._emit_pool(step, classes, rank, kernels, strides, padding, explicit)
 
     def _adaptive_avgpool(self, step: _Step) -> None:
         """AdaptiveAvgPool1d/2d: identity, global average or uniform average pooling."""
