@@ -57,8 +57,7 @@ def _forward(module: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:
     if (x.device.type != "cpu" or x.ndim != 4 or x.numel() < MIN_ENTRIES or not x.is_floating_point()
             or not x.is_contiguous()):
         return type(module).forward(module, x)
-    stride = module.stride if module.stride is not None else module.kernel_size
-    return _MaxPool2d.apply(x, _pairs(module.kernel_size), _pairs(stride), _pairs(module.padding),
+    return _MaxPool2d.apply(x, _pairs(module.kernel_size), _pairs(module.stride), _pairs(module.padding),
                             _pairs(module.dilation), module.ceil_mode)
 
 
