@@ -1,9 +1,35 @@
-"""Metrics and tolerances of a parity comparison.
+"""The parity gate: one relative error and one criterion for every method.
 
-The gate is 1e-4 relative error (max |ours - ref| / max |ref|) in float32 for every method; rows
-above 1e-5 are flagged (a careful Zennit-based implementation reached 1e-5 on every LRP rule).
-A method may only get a looser tolerance with a measured reason written next to it in
-:data:`LOOSER_TOLERANCES`; there is no fitted factor anywhere.
+What the project promises is that signxai computes iNNvestigate's formulas, and that its float32
+maps are as accurate as iNNvestigate's own. A direct float32 comparison cannot test that on every
+machine: on an ill-conditioned map (iNNvestigate's BatchNorm stand-in divides by
+``sqrt(var**2 + eps)``) the two frameworks' float32 roundings differ by more than any fixed
+tolerance one would accept for a formula difference, and by how much depends on the CPU, the
+thread count and the kernels. So each row is judged in two parts, both frameworks having computed
+the map in float32 and in float64 on the same inputs and targets:
+
+1. **Formula identity**: our float64 map is within :data:`FORMULA_TOLERANCE` (1e-10) of
+   iNNvestigate's float64 map. Float64 rounding of these maps is ~1e-13 relative, so a larger gap
+   is a formula difference, and the row fails whatever float32 says.
+2. **Float32 accuracy**: our float32 map's error against iNNvestigate's float64 map is at most
+   ``max(FLOAT32_FLOOR, ROUNDING_FACTOR * e_ref)``, where ``e_ref`` is iNNvestigate's own float32
+   map's error against the same float64 map.
+
+Why these numbers. ``e_ref`` measures the map's float32 conditioning as one implementation of the
+formula meets it. Another implementation of the same formula rounds at different places (other
+summation orders and kernels), and its error is of the same order but not the same size: the two
+errors are each a sum of rounding terms of one magnitude, so either may be the larger. With
+``ROUNDING_FACTOR = 4`` ours may be up to four times iNNvestigate's; that is a margin for
+rounding differences, not for formula differences, which criterion 1 catches at 1e-10. The floor
+``1e-4`` is the project's float32 tolerance from before: a map whose reference rounds to 1e-7 is
+not required to agree to 4e-7. Neither number is chosen per method or per model.
+
+Measured on the bundled fixtures (759 rows, deterministic settings): the float64 maps agree to
+7.9e-13 at most; where iNNvestigate's own float32 error exceeds 1e-5 (35 rows, all on the
+BatchNorm model, up to 1.8e-4) ours is at most 1.4 times it; over all rows the ratio reaches 3.7,
+on maps whose errors are a few times 1e-7, far under the floor.
+
+All errors are :func:`relative_error`: ``max |a - b| / max |b|``.
 """
 from __future__ import annotations
 
@@ -11,30 +37,52 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TOLERANCE", "FLAG_ABOVE", "LOOSER_TOLERANCES", "Metrics", "compare", "tolerance_for"]
+__all__ = ["FORMULA_TOLERANCE", "FLOAT32_FLOOR", "ROUNDING_FACTOR", "FLAG_ABOVE", "CRITERION",
+           "relative_error", "Metrics", "compare", "Verdict", "judge", "allowed_float32_error"]
 
-TOLERANCE = 1e-4
+#: largest relative error between the two frameworks' float64 maps (formula identity)
+FORMULA_TOLERANCE = 1e-10
+#: smallest float32 error that is always allowed (the floor of the float32 criterion)
+FLOAT32_FLOOR = 1e-4
+#: how many times iNNvestigate's own float32 error our float32 error may be
+ROUNDING_FACTOR = 4.0
+#: passing float32 rows above this direct error are flagged in the report
 FLAG_ABOVE = 1e-5
-#: method name -> (tolerance, measured reason). Empty: every method meets the gate.
-LOOSER_TOLERANCES: dict[str, tuple[float, str]] = {}
+#: the criterion in words, for report headers and docs
+CRITERION = (f"float64 maps agree within {FORMULA_TOLERANCE:.0e} (formula identity), and our float32 "
+             f"map's error against iNNvestigate's float64 map is at most max({FLOAT32_FLOOR:.0e}, "
+             f"{ROUNDING_FACTOR:g} x iNNvestigate's own float32 error against it); "
+             f"errors are max |a - b| / max |b|")
 
 
-def tolerance_for(method: str) -> float:
-    """The relative-error tolerance of ``method``."""
-    return LOOSER_TOLERANCES.get(method, (TOLERANCE, ""))[0]
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """``max |actual - expected| / max |expected|``, in float64.
+
+    Where ``expected`` is all zero, the absolute error ``max |actual|``; NaN where either holds NaN.
+
+    Raises
+    ------
+    ValueError
+        When the shapes differ.
+    """
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if actual.shape != expected.shape:
+        raise ValueError(f"shape mismatch: {actual.shape} against {expected.shape}")
+    if actual.size == 0:
+        return 0.0
+    diff = float(np.max(np.abs(actual - expected)))
+    scale = float(np.max(np.abs(expected)))
+    return diff / scale if scale > 0 else diff
 
 
 @dataclass(frozen=True)
 class Metrics:
-    """How far our map is from the reference map."""
+    """How far one map is from another, in the same dtype."""
 
     rel_error: float
     max_abs_error: float
     correlation: float
     reference_scale: float
-
-    def passed(self, tolerance: float) -> bool:
-        return bool(self.rel_error <= tolerance)
 
 
 def compare(ours: np.ndarray, reference: np.ndarray) -> Metrics:
@@ -43,20 +91,75 @@ def compare(ours: np.ndarray, reference: np.ndarray) -> Metrics:
     Returns
     -------
     Metrics
-        ``rel_error`` = max |ours - ref| / max |ref| (the absolute error when the reference is all
-        zero), ``max_abs_error``, Pearson ``correlation`` (1.0 for two identical constant maps,
-        NaN for a constant map against a varying one) and the reference's max |value|.
+        :func:`relative_error`, the largest absolute difference, Pearson ``correlation`` (1.0 for
+        two identical constant maps, NaN for a constant map against a varying one) and the
+        reference's max |value|.
     """
-    if ours.shape != reference.shape:
-        raise ValueError(f"shape mismatch: ours {ours.shape}, reference {reference.shape}")
+    rel = relative_error(ours, reference)
     ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
     diff = float(np.max(np.abs(ours - reference)))
-    scale = float(np.max(np.abs(reference)))
-    rel = diff / scale if scale > 0 else diff
     a, b = ours.ravel() - ours.mean(), reference.ravel() - reference.mean()
     norm = np.sqrt((a @ a) * (b @ b))
     if norm > 0:
         correlation = float(a @ b / norm)
     else:
         correlation = 1.0 if diff == 0 else float("nan")
-    return Metrics(rel_error=rel, max_abs_error=diff, correlation=correlation, reference_scale=scale)
+    return Metrics(rel_error=rel, max_abs_error=diff, correlation=correlation,
+                   reference_scale=float(np.max(np.abs(reference))))
+
+
+def allowed_float32_error(reference_error: float, floor: float = FLOAT32_FLOOR) -> float:
+    """The float32 error our map may have, given iNNvestigate's own float32 error ``reference_error``
+    (both against iNNvestigate's float64 map)."""
+    return max(floor, ROUNDING_FACTOR * reference_error)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One row judged by the gate.
+
+    Attributes
+    ----------
+    float64_error : float
+        Ours against iNNvestigate, both float64 (criterion 1).
+    ours_float32_error : float
+        Our float32 map against iNNvestigate's float64 map.
+    reference_float32_error : float
+        iNNvestigate's float32 map against its float64 map.
+    allowed : float
+        The largest ``ours_float32_error`` that passes.
+    passed : bool
+    reason : str
+        Why the row fails ('' when it passes).
+    """
+
+    float64_error: float
+    ours_float32_error: float
+    reference_float32_error: float
+    allowed: float
+    passed: bool
+    reason: str
+
+
+def judge(ours32: np.ndarray, reference32: np.ndarray, ours64: np.ndarray, reference64: np.ndarray,
+          floor: float = FLOAT32_FLOOR) -> Verdict:
+    """Judge one row by the criterion of the module docstring.
+
+    Parameters
+    ----------
+    ours32, reference32, ours64, reference64 : numpy.ndarray
+        Our and iNNvestigate's maps in float32 and float64, all of one shape.
+    floor : float
+        The float32 floor (default :data:`FLOAT32_FLOOR`).
+    """
+    e64 = relative_error(ours64, reference64)
+    ours = relative_error(ours32, reference64)
+    ref = relative_error(reference32, reference64)
+    allowed = allowed_float32_error(ref, floor)
+    reason = ""
+    if not e64 <= FORMULA_TOLERANCE:
+        reason = f"float64 maps differ by {e64:.2e} > {FORMULA_TOLERANCE:.0e}: a formula difference"
+    elif not ours <= allowed:
+        reason = (f"float32 error {ours:.2e} > allowed {allowed:.2e} (iNNvestigate's own float32 "
+                  f"error {ref:.2e})")
+    return Verdict(e64, ours, ref, allowed, not reason, reason)

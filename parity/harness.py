@@ -5,18 +5,22 @@ from __future__ import annotations
 import copy
 import dataclasses
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps
 
+from .cache import ReferenceCache, twin_digest
 from .cases import Case, cases
+from .progress import ProgressBar
 
-__all__ = ["graph_mode", "ModelRun", "run_model", "run_fixture", "run_all", "model_kind", "IDENTITY_TOLERANCE"]
+__all__ = ["graph_mode", "ModelRun", "run_model", "run_fixture", "run_all", "merge_runs", "model_kind",
+           "IDENTITY_TOLERANCE"]
 
 #: the trap-10 identities (lrp_z == gradient_x_input, lrpsign_z == gradient_x_sign on ReLU nets)
 #: must hold on the reference side to this relative error, or input-layer rules were dropped
@@ -24,7 +28,12 @@ IDENTITY_TOLERANCE = 1e-5
 
 
 def graph_mode() -> None:
-    """Switch TensorFlow to graph mode, as iNNvestigate needs, before any Keras model is built."""
+    """Prepare this process for the harness, before any Keras model is built: deterministic
+    numerics in both frameworks (:func:`parity.determinism.apply`), then TensorFlow's graph mode,
+    which iNNvestigate needs."""
+    from .determinism import apply
+
+    apply()
     import tensorflow as tf
     tf.compat.v1.disable_eager_execution()
 
@@ -45,6 +54,8 @@ class ModelRun:
     identities: dict[str, float] = field(default_factory=dict)
     input_layer_hidden: str | None = None
     has_batchnorm: bool = False
+    cached: int = 0
+    computed: int = 0
 
     def dropped_input_rules(self) -> dict[str, float]:
         """The trap-10 identities that fail on the reference side (input-layer rule dropped).
@@ -64,18 +75,22 @@ def model_kind(model: torch.nn.Module) -> tuple[str, str | None]:
 
 
 def run_fixture(fixture: str, dtype: str = "float32", names: list[str] | None = None,
-                progress: Callable[[str], None] | None = None, ours: bool = True) -> ModelRun:
+                progress: Callable[[str], None] | None = None, ours: bool = True,
+                identities: bool = True, cache: Path | None = None) -> ModelRun:
     """:func:`run_model` on a fixture model (:data:`fixtures.models.FIXTURES`) and its stored inputs
-    (the ``fixtures`` folder of the repository must be importable)."""
+    (the ``fixtures`` folder of the repository must be importable), with references cached in the
+    folder ``cache`` (None: computed live)."""
     from fixtures.models import FIXTURES, load_inputs, load_model
 
     return run_model(fixture, load_model(fixture), load_inputs(fixture), FIXTURES[fixture].input_shape,
-                     dtype, names, progress=progress, ours=ours)
+                     dtype, names, progress=progress, ours=ours, identities=identities,
+                     cache=ReferenceCache(cache))
 
 
 def run_model(label: str, model: torch.nn.Module, x: np.ndarray, input_shape: tuple[int, ...],
               dtype: str = "float32", names: list[str] | None = None, *,
-              progress: Callable[[str], None] | None = None, ours: bool = True) -> ModelRun:
+              progress: Callable[[str], None] | None = None, ours: bool = True,
+              identities: bool = True, cache: ReferenceCache | None = None) -> ModelRun:
     """Compute our maps and iNNvestigate's reference maps for one model.
 
     Parameters
@@ -96,6 +111,10 @@ def run_model(label: str, model: torch.nn.Module, x: np.ndarray, input_shape: tu
         Called with each method name before it runs.
     ours : bool
         Also compute our library's maps (False: references only).
+    identities : bool
+        Check the trap-10 identities on the reference side (:attr:`ModelRun.identities`).
+    cache : parity.cache.ReferenceCache, optional
+        Where reference maps are looked up and stored (default: none, every map computed live).
     """
     import tensorflow as tf
 
@@ -109,14 +128,22 @@ def run_model(label: str, model: torch.nn.Module, x: np.ndarray, input_shape: tu
         targets = model(torch.from_numpy(x)).argmax(dim=1).numpy()
     previous = tf.keras.backend.floatx()
     tf.keras.backend.set_floatx(dtype)
+    cache = ReferenceCache(None) if cache is None else cache
     try:
         twin = to_keras(model, tuple(input_shape), dtype=dtype)
         run = ModelRun(label, dtype, x, targets, input_layer_hidden=twin.hidden_reason,
                        has_batchnorm=any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
                                          for m in model.modules()))
         chosen, run.skipped = cases(label, kind, last_conv, x, names)
-        tf.keras.backend.clear_session()
-        run.identities = check_identities(twin.fresh, x, targets)
+        digest = twin_digest(twin.keras_model) if cache.folder is not None else ""
+        twin_options = {"input_layer_hidden": twin.input_layer_hidden, "layer_names": twin.layer_names}
+
+        def cached(what: Any, compute: Callable[[], Any]) -> Any:
+            tf.keras.backend.clear_session()
+            return cache.get_or_compute(cache.key(digest, [what, twin_options], x, targets), compute)
+
+        if identities:
+            run.identities = cached("identities", lambda: check_identities(twin.fresh, x, targets))
         bases: dict = {}  # maps without post-multipliers, shared by e.g. lrp_z, lrp_z_x_input
         for case in chosen:
             if progress is not None:
@@ -130,10 +157,8 @@ def run_model(label: str, model: torch.nn.Module, x: np.ndarray, input_shape: tu
             key = _base_key(base)
             try:
                 if key not in bases:
-                    tf.keras.backend.clear_session()
-                    bases[key] = reference_map(base, twin.fresh, x, targets,
-                                               input_layer_hidden=twin.input_layer_hidden,
-                                               layer_names=twin.layer_names)
+                    bases[key] = cached(_spec_fields(base), lambda: reference_map(base, twin.fresh, x, targets,
+                                                                                   **twin_options))
                 run.references[case.method] = apply_post(case.spec, bases[key], x)
             except ReferenceUnavailable as error:
                 run.unavailable[case.method] = str(error)
@@ -141,7 +166,13 @@ def run_model(label: str, model: torch.nn.Module, x: np.ndarray, input_shape: tu
                 run.errors[case.method] = f"{type(error).__name__}: {error}"
     finally:
         tf.keras.backend.set_floatx(previous)
+    run.cached, run.computed = cache.hits, cache.misses
     return run
+
+
+def _spec_fields(spec) -> dict[str, Any]:
+    """What a reference of ``spec`` depends on: every field but the name (noise arrays included)."""
+    return {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "name"}
 
 
 def _base_key(spec) -> tuple:
@@ -155,16 +186,82 @@ def _worker_init() -> None:
     graph_mode()
 
 
-def run_all(jobs: list[tuple[str, str]], names: list[str] | None = None,
-            workers: int = 2, ours: bool = True) -> list[ModelRun]:
-    """Run ``(fixture, dtype)`` jobs in ``workers`` processes (each its own TensorFlow graph),
-    returning the runs in the order of ``jobs``."""
+#: methods per task of :func:`run_all` (a few minutes of work at most, so the processes stay busy
+#: to the end and the progress bar moves)
+GROUP_ROWS = 12
+
+
+def _method_groups(fixture: str, names: list[str] | None) -> tuple[list[list[str]], dict[str, str]]:
+    """The applicable method names of ``fixture`` in groups of about :data:`GROUP_ROWS`, and the
+    names that do not apply with their reasons. Names that share a map before post-multipliers
+    (``lrp_z``, ``lrp_z_x_input``) share a group, so that map is computed once."""
+    from fixtures.models import load_inputs, load_model
+
+    chosen, skipped = cases(fixture, *model_kind(load_model(fixture)), load_inputs(fixture), names)
+    by_base: dict[tuple, list[str]] = {}
+    for case in chosen:
+        by_base.setdefault(_base_key(dataclasses.replace(case.spec, post=())), []).append(case.method)
+    groups: list[list[str]] = [[]]
+    for methods in by_base.values():
+        if len(groups[-1]) >= GROUP_ROWS:
+            groups.append([])
+        groups[-1] += methods
+    return groups, skipped
+
+
+def merge_runs(parts: list[ModelRun]) -> ModelRun:
+    """One :class:`ModelRun` from runs of the same model and dtype on disjoint method groups."""
+    first = parts[0]
+    merged = dataclasses.replace(first, ours={}, references={}, unavailable={}, errors={},
+                                 skipped={}, identities={}, cached=0, computed=0)
+    for part in parts:
+        if (part.label, part.dtype) != (first.label, first.dtype) or not np.array_equal(part.targets, first.targets):
+            raise ValueError(f"cannot merge a run of {part.label} {part.dtype} into {first.label} {first.dtype}")
+        for name in ("ours", "references", "unavailable", "errors", "skipped", "identities"):
+            getattr(merged, name).update(getattr(part, name))
+        merged.cached += part.cached
+        merged.computed += part.computed
+    return merged
+
+
+def run_all(jobs: list[tuple[str, str]], names: list[str] | None = None, workers: int = 2,
+            ours: bool = True, progress: bool = False, cache: Path | None = None) -> list[ModelRun]:
+    """Run ``(fixture, dtype)`` jobs, returning one merged run per job in the order of ``jobs``.
+
+    Each job is split into tasks of :func:`_method_groups` (the first of a job also checks the
+    reference identities); with ``workers > 1`` the tasks run in that many processes, each with
+    its own TensorFlow graph. ``progress`` draws a bar over the rows on stderr; ``cache`` is the
+    folder of the reference cache (:mod:`parity.cache`; None: every reference computed live).
+    """
+    plans = {fixture: _method_groups(fixture, names) for fixture in dict.fromkeys(f for f, _ in jobs)}
+    tasks = [(job, group, index == 0) for job in jobs for index, group in enumerate(plans[job[0]][0])]
+    bar = ProgressBar(sum(len(group) for _, group, _ in tasks)) if progress else None
+
+    def done(job: tuple[str, str], rows: int) -> None:
+        if bar is not None:
+            bar.step(" ".join(job), rows)
+
+    parts: dict[tuple[str, str], list[ModelRun]] = {job: [] for job in jobs}
     if workers <= 1:
-        return [run_fixture(fixture, dtype, names, ours=ours) for fixture, dtype in jobs]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-        futures = [pool.submit(run_fixture, fixture, dtype, names, ours=ours) for fixture, dtype in jobs]
-        return [future.result() for future in futures]
+        for (fixture, dtype), group, check in tasks:
+            parts[(fixture, dtype)].append(run_fixture(fixture, dtype, group, ours=ours, identities=check,
+                                                       cache=cache))
+            done((fixture, dtype), len(group))
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+            futures = {pool.submit(run_fixture, fixture, dtype, group, ours=ours, identities=check, cache=cache):
+                       ((fixture, dtype), group) for (fixture, dtype), group, check in tasks}
+            for future in as_completed(futures):
+                job, group = futures[future]
+                parts[job].append(future.result())
+                done(job, len(group))
+    if bar is not None:
+        bar.close()
+    merged = [merge_runs(parts[job]) for job in jobs]
+    for run in merged:
+        run.skipped = dict(plans[run.label][1])
+    return merged
 
 
 def _ours(case: Case, model: torch.nn.Module, x: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -42,7 +42,7 @@ _STDERR_LINES = 20
 
 
 def assert_parity(model: torch.nn.Module, x: Any, methods: list[str] | None = None, rtol: float = 1e-4,
-                  input_shape: tuple[int, ...] | None = None) -> list[dict]:
+                  input_shape: tuple[int, ...] | None = None, float64: bool = True) -> list[dict]:
     """Assert that signxai's maps of ``model`` equal iNNvestigate's on its Keras twin.
 
     Parameters
@@ -55,9 +55,13 @@ def assert_parity(model: torch.nn.Module, x: Any, methods: list[str] | None = No
     methods : list of str, optional
         Method names (default: every applicable name of ``parity/method_names.txt``).
     rtol : float
-        Largest relative error (max |ours - reference| / max |reference|) that passes.
+        The float32 floor of the parity gate (:mod:`parity.compare`): a float32 error (max |ours -
+        reference| / max |reference|) up to it always passes.
     input_shape : tuple of int, optional
         One input's shape, channels first; when ``x`` has exactly this shape a batch axis is added.
+    float64 : bool
+        Judge rows by the full gate, both frameworks also computing in float64 (default); False
+        compares the float32 maps directly against ``rtol`` (about half the time).
 
     Returns
     -------
@@ -68,7 +72,7 @@ def assert_parity(model: torch.nn.Module, x: Any, methods: list[str] | None = No
     Raises
     ------
     AssertionError
-        When a method's relative error exceeds ``rtol``; the message holds the per-method table.
+        When a method fails the gate; the message holds the per-method table.
     ValueError
         When ``x`` does not fit ``input_shape`` or a class of the model cannot be pickled by name.
     RuntimeError
@@ -76,7 +80,7 @@ def assert_parity(model: torch.nn.Module, x: Any, methods: list[str] | None = No
         rejects, the parity extra missing); the message quotes the child process.
     """
     x = _batch(x, input_shape)
-    request = {"methods": methods, "rtol": rtol, "label": type(model).__name__}
+    request = {"methods": methods, "rtol": rtol, "float64": float64, "label": type(model).__name__}
     with tempfile.TemporaryDirectory(prefix="signxai-parity-") as folder:
         folder = Path(folder)
         env = _child_env(model)
@@ -146,7 +150,8 @@ def _child(folder: Path) -> int:
     int
         0 when the result was written, 2 when the check could not run (one line on stderr).
     """
-    from .cli import UsageError, compare_model, require_parity_extra, run_context, write_reports
+    from .cli import UsageError, compare_model, require_parity_extra, write_reports
+    from .report import run_context
 
     started = time.time()
     request = json.loads((folder / "request.json").read_text())
@@ -158,7 +163,8 @@ def _child(folder: Path) -> int:
         # a whole module, pickled by the caller's process moments ago
         model = torch.load(folder / "model.pt", map_location="cpu", weights_only=False).eval()
         rows, run = compare_model(model, np.load(folder / "x.npy"), request["methods"],
-                                  label=request["label"], tolerance=request["rtol"])
+                                  label=request["label"], tolerance=request["rtol"],
+                                  float64=request["float64"])
     except UsageError as error:
         print(f"assert_parity: {error}", file=sys.stderr)
         return 2

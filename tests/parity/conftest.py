@@ -1,21 +1,23 @@
-"""Parity tests: TensorFlow in graph mode, as iNNvestigate requires.
+"""Parity tests: TensorFlow in graph mode, as iNNvestigate requires, with the harness's
+deterministic settings.
 
-Graph mode must be switched on before any Keras model is built, so it happens
-at import. Every test in this folder gets the ``tf`` marker; run them in their
-own pytest session so graph mode does not leak into other tests. Without
+Both must be set before TensorFlow is imported and any Keras model is built, so they are set at
+import (:func:`parity.harness.graph_mode`). Every test in this folder gets the ``tf`` marker; run
+them in their own pytest session so graph mode does not leak into other tests. Without
 TensorFlow installed the folder is not collected.
 """
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 
-try:
-    import tensorflow as tf
-except ImportError:
+if importlib.util.find_spec("tensorflow") is None:
     collect_ignore_glob = ["test_*.py"]
 else:
-    tf.compat.v1.disable_eager_execution()
+    from parity.harness import graph_mode
+
+    graph_mode()
 
 _HERE = Path(__file__).resolve().parent
 

@@ -1,21 +1,19 @@
 """Hypothesis parity suite: random small architectures, weights and inputs, converted to Keras
-twins; a sample of method names each must match iNNvestigate within the parity tolerance."""
+twins; a sample of method names each must pass the parity gate against iNNvestigate (both
+frameworks in float32 and float64, :func:`parity.compare.judge`)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import tensorflow as tf
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from parity.cases import method_kwargs, method_names, not_applicable
-from parity.compare import compare, tolerance_for
-from parity.reference import ReferenceUnavailable, reference_map
-from parity.twin import to_keras
+from parity.cases import method_names
+from parity.harness import run_model
+from parity.report import rows_from
 from signxai.torch_signxai.methods.grammar import parse
-from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps
 
 pytestmark = pytest.mark.tf
 
@@ -71,26 +69,9 @@ def architectures(draw):
 @given(arch=architectures(), methods=st.lists(st.sampled_from(NAMES), min_size=3, max_size=3, unique=True),
        seed=st.integers(0, 2 ** 16))
 def test_random_models_match_innvestigate(arch, methods, seed):
-    model, shape, kind = arch
+    model, shape, _ = arch
     x = np.random.default_rng(seed).standard_normal((2, *shape)).astype(np.float32)
-    twin = to_keras(model, shape)
-    with torch.no_grad():
-        targets = model(torch.from_numpy(x)).argmax(dim=1).numpy()
-    failures = []
-    for method in methods:
-        spec = parse(method)
-        last_conv = None if kind == "mlp" else "conv"
-        if not_applicable(spec, kind, last_conv):
-            continue
-        kwargs = method_kwargs(spec, x)
-        ours = calculate_relevancemaps(method, x, model, neuron_selection=targets, **kwargs)
-        tf.keras.backend.clear_session()
-        try:
-            ref = reference_map(parse(method, **kwargs), twin.fresh, x, targets,
-                                input_layer_hidden=twin.input_layer_hidden, layer_names=twin.layer_names)
-        except ReferenceUnavailable:
-            continue
-        metrics = compare(ours, ref)
-        if not metrics.rel_error <= tolerance_for(method):
-            failures.append(f"{method}: rel. error {metrics.rel_error:.2e}")
+    run32, run64 = (run_model("random", model, x, shape, dtype, methods) for dtype in ("float32", "float64"))
+    failures = [f"{row.method}: {row.note}" for row in rows_from(run32, run64)
+                if not row.passed and not row.note.startswith("no reference")]
     assert not failures, f"{model}\n" + "\n".join(failures)
