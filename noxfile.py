@@ -4,6 +4,7 @@ harness on the bundled fixtures, then the TensorFlow test suite), `nox -s bench`
 pytest's exit code 5 ("no tests collected") fails a session like any other non-zero code:
 an empty run is a broken run.
 """
+import time
 from pathlib import Path
 
 import nox
@@ -24,13 +25,16 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def parity(session: nox.Session) -> None:
-    """Run iNNvestigate live on Keras twins of the fixture models, write parity-report.md and
-    parity-figure.png, print the table; then the TensorFlow tests (twin, reference, Hypothesis
-    parity suite)."""
+    """Run iNNvestigate on Keras twins of the fixture models (references whose inputs did not
+    change come from the reference cache), judge every row by the parity gate, write
+    parity-report.md, parity-report.json and parity-figure.png, print the summary; then the
+    TensorFlow tests (twin, reference, Hypothesis parity suite). Prints its wall time."""
+    started = time.time()
     session.install("-e", ".[parity,test]")
     session.run("python", "-m", "parity", *session.posargs, env=ENV)
     session.run("pytest", "-m", "tf", "-p", "no:cacheprovider", "tests/parity", "tests/test_parity_helper.py",
                 env=ENV)
+    session.log(f"nox -s parity took {time.time() - started:.0f} s (install included)")
 
 
 @nox.session(python=PYTHON)

@@ -62,14 +62,6 @@ class Row:
     def flagged(self) -> bool:
         return self.passed and self.rel_error > FLAG_ABOVE
 
-    @property
-    def margin(self) -> float:
-        """How close the row is to failing: its gated float32 error over the allowed one."""
-        error = self.ours_f32_error if self.ours_f32_error is not None else self.rel_error
-        if not self.passed or math.isnan(error):
-            return math.inf
-        return error / self.tolerance if self.tolerance > 0 else (math.inf if error > 0 else 0.0)
-
 
 def _failed(model: str, method: str, note: str, tolerance: float) -> Row:
     nan = float("nan")
@@ -266,9 +258,9 @@ def _image(a: np.ndarray) -> np.ndarray:
 
 
 def write_figure(path: Path, runs: list[ModelRun], rows: list[Row]) -> None:
-    """Draw, for each model, its :data:`FIGURE_ROWS` compared rows closest to failing: our map,
-    iNNvestigate's and their difference on the difference's own colour scale, each for the input
-    where the two differ most, in float32."""
+    """Draw, for each model, its :data:`FIGURE_ROWS` compared rows whose float32 maps differ most:
+    our map, iNNvestigate's and their difference on the difference's own colour scale, each for
+    the input where the two differ most."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -279,10 +271,10 @@ def write_figure(path: Path, runs: list[ModelRun], rows: list[Row]) -> None:
         run = by_label.get(model)
         compared = [r for r in rows if r.model == model and run is not None
                     and r.method in run.ours and r.method in run.references]
-        shown += [(run, r) for r in sorted(compared, key=lambda r: -r.margin)[:FIGURE_ROWS]]
+        shown += [(run, r) for r in sorted(compared, key=lambda r: -r.rel_error)[:FIGURE_ROWS]]
     if not shown:
         raise ValueError("no compared method to draw")
-    fig, axes = plt.subplots(len(shown), 3, figsize=(8, 2.3 * len(shown)), squeeze=False)
+    fig, axes = plt.subplots(len(shown), 3, figsize=(9, 2.4 * len(shown)), squeeze=False)
     for line, (run, row) in zip(axes, shown):
         ours, ref = run.ours[row.method], run.references[row.method]
         worst = int(np.argmax(np.abs(ours - ref).reshape(len(ours), -1).max(axis=1)))
@@ -290,8 +282,8 @@ def write_figure(path: Path, runs: list[ModelRun], rows: list[Row]) -> None:
         diff = ours - ref
         limit = float(np.max(np.abs(ref))) or 1.0
         spread = float(np.max(np.abs(diff))) or 1.0
-        titles = (f"{run.label} {row.method}\nsignxai, input {worst}", "iNNvestigate",
-                  f"difference: max {np.max(np.abs(diff)):.1e}\nrel. {row.rel_error:.1e}"
+        titles = (f"{run.label}\n{row.method}\nsignxai, input {worst}", "\n\niNNvestigate",
+                  f"\ndifference: max {np.max(np.abs(diff)):.1e}\nrel. {row.rel_error:.1e}"
                   + (f", allowed {row.tolerance:.0e}" if row.ours_f32_error is not None else ""))
         for ax, image, title, scale in zip(line, (ours, ref, diff), titles, (limit, limit, spread)):
             drawn = ax.imshow(image, cmap="bwr", vmin=-scale, vmax=scale, aspect="auto")
@@ -299,7 +291,8 @@ def write_figure(path: Path, runs: list[ModelRun], rows: list[Row]) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
             fig.colorbar(drawn, ax=ax, fraction=0.046)
-    fig.suptitle("Rows closest to failing, per model (float32); the difference on its own scale", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle("Per model, the rows whose float32 maps differ most; each difference on its own scale",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=100)
     plt.close(fig)
