@@ -67,9 +67,51 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Kind", "Activation", "Node", "ModelGraph", "model_graph", "activation_of_module",
+__all__ = ["UnsupportedLayerError", "Add", "Mean", "Kind", "Activation", "Node", "ModelGraph", "model_graph", "activation_of_module",
            "kind_of_module", "KIND_NAMES", "KERNEL_KINDS", "ACTIVATIONS", "MODULE_KINDS",
-           "FUNCTION_KINDS", "METHOD_KINDS"]
+           "FUNCTION_KINDS", "METHOD_KINDS", "activation_functions"]
+
+
+class UnsupportedLayerError(NotImplementedError):
+    """A layer or operation a method has no rule for (named with its path in the model or its
+    node in the model's graph, and why)."""
+
+
+class Add(nn.Module):
+    """The sum of its tensor inputs (out of place; broadcasting as ``+``): a tensor sum of the
+    model's forward as a module of its own (see :mod:`.modular`)."""
+
+    def forward(self, *terms: torch.Tensor) -> torch.Tensor:
+        total = terms[0]
+        for term in terms[1:]:
+            total = total + term
+        return total
+
+
+class Mean(nn.Module):
+    """The mean over spatial axes, ``x.mean(dim, keepdim)`` (global average pooling), as a module
+    of its own (see :mod:`.modular`).
+
+    Parameters
+    ----------
+    dim : int or tuple of int
+    keepdim : bool
+    label : str
+        The node, for the error about a mean over the batch or channel axis.
+    """
+
+    def __init__(self, dim, keepdim: bool = False, label: str = "") -> None:
+        super().__init__()
+        self.dim = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
+        self.keepdim, self.label = bool(keepdim), label
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        axes = {d % x.ndim for d in self.dim}
+        if x.ndim < 3 or axes & {0, 1}:
+            raise UnsupportedLayerError(
+                f"the mean at {self.label} runs over axes {sorted(axes)} of a rank-{x.ndim} tensor; "
+                f"only a mean over spatial axes (2 and up: global average pooling) is a layer with a rule")
+        return x.mean(dim=self.dim, keepdim=self.keepdim)
 
 
 @dataclass(frozen=True)
@@ -205,6 +247,8 @@ MODULE_KINDS: Mapping[type, Kind] = MappingProxyType({
     **{cls: _KIND("identity") for cls in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
                                           nn.AlphaDropout, nn.Identity)},
     **{cls: _KIND("softmax") for cls in (nn.Softmax, nn.LogSoftmax)},
+    Add: _KIND("add"),
+    Mean: _KIND("mean"),
     **{cls: _KIND("activation") for cls in (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU,
                                             nn.ELU, nn.GELU, nn.Softplus, nn.Hardswish, nn.Hardsigmoid)},
 })
@@ -266,6 +310,17 @@ _CALL_ACTIVATIONS: Mapping[Any, tuple[str, Optional[tuple[int, str]]]] = Mapping
 #: functions of other packages, by (module, name): torchvision's stochastic depth is an identity
 #: in eval mode
 _EXTERNAL_KINDS = MappingProxyType({("torchvision.ops.stochastic_depth", "stochastic_depth"): _KIND("identity")})
+
+
+def activation_functions(relu_like: Optional[bool] = None) -> frozenset:
+    """The activation functions and tensor methods (as ``torch.Tensor`` attributes, the way
+    ``__torch_function__`` sees them) of the table; only the ReLU-like ones (``relu_like=True``)
+    or only the others (``False``)."""
+    found = set()
+    for target, (name, _) in _CALL_ACTIVATIONS.items():
+        if relu_like is None or ACTIVATIONS[name][0] == relu_like:
+            found.add(getattr(torch.Tensor, target) if isinstance(target, str) else target)
+    return frozenset(found)
 
 
 def kind_of_module(module: nn.Module) -> Kind:
