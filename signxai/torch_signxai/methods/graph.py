@@ -162,7 +162,8 @@ class Activation:
     ----------
     name : str
         ``'relu'``, ``'relu6'``, ``'silu'``, ``'sigmoid'``, ``'tanh'``, ``'leaky_relu'``, ``'elu'``,
-        ``'gelu'``, ``'softplus'``, ``'hardswish'`` or ``'hardsigmoid'``.
+        ``'gelu'``, ``'softplus'``, ``'hardswish'``, ``'hardsigmoid'``, ``'selu'``, ``'softsign'``,
+        ``'prelu'``, ``'celu'``, ``'mish'`` or ``'hardtanh'``.
     relu_like : bool
         Whether guided backprop and deconvnet modify its backward (ReLU and ReLU6: iNNvestigate's
         guided mappings apply to every Keras ReLU activation and ReLU layer).
@@ -219,6 +220,12 @@ ACTIVATIONS: Mapping[str, tuple[bool, Callable[..., tuple]]] = MappingProxyType(
     "softplus": (False, _softplus),
     "hardswish": (False, lambda **_: (None, {})),
     "hardsigmoid": (False, lambda **_: (None, {})),
+    "selu": (False, _keras_activation("selu")),
+    "softsign": (False, _keras_activation("softsign")),
+    "prelu": (False, lambda **_: (None, {})),
+    "celu": (False, lambda **_: (None, {})),
+    "mish": (False, lambda **_: (None, {})),
+    "hardtanh": (False, lambda **_: (None, {})),
 })
 
 
@@ -250,7 +257,8 @@ MODULE_KINDS: Mapping[type, Kind] = MappingProxyType({
     Add: _KIND("add"),
     Mean: _KIND("mean"),
     **{cls: _KIND("activation") for cls in (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU,
-                                            nn.ELU, nn.GELU, nn.Softplus, nn.Hardswish, nn.Hardsigmoid)},
+                                            nn.ELU, nn.GELU, nn.Softplus, nn.Hardswish, nn.Hardsigmoid,
+                                            nn.SELU, nn.Softsign, nn.PReLU, nn.CELU, nn.Mish, nn.Hardtanh)},
 })
 
 #: functions (``call_function`` targets) -> kind
@@ -295,7 +303,9 @@ _MODULE_ACTIVATIONS: Mapping[type, tuple[str, tuple[str, ...]]] = MappingProxyTy
     nn.ReLU: ("relu", ()), nn.ReLU6: ("relu6", ()), nn.SiLU: ("silu", ()), nn.Sigmoid: ("sigmoid", ()),
     nn.Tanh: ("tanh", ()), nn.LeakyReLU: ("leaky_relu", ("negative_slope",)), nn.ELU: ("elu", ("alpha",)),
     nn.GELU: ("gelu", ("approximate",)), nn.Softplus: ("softplus", ("beta",)),
-    nn.Hardswish: ("hardswish", ()), nn.Hardsigmoid: ("hardsigmoid", ()),
+    nn.Hardswish: ("hardswish", ()), nn.Hardsigmoid: ("hardsigmoid", ()), nn.SELU: ("selu", ()),
+    nn.Softsign: ("softsign", ()), nn.PReLU: ("prelu", ()), nn.CELU: ("celu", ()), nn.Mish: ("mish", ()),
+    nn.Hardtanh: ("hardtanh", ()),
 })
 #: activation functions and methods -> activation name and (position, keyword) of its parameter
 _CALL_ACTIVATIONS: Mapping[Any, tuple[str, Optional[tuple[int, str]]]] = MappingProxyType({

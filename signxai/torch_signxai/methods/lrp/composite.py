@@ -17,7 +17,7 @@ from zennit.core import Composite
 
 from ..graph import KERNEL_KINDS, UnsupportedLayerError, activation_of_module, kind_of_module
 from ..modular import Modular
-from .guard import OperationGuard, check_graph, check_supported
+from .guard import chain_guard, check_graph, check_supported
 from .hooks import FusedPass, PassHook, RuleHook, SumHook, Trace
 from .plan import Plan
 from .rules import Rule
@@ -85,7 +85,7 @@ class LRPComposite(Composite):
         for leaf in module.modules():
             if next(leaf.children(), None) is None:
                 self.handles.append(leaf.register_forward_hook(self._record))
-        guard = OperationGuard(module)
+        guard = chain_guard(module)
         self.handles.append(guard)
         self.handles.append(module.register_forward_pre_hook(guard.start))
         self.handles.append(module.register_forward_hook(guard.stop, always_call=True))

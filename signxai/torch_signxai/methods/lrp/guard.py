@@ -8,17 +8,15 @@ see. Every refusal is one :class:`~..graph.UnsupportedLayerError` naming the lay
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
+from ..guard import OperationGuard
 from ..graph import MODULE_KINDS, UnsupportedLayerError, kind_of_module
 from ..modular import Modular
 from .plan import Plan
 
-__all__ = ["UnsupportedLayerError", "check_supported", "check_graph", "OperationGuard", "SHAPE_FUNCTIONS"]
+__all__ = ["UnsupportedLayerError", "check_supported", "check_graph", "chain_guard", "SHAPE_FUNCTIONS"]
 
 #: functions allowed in a chain's forward pass outside any module: they only reshape
 SHAPE_FUNCTIONS = frozenset({
@@ -60,63 +58,8 @@ def check_graph(modular: Modular, plan: Plan) -> None:
                 f"no mapping for a product of tensors (a gate); use another LRP method")
 
 
-class OperationGuard(TorchFunctionMode):
-    """During a forward pass, reject functions that ``rejects`` outside the modules that
-    ``inside`` accepts (by default: outside any leaf module), naming the function and the module
-    that ran last.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-    rejects : callable
-        ``rejects(function) -> bool``.
-    advice : str
-        What the error says after naming the function.
-    inside : callable, optional
-        ``inside(module) -> bool``: modules whose own forward may call anything.
-    method : str
-        The method, for the error.
-    """
-
-    def __init__(self, model: nn.Module, rejects: Callable = lambda f: f not in SHAPE_FUNCTIONS,
-                 advice: str = ("it runs outside any module, so no rule applies (wrap it in a module such as "
-                                "nn.ReLU, or restructure the model as a chain of supported layers)"),
-                 inside: Callable[[nn.Module], bool] = lambda m: next(m.children(), None) is None,
-                 method: str = "LRP") -> None:
-        super().__init__()
-        self.rejects, self.advice, self.method = rejects, advice, method
-        self.depth = 0
-        self.current = ""
-        self.handles = []
-        for module in model.modules():
-            if inside(module):
-                self.handles.append(module.register_forward_pre_hook(self._enter, prepend=True))
-                self.handles.append(module.register_forward_hook(self._exit, always_call=True))
-        self.names = {module: name for name, module in model.named_modules()}
-
-    def _enter(self, module, args):
-        self.depth += 1
-
-    def _exit(self, module, args, output):
-        self.depth -= 1
-        self.current = self.names.get(module, "")
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if self.depth == 0 and self.rejects(func):
-            after = f" after '{self.current}'" if self.current else ""
-            raise UnsupportedLayerError(
-                f"{self.method} cannot explain the operation {getattr(func, '__qualname__', func)}{after} in the "
-                f"model's forward: {self.advice}")
-        return func(*args, **(kwargs or {}))
-
-    def start(self, module, args) -> None:
-        """Forward pre-hook of the model: start guarding."""
-        self.__enter__()
-
-    def stop(self, module, args, output) -> None:
-        """Forward hook of the model: stop guarding."""
-        self.__exit__(None, None, None)
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
+def chain_guard(model: nn.Module) -> OperationGuard:
+    """The guard of a chain's forward pass: only reshaping functions may run outside leaf modules."""
+    return OperationGuard(model, rejects=lambda f: f not in SHAPE_FUNCTIONS, method="LRP",
+                          advice="it runs outside any module, so no rule applies (wrap it in a module such "
+                                 "as nn.ReLU, or restructure the model as a chain of supported layers)")
