@@ -201,3 +201,14 @@ def test_graph_module_shares_the_models_parameters():
 @pytest.mark.parametrize("name", sorted(KINDS))
 def test_every_kind_has_a_known_lrp_treatment(name):
     assert KINDS[name].lrp in {"rule", "batchnorm", "z", "gradient", "activation", "none", "unsupported"}
+
+
+def test_a_softmax_wrapper_has_the_wrapped_graph_without_its_softmax():
+    from signxai.torch_signxai import remove_softmax
+    model = nn.Sequential(Residual(), nn.Softmax(dim=1)).double().eval()
+    wrapper = remove_softmax(model)
+    graph = model_graph(wrapper)
+    assert not any(node.kind.name == "softmax" for node in graph.nodes)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    assert torch.equal(graph.module(x), wrapper(x))
+    assert graph.by_module(model[0].conv1)

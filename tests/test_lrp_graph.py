@@ -399,3 +399,13 @@ def test_torchvision_models_explain(name):
     for method in ("lrp_epsilon_0_1", "lrpsign_epsilon_0_1", "guided_backprop"):
         rmap = calculate_relevancemap(model, x, method=method)
         assert rmap.shape == x.shape and np.isfinite(rmap).all() and np.abs(rmap).max() > 0, method
+
+
+def test_a_softmax_wrapped_graph_model_explains_its_logits():
+    from signxai.torch_signxai import remove_softmax
+    inner = ResCatNet()
+    wrapped = remove_softmax(nn.Sequential(inner, nn.Softmax(dim=1)))
+    x = _x()[0]
+    for method in ("lrp_epsilon_0_1", "guided_backprop"):
+        np.testing.assert_array_equal(calculate_relevancemap(wrapped, x, method=method, target_class=2),
+                                      calculate_relevancemap(inner, x, method=method, target_class=2))

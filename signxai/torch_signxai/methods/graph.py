@@ -15,7 +15,8 @@ Interface
     The model's graph, cached per model (weakly) and rebuilt when its module tree (module objects,
     their names, types or training flags) changes; None when fx cannot trace the model (data-dependent
     control flow, a model that is a single leaf layer, ...): such models run as plain chains in
-    execution order, as before.
+    execution order, as before. The graph of a :class:`~..utils.NoSoftmaxWrapper` is the wrapped
+    model's without its trailing softmax.
 :class:`ModelGraph`
     ``nodes`` (topological order), ``module`` (the traced :class:`torch.fx.GraphModule`, sharing the
     model's submodules and parameters), ``input_layers`` and ``last_layers`` (frozensets of node
@@ -66,6 +67,8 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+
+from ..utils import NoSoftmaxWrapper
 
 __all__ = ["UnsupportedLayerError", "Add", "Mean", "Kind", "Activation", "Node", "ModelGraph", "model_graph", "activation_of_module",
            "kind_of_module", "KIND_NAMES", "KERNEL_KINDS", "ACTIVATIONS", "MODULE_KINDS",
@@ -437,15 +440,37 @@ def _tensor_inputs(node: fx.Node, meta: set) -> tuple[str, ...]:
     return tuple(name for name in names if name not in meta)
 
 
+def _strip_softmax(traced: fx.Graph, modules: Mapping[str, nn.Module]) -> None:
+    """Make a trailing softmax's input the graph's output (what :class:`~..utils.NoSoftmaxWrapper`
+    returns)."""
+    output = next(node for node in traced.nodes if node.op == "output")
+    last = output.args[0]
+    if not isinstance(last, fx.Node) or not last.args:
+        return
+    if last.op == "call_module":
+        kind = kind_of_module(modules[last.target])
+    elif last.op in ("call_function", "call_method"):
+        kind = _kind_of_call(last)
+    else:
+        return
+    if kind.name == "softmax":
+        output.args = (last.args[0],)
+        if not last.users:
+            traced.erase_node(last)
+
+
 def _build(model: nn.Module) -> Optional[ModelGraph]:
-    if next(model.children(), None) is None:
+    root = model.wrapped if isinstance(model, NoSoftmaxWrapper) else model
+    if next(root.children(), None) is None:
         return None  # a single layer: fx would trace its functional body
+    modules = dict(root.named_modules())
     try:
-        traced = fx.Tracer().trace(model)
-        module = fx.GraphModule(model, traced, class_name=type(model).__name__)
+        traced = fx.Tracer().trace(root)
+        if root is not model:
+            _strip_softmax(traced, modules)
+        module = fx.GraphModule(root, traced, class_name=type(root).__name__)
     except Exception:  # data-dependent control flow, untraceable constructs: run as a chain
         return None
-    modules = dict(model.named_modules())
     meta: set = set()
     nodes: list[Node] = []
     for fx_node in module.graph.nodes:
