@@ -80,7 +80,7 @@ def _replacement(node: Node, fx_node: fx.Node) -> tuple[Optional[nn.Module], tup
             return None, (), "adds a constant or a scaled term, which has no relevance rule"
         return Add(), tuple(terms), None
     if kind == "activation" and node.op != "call_module":
-        kwargs.pop("inplace", None)
+        kwargs.pop("inplace", None)  # the module works out of place (see _build for in-place calls)
         module = _ACTIVATION_MODULES[node.activation.name](*args[1:], **kwargs)
         if getattr(module, "inplace", False):
             module.inplace = False
@@ -94,6 +94,19 @@ def _replacement(node: Node, fx_node: fx.Node) -> tuple[Optional[nn.Module], tup
             return None, (), "is a mean over all axes (or with a dtype), which has no relevance rule"
         return Mean(dim, keepdim, node.label), (args[0],), None
     return None, (), None
+
+
+def _in_place(node: Node) -> bool:
+    """Whether a functional activation works in place (``F.relu_``, ``x.relu_()``,
+    ``F.relu(x, inplace=True)``)."""
+    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    return node.kind.name == "activation" and (
+        target.endswith("_") or node.fx.kwargs.get("inplace") is True or any(a is True for a in node.fx.args[1:]))
+
+
+def _later_nodes(graph: fx.Graph, node: fx.Node) -> frozenset:
+    nodes = list(graph.nodes)
+    return frozenset(nodes[nodes.index(node) + 1:])
 
 
 def _reason(node: Node) -> Optional[str]:
@@ -132,9 +145,12 @@ def _build(graph: ModelGraph) -> Modular:
         name = f"_graph_{node.name}"
         root[name] = module
         owners.setdefault(module, []).append(node)
+        later = _later_nodes(copied, new) if _in_place(node) else ()
         with copied.inserting_after(new):
             call = copied.call_module(name, tuple(terms))
         new.replace_all_uses_with(call)
+        if later:  # what read the modified tensor after the in-place call reads the module's output
+            terms[0].replace_all_uses_with(call, delete_user_cb=lambda user: user in later)
         copied.erase_node(new)
     gm = fx.GraphModule(root, copied, class_name="Modular")
     return Modular(graph, gm, {m: tuple(n) for m, n in owners.items()}, tuple(unsupported))
