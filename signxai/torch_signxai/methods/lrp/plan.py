@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..grammar import MethodSpec, parse
-from .rules import (AlphaBetaRule, AlphaBetaX2m100Rule, EpsilonRule, FlatRule, GammaRule, Rule,
-                    SignRule, StdxEpsilonRule, WSquareRule, ZBoxRule, ZRule)
+from .rules import AlphaBetaRule, AlphaBetaX2m100Rule, EpsilonRule, Rule, ZRule
+from .table import HIDDEN_RULES, INPUT_RULES, build
 
 __all__ = ["Plan", "plan_for"]
 
@@ -54,29 +54,11 @@ class Plan:
 
 
 def _hidden_rule(spec: MethodSpec) -> Rule:
-    p = spec.params
-    return {
-        "z": lambda: ZRule(),
-        "epsilon": lambda: EpsilonRule(p["epsilon"]),
-        "epsilon_std_x": lambda: StdxEpsilonRule(stdfactor=p["stdfactor"]),
-        "alpha_beta": lambda: AlphaBetaRule(p["alpha"], p["beta"]),
-        "z_plus": lambda: AlphaBetaRule(1.0, 0.0, bias=False),
-        "gamma": lambda: GammaRule(p["gamma"]),
-        "flat": lambda: FlatRule(),
-        "w_square": lambda: WSquareRule(),
-    }[spec.rule]()
+    return build(HIDDEN_RULES[spec.rule], spec.params)
 
 
 def _input_rule(spec: MethodSpec) -> Optional[Rule]:
-    p = spec.params
-    return {
-        None: lambda: None,
-        "z": lambda: ZRule(),
-        "sign": lambda: SignRule(p["mu"]),
-        "w_square": lambda: WSquareRule(),
-        "flat": lambda: FlatRule(),
-        "zbox": lambda: ZBoxRule(p["low"], p["high"]),
-    }[spec.input_rule]()
+    return None if spec.input_rule is None else build(INPUT_RULES[spec.input_rule], spec.params)
 
 
 def plan_for(spec: MethodSpec) -> Plan:
