@@ -409,3 +409,27 @@ def test_a_softmax_wrapped_graph_model_explains_its_logits():
     for method in ("lrp_epsilon_0_1", "guided_backprop"):
         np.testing.assert_array_equal(calculate_relevancemap(wrapped, x, method=method, target_class=2),
                                       calculate_relevancemap(inner, x, method=method, target_class=2))
+
+
+class SumOfBranches(nn.Module):
+    """``sum`` of three branches (it starts from 0) and a term plus a shape number (refused)."""
+
+    def __init__(self, shape_term: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(15)
+        self.a, self.b, self.c, self.head = nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(3, 2)
+        self.shape_term = shape_term
+        self.double()
+
+    def forward(self, x):
+        total = sum([self.a(x), self.b(x), self.c(x)])
+        return self.head(total + x.shape[1] if self.shape_term else total)
+
+
+def test_python_sum_of_tensors_is_a_z_rule_sum_and_a_shape_constant_is_refused():
+    x = _x((2, 4), 16)
+    z = calculate_relevancemaps(SumOfBranches(), x, method="lrp_z", target_class=[0, 1])
+    gxi = calculate_relevancemaps(SumOfBranches(), x, method="gradient_x_input", target_class=[0, 1])
+    assert _rel(z, gxi) < 1e-10
+    with pytest.raises(UnsupportedLayerError, match="adds a constant"):
+        calculate_relevancemaps(SumOfBranches(shape_term=True), x, method="lrp_z")

@@ -70,15 +70,19 @@ class Modular:
 
 def _replacement(node: Node, fx_node: fx.Node) -> tuple[Optional[nn.Module], tuple, Optional[str]]:
     """The module standing in for a functional node (``fx_node``: its copy, whose arguments are
-    the copied graph's nodes), its tensor arguments, and why none can."""
+    the copied graph's nodes), its tensor arguments, and why none can; no module but one tensor
+    argument: the node is that argument itself."""
     args, kwargs = fx_node.args, dict(fx_node.kwargs)
     kind = node.kind.name
     if kind == "add":
-        terms = [a for a in args if isinstance(a, fx.Node)] + [v for k, v in kwargs.items() if k == "other"]
-        constants = [a for a in args if not isinstance(a, fx.Node)]
-        if kwargs.get("alpha", 1) != 1 or any(c != 0 for c in constants) or len(terms) + len(constants) != 2:
+        operands = [*zip(node.fx.args, args), *((node.fx.kwargs[k], kwargs[k]) for k in ("other",) if k in kwargs)]
+        terms = [new for old, new in operands if isinstance(old, fx.Node) and old.name in node.inputs]
+        constants = [old for old, _ in operands if not (isinstance(old, fx.Node) and old.name in node.inputs)]
+        # Python's sum() starts from the constant 0, which adds nothing
+        if kwargs.get("alpha", 1) != 1 or len(operands) != 2 or not terms or any(
+                isinstance(c, fx.Node) or c != 0 for c in constants):
             return None, (), "adds a constant or a scaled term, which has no relevance rule"
-        return Add(), tuple(terms), None
+        return (Add() if len(terms) == 2 else None), tuple(terms), None  # 0 + t is t itself
     if kind == "activation" and node.op != "call_module":
         kwargs.pop("inplace", None)  # the module works out of place (see _build for in-place calls)
         module = _ACTIVATION_MODULES[node.activation.name](*args[1:], **kwargs)
@@ -135,11 +139,14 @@ def _build(graph: ModelGraph) -> Modular:
             owners.setdefault(node.module, []).append(node)
         elif node.op == "get_attr":
             root[node.target] = _attribute(graph.module, node.target)
-        module, terms, reason = (_replacement(node, new) if node.op.startswith("call_function")
-                                 or node.op == "call_method" else (None, (), None))
+        module, terms, reason = (_replacement(node, new) if node.op in ("call_function", "call_method")
+                                 else (None, (), None))
         reason = reason or _reason(node)
         if reason is not None:
             unsupported.append((node, reason))
+        if module is None and len(terms) == 1:
+            new.replace_all_uses_with(terms[0])
+            copied.erase_node(new)
         if module is None:
             continue
         name = f"_graph_{node.name}"
