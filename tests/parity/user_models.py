@@ -25,8 +25,8 @@ def gelu_mlp() -> nn.Sequential:
 
 
 class FunctionalReLU(nn.Module):
-    """A dense model whose ReLU is ``F.relu`` in ``forward``: the Keras twin follows it, but
-    signxai's LRP has no module to attach a rule to."""
+    """A dense model whose ReLU is ``F.relu`` in ``forward``: the Keras twin follows it, and
+    signxai explains it on the model's graph."""
 
     def __init__(self) -> None:
         super().__init__()

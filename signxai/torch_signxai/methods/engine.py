@@ -3,7 +3,8 @@
 Every public entry point (both APIs and the analyzer classes) ends here: :func:`explain` converts
 the input (:mod:`.io`), leaves the model exactly as it found it (:func:`model_guard`), runs large
 max pooling through the faster kernel (:mod:`.pooling`), dispatches to the family's
-implementation, applies the post-multipliers and returns numpy.
+implementation, applies the post-multipliers and returns numpy. Families that attach rules to
+modules read the model's graph (:mod:`.graph`, :mod:`.modular`) where fx can trace it.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from torch import nn
 
 from . import gradcam as _gradcam
 from . import gradient as _gradient
-from . import lrp as _lrp
 from .grammar import MethodSpec, parse
+from .lrp.family import lrp as _lrp
 from .io import to_batch
 from .pooling import channels_last_max_pool
 from .signed import apply_post
@@ -41,7 +42,7 @@ _FAMILIES: dict[str, Family] = {
     "random_uniform": _gradient.random_uniform,
     "grad_cam": _gradcam.grad_cam,
     "guided_grad_cam": _gradcam.guided_grad_cam,
-    "lrp": _lrp.lrp,
+    "lrp": _lrp,
 }
 
 
