@@ -92,6 +92,14 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from signxai.torch_signxai.methods.graph import (
+    Activation,
+    ModelGraph,
+    Node,
+    make_activation,
+    model_graph,
+)
+
 __all__ = [
     "Twin",
     "TwinMismatchError",
@@ -395,7 +403,8 @@ def to_keras(
     if dtype not in _TORCH_DTYPES:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     input_shape = tuple(int(d) for d in input_shape)
-    graph_module = _trace(model)
+    graph = _graph(model)
+    graph_module = graph.module
     reference = _eval_copy(graph_module, dtype)
     sample = torch.zeros((_SHAPE_BATCH, *input_shape), dtype=_TORCH_DTYPES[dtype])
     try:
@@ -404,7 +413,7 @@ def to_keras(
         raise ValueError(
             f"{type(model).__name__} does not accept inputs of shape {input_shape}: {error}"
         ) from error
-    converter = _Converter(reference, outputs, keep_softmax)
+    converter = _Converter(graph, reference, outputs, keep_softmax)
     output = converter.convert()
     if not converter.specs:
         raise UnsupportedLayerError(
@@ -433,15 +442,18 @@ def to_keras(
 # Tracing and running the PyTorch side
 
 
-def _trace(model: nn.Module) -> fx.GraphModule:
-    """Trace ``model`` with torch.fx, turning failures into UnsupportedLayerError."""
-    try:
-        return fx.symbolic_trace(model)
-    except Exception as error:
-        raise UnsupportedLayerError(
-            f"{type(model).__name__} (the model itself) cannot be traced by torch.fx, "
-            f"so its graph is unknown: {error}"
-        ) from error
+def _graph(model: nn.Module) -> ModelGraph:
+    """The model's graph, or an UnsupportedLayerError when torch.fx cannot trace it."""
+    graph = model_graph(model)
+    if graph is None:
+        try:
+            fx.symbolic_trace(model)
+        except Exception as error:
+            why = f"cannot be traced by torch.fx, so its graph is unknown: {error}"
+        else:
+            why = "is a single layer; wrap it in torch.nn.Sequential"
+        raise UnsupportedLayerError(f"{type(model).__name__} (the model itself) {why}")
+    return graph
 
 
 def _eval_copy(graph_module: fx.GraphModule, dtype: str) -> fx.GraphModule:
@@ -472,18 +484,6 @@ def _record(module: fx.GraphModule, x: torch.Tensor) -> dict[str, Any]:
     return recorder.outputs
 
 
-def _is_shape_query(node: fx.Node) -> bool:
-    """Whether ``node`` only reads a tensor's shape (``x.size(0)``, ``x.shape[0]``)."""
-    if node.op == "call_method" and node.target in ("size", "dim"):
-        return True
-    if node.op == "call_function" and node.target is getattr:
-        return node.args[1] in ("shape", "ndim")
-    if node.op == "call_function" and node.target is operator.getitem:
-        first = node.args[0]
-        return isinstance(first, fx.Node) and _is_shape_query(first)
-    return False
-
-
 def _describe(node: fx.Node, root: nn.Module) -> str:
     """Name a node for error messages: its module type and path in the model."""
     if node.op == "call_module":
@@ -501,20 +501,6 @@ def _describe(node: fx.Node, root: nn.Module) -> str:
     return f"operation {operation} in the forward of {type(root).__name__} (the model itself)"
 
 
-def _tensor_args(node: fx.Node) -> list[fx.Node]:
-    """The operation outputs ``node`` takes, in argument order, repeats kept
-    (shape queries aside)."""
-    found: list[fx.Node] = []
-
-    def collect(arg: fx.Node) -> fx.Node:
-        if not _is_shape_query(arg):
-            found.append(arg)
-        return arg
-
-    fx.node.map_arg((node.args, node.kwargs), collect)
-    return found
-
-
 def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
     """Argument ``name`` (positional ``index``) of a functional or method call."""
     if len(node.args) > index:
@@ -529,132 +515,38 @@ def _dims(value: Any, rank: int) -> tuple[int, ...]:
 
 
 # ----------------------------------------------------------------------------
-# Recognising operations
+# Reading the model graph
 
-
-@dataclass(frozen=True)
-class _Activation:
-    """An elementwise activation: its kind and parameter (slope, alpha or range)."""
-
-    kind: str
-    param: Any = None
-
-    def fused_name(self) -> str | None:
-        """The Keras activation string that reproduces it (as an ``Activation``
-        layer or fused into a conv/dense layer), if there is one."""
-        if self.kind == "elu":
-            return "elu" if self.param == 1.0 else None
-        return _ACTIVATION_NAMES.get(self.kind)
-
-    def layer(self) -> tuple[type, dict[str, Any]] | None:
-        """The Keras layer class and config, for activations without a string."""
-        if self.kind == "relu6":
-            return tf.keras.layers.ReLU, {"max_value": 6.0}
-        if self.kind == "leaky_relu":
-            return tf.keras.layers.LeakyReLU, {"alpha": self.param}
-        if self.kind == "elu":
-            return tf.keras.layers.ELU, {"alpha": self.param}
-        return None
-
-    def nonnegative(self) -> bool:
-        """Whether every output is >= 0."""
-        return self.kind in ("relu", "relu6", "sigmoid")
-
-
-#: Activations spelled as Keras activation strings (keras.applications' spellings).
-_ACTIVATION_NAMES = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "silu": "swish"}
-_FUNCTION_ACTIVATIONS = {
-    F.relu: "relu",
-    torch.relu: "relu",
-    torch.relu_: "relu",
-    F.relu6: "relu6",
-    F.hardtanh: "hardtanh",
-    F.silu: "silu",
-    torch.tanh: "tanh",
-    F.tanh: "tanh",
-    torch.sigmoid: "sigmoid",
-    F.sigmoid: "sigmoid",
-    F.leaky_relu: "leaky_relu",
-    F.elu: "elu",
+#: activations whose outputs are never negative (zero padding then keeps a maximum)
+_NONNEGATIVE = frozenset({"relu", "relu6", "sigmoid"})
+#: torch functions and methods the "reshape" kind covers that only move axes
+_PERMUTES = (torch.permute, torch.transpose, "permute", "transpose")
+#: Keras activation layers by the class name the graph's activation table gives
+_KERAS_ACTIVATION_LAYERS = {
+    "Activation": tf.keras.layers.Activation,
+    "ReLU": tf.keras.layers.ReLU,
+    "LeakyReLU": tf.keras.layers.LeakyReLU,
+    "ELU": tf.keras.layers.ELU,
 }
-_METHOD_ACTIVATIONS = {
-    "relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh",
-    "sigmoid": "sigmoid", "sigmoid_": "sigmoid",
-}
-_MODULE_ACTIVATIONS = {
-    nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardtanh: "hardtanh", nn.SiLU: "silu",
-    nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.LeakyReLU: "leaky_relu", nn.ELU: "elu",
-}
-#: Functional parameters: name, position and default.
-_ACTIVATION_PARAMS = {"leaky_relu": ("negative_slope", 1, 0.01), "elu": ("alpha", 1, 1.0)}
 
 
-def _activation(node: fx.Node, module: nn.Module | None) -> _Activation | None:
-    """The activation a node computes (module or functional), or None."""
-    if module is not None:
-        # The most derived class decides: ReLU6 is a Hardtanh subclass.
-        kind = next((_MODULE_ACTIVATIONS[c] for c in type(module).__mro__ if c in _MODULE_ACTIVATIONS),
-                    None)
-    elif node.op == "call_method":
-        kind = _METHOD_ACTIVATIONS.get(node.target)
+def _activation(node: Node) -> Activation | None:
+    """The node's activation; a Hardtanh(0, 6) (module or functional) is a ReLU6.
+
+    The graph's table has no Hardtanh; this adapter adds the one range that a
+    Keras layer reproduces.
+    """
+    if node.activation is not None:
+        return node.activation
+    if isinstance(node.module, nn.Hardtanh):
+        bounds = (node.module.min_val, node.module.max_val)
+    elif node.op == "call_function" and node.target is F.hardtanh:
+        bounds = (_arg(node.fx, 1, "min_val", -1.0), _arg(node.fx, 2, "max_val", 1.0))
     else:
-        kind = _FUNCTION_ACTIVATIONS.get(node.target)
-    if kind is None:
         return None
-    if kind == "hardtanh":
-        if module is not None:
-            bounds = (float(module.min_val), float(module.max_val))
-        else:
-            bounds = (float(_arg(node, 1, "min_val", -1.0)), float(_arg(node, 2, "max_val", 1.0)))
-        return _Activation("relu6") if bounds == (0.0, 6.0) else _Activation("hardtanh", bounds)
-    if kind in _ACTIVATION_PARAMS:
-        name, index, default = _ACTIVATION_PARAMS[kind]
-        param = getattr(module, name) if module is not None else _arg(node, index, name, default)
-        return _Activation(kind, float(param))
-    return _Activation(kind)
+    return make_activation("relu6") if tuple(map(float, bounds)) == (0.0, 6.0) else None
 
 
-# Node kinds other than activations: functional targets, method names and module types.
-_FUNCTION_KINDS = {
-    operator.add: "add", operator.iadd: "add", torch.add: "add",
-    operator.mul: "mul", operator.imul: "mul", torch.mul: "mul",
-    torch.cat: "cat", torch.concat: "cat",
-    torch.flatten: "reshape", torch.reshape: "reshape",
-    torch.permute: "permute", torch.transpose: "transpose",
-    torch.mean: "mean",
-    F.adaptive_avg_pool1d: "adaptive_avgpool", F.adaptive_avg_pool2d: "adaptive_avgpool",
-    F.interpolate: "upsample", F.pad: "pad",
-    F.softmax: "softmax", torch.softmax: "softmax",
-}
-_METHOD_KINDS = {
-    "add": "add", "add_": "add", "mul": "mul", "mul_": "mul",
-    "flatten": "reshape", "view": "reshape", "reshape": "reshape",
-    "permute": "permute", "transpose": "transpose", "mean": "mean",
-    "contiguous": "identity", "softmax": "softmax",
-}
-_MODULE_KINDS = (
-    ((nn.Conv1d, nn.Conv2d), "conv"),
-    ((nn.ConvTranspose1d, nn.ConvTranspose2d), "conv_transpose"),
-    ((nn.Linear,), "linear"),
-    ((nn.BatchNorm1d, nn.BatchNorm2d), "batchnorm"),
-    ((nn.MaxPool1d, nn.MaxPool2d), "maxpool"),
-    ((nn.AvgPool1d, nn.AvgPool2d), "avgpool"),
-    ((nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d), "adaptive_avgpool"),
-    ((nn.Upsample,), "upsample"),
-    ((nn.ZeroPad1d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d), "pad"),
-    ((nn.Flatten,), "reshape"),
-    ((nn.Softmax,), "softmax"),
-    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity), "identity"),
-)
-
-
-def _kind(node: fx.Node, module: nn.Module | None) -> str | None:
-    """The kind of a non-activation node, or None for one the twin does not know."""
-    if module is not None:
-        return next((kind for classes, kind in _MODULE_KINDS if isinstance(module, classes)), None)
-    if node.op == "call_method":
-        return _METHOD_KINDS.get(node.target)
-    return _FUNCTION_KINDS.get(node.target)
 # ----------------------------------------------------------------------------
 # Padding arithmetic
 
@@ -743,9 +635,10 @@ class _Value:
 
 @dataclass
 class _Step:
-    """One node of the graph, with its module, input values and output shape."""
+    """One node of the graph, with its module (in the twin's dtype), input values and
+    output shape."""
 
-    node: fx.Node
+    node: Node
     module: nn.Module | None
     inputs: list[_Value]
     out_shape: tuple[int, ...]
@@ -753,20 +646,24 @@ class _Step:
 
 
 class _Converter:
-    """Walks the traced graph and collects Keras layer specs, names and checkpoints.
+    """Walks the model graph and collects Keras layer specs, names and checkpoints.
 
     Parameters
     ----------
+    graph : ModelGraph
+        The model's graph (node kinds, activations, fusion).
     root : torch.fx.GraphModule
-        The eval-mode reference copy, in the twin's dtype (weights are read
-        from it).
+        The eval-mode reference copy of ``graph.module``, in the twin's dtype
+        (weights are read from it).
     outputs : dict
         Every node's output on a sample batch (for the shapes).
     keep_softmax : bool
         Keep a final Softmax.
     """
 
-    def __init__(self, root: fx.GraphModule, outputs: dict[str, Any], keep_softmax: bool):
+    def __init__(self, graph: ModelGraph, root: fx.GraphModule, outputs: dict[str, Any],
+                 keep_softmax: bool):
+        self.graph = graph
         self.root = root
         self.outputs = outputs
         self.keep_softmax = keep_softmax
@@ -775,26 +672,22 @@ class _Converter:
         self.layer_names: dict[str, str] = {}
         self.dropped: list[str] = []
         self._values: dict[str, _Value] = {}
-        self._nodes = {node.name: node for node in root.graph.nodes}
-        self._specs_by_name: dict[str, _LayerSpec] = {}
+        self._specs_by_node: dict[str, _LayerSpec] = {}
         self._used_names = {_INPUT}
         self._handlers: dict[str, Callable[[_Step], None]] = {
             "conv": self._conv,
             "conv_transpose": self._conv_transpose,
             "linear": self._linear,
             "batchnorm": self._batchnorm,
-            "maxpool": self._maxpool,
-            "avgpool": self._avgpool,
-            "adaptive_avgpool": self._adaptive_avgpool,
+            "max_pool": self._maxpool,
+            "avg_pool": self._avgpool,
             "mean": self._mean,
             "upsample": self._upsample,
             "pad": self._pad,
             "add": self._merge,
-            "mul": self._merge,
-            "cat": self._cat,
+            "gate": self._merge,
+            "concat": self._cat,
             "reshape": self._reshape,
-            "permute": self._permute,
-            "transpose": self._permute,
             "softmax": self._softmax,
             "identity": self._identity,
         }
@@ -803,38 +696,38 @@ class _Converter:
 
     def convert(self) -> str:
         """Convert every node in graph order; return the Keras output layer's name."""
-        nodes = list(self.root.graph.nodes)
-        placeholders = [n for n in nodes if n.op == "placeholder"]
+        placeholders = [n for n in self.graph.nodes if n.kind.name == "input"]
         if len(placeholders) != 1:
             raise UnsupportedLayerError(
                 f"{type(self.root).__name__} (the model itself) takes "
                 f"{len(placeholders)} inputs; the twin needs exactly one"
             )
-        for node in nodes:
-            if node.op == "placeholder":
+        for node in self.graph.nodes:
+            kind = node.kind.name
+            if kind == "input":
                 shape = self._shape(node)
                 self._values[node.name] = _Value(_INPUT, shape, _channels_last(len(shape)))
-            elif node.op == "output":
+            elif kind == "output":
                 return self._output(node)
-            elif _is_shape_query(node):
+            elif kind == "meta":
                 continue
-            elif node.op == "get_attr":
+            elif kind == "attribute":
                 raise UnsupportedLayerError(
                     f"parameter or buffer '{node.target}' is used directly in a forward; "
                     "the twin only supports layers and functional operations on activations"
                 )
-            elif not node.users:
+            elif not self.graph.consumers(node.name):
                 raise UnsupportedLayerError(
-                    f"{_describe(node, self.root)} computes a result the model never uses; "
+                    f"{_describe(node.fx, self.root)} computes a result the model never uses; "
                     "the twin needs every operation to lead to the output"
                 )
             else:
                 self._convert_node(node)
         raise AssertionError("a traced graph ends with its output node")
 
-    def _output(self, node: fx.Node) -> str:
+    def _output(self, node: Node) -> str:
         """Check the graph's output and bring it into the Keras layout of the PyTorch output."""
-        result = node.args[0]
+        result = node.fx.args[0]
         if not isinstance(result, fx.Node):
             raise UnsupportedLayerError(
                 f"{type(self.root).__name__} (the model itself) returns {type(result).__name__}; "
@@ -847,7 +740,7 @@ class _Converter:
                 "features, whose order differs in Keras' channels-last layout; end the model "
                 "with a Linear layer or a pooling over the spatial axes"
             )
-        value = self._relayout(value, _channels_last(value.rank), result)
+        value = self._relayout(value, _channels_last(value.rank), self.graph[result.name])
         if value.name == _INPUT:
             raise UnsupportedLayerError(
                 f"{type(self.root).__name__} (the model itself) has no layer with a Keras "
@@ -855,43 +748,45 @@ class _Converter:
             )
         return value.name
 
-    def _shape(self, node: fx.Node) -> tuple[int, ...]:
+    def _shape(self, node: Node) -> tuple[int, ...]:
         """Shape of a node's output without the batch axis."""
         value = self.outputs[node.name]
         if not isinstance(value, torch.Tensor) or value.ndim == 0 or value.shape[0] != _SHAPE_BATCH:
             raise UnsupportedLayerError(
-                f"{_describe(node, self.root)} does not return a batch of tensors"
+                f"{_describe(node.fx, self.root)} does not return a batch of tensors"
             )
         return tuple(value.shape[1:])
 
-    def _convert_node(self, node: fx.Node) -> None:
-        """Dispatch one node to its handler."""
+    def _convert_node(self, node: Node) -> None:
+        """Dispatch one node to its handler by its kind in the graph."""
         module = self.root.get_submodule(node.target) if node.op == "call_module" else None
         step = _Step(
             node=node,
             module=module,
-            inputs=[self._values[n.name] for n in _tensor_args(node)],
+            inputs=[self._values[name] for name in node.inputs],
             out_shape=self._shape(node),
-            is_last=all(user.op == "output" for user in node.users),
+            is_last=all(user.kind.name == "output" for user in self.graph.consumers(node.name)),
         )
-        activation = _activation(node, module)
+        activation = _activation(node)
         if activation is not None:
             self._activation(step, activation)
             return
-        kind = _kind(node, module)
-        if kind is None:
-            raise self._unsupported(step, "is not supported by the Keras twin")
-        if kind not in ("add", "mul", "cat") and len(step.inputs) != 1:
+        handler = self._handlers.get(node.kind.name)
+        if handler is None:
+            raise self._unsupported(
+                step, f"is not supported by the Keras twin (a {node.kind.name} node)"
+            )
+        if node.kind.name not in ("add", "gate", "concat") and len(step.inputs) != 1:
             raise self._unsupported(
                 step, f"takes {len(step.inputs)} tensors; the twin expects one here"
             )
-        self._handlers[kind](step)
+        handler(step)
 
     # -- bookkeeping ------------------------------------------------------
 
     def _unsupported(self, step: _Step, why: str) -> UnsupportedLayerError:
         """An UnsupportedLayerError naming the step's type and path."""
-        return UnsupportedLayerError(f"{_describe(step.node, self.root)} {why}")
+        return UnsupportedLayerError(f"{_describe(step.node.fx, self.root)} {why}")
 
     def _label(self, step: _Step) -> str:
         """The PyTorch name of a step: module path or fx node name."""
@@ -908,8 +803,8 @@ class _Converter:
         return candidate
 
     def _add_spec(self, spec: _LayerSpec) -> None:
+        """Append a layer spec."""
         self.specs.append(spec)
-        self._specs_by_name[spec.config["name"]] = spec
 
     def _emit(
         self,
@@ -929,10 +824,10 @@ class _Converter:
         The output gets ``layout`` (channels-last by default) and ``perm``.
         """
         name = self._keras_name(self._label(step))
-        self._add_spec(
-            _LayerSpec(cls, {**config, "name": name}, tuple(v.name for v in inputs),
-                       initial or {}, call_kwargs or {})
-        )
+        spec = _LayerSpec(cls, {**config, "name": name}, tuple(v.name for v in inputs),
+                          initial or {}, call_kwargs or {})
+        self._add_spec(spec)
+        self._specs_by_node[step.node.name] = spec
         if step.module is not None:
             self.layer_names[step.node.target] = name
         layout = _channels_last(len(step.out_shape)) if layout is None else layout
@@ -954,7 +849,7 @@ class _Converter:
             self.dropped.append(step.node.target)
         self._values[step.node.name] = value
 
-    def _relayout(self, value: _Value, layout: tuple[int, ...], node: fx.Node) -> _Value:
+    def _relayout(self, value: _Value, layout: tuple[int, ...], node: Node) -> _Value:
         """``value`` with Keras axes in ``layout``, through a Permute layer if needed."""
         if value.layout == layout:
             return value
@@ -982,51 +877,35 @@ class _Converter:
         shape = (value.shape[0], *(s + a + b for s, (a, b) in zip(value.shape[1:], pads)))
         return self._helper(step, "pad", cls, {"padding": padding}, value, shape, value.layout)
 
-    def _fusable(self, step: _Step) -> _LayerSpec | None:
-        """The conv/dense spec an activation may be fused into: it has no activation yet
-        and its output reaches nothing but the activation (aliases aside)."""
-        spec = self._specs_by_name.get(step.inputs[0].name)
-        if spec is None or spec.config.get("activation", "") is not None:
-            return None
-        checkpoint = next(c for c in self.checkpoints if c.layer == spec.config["name"])
-        node = self._nodes[checkpoint.node]
-        while node is not step.node:  # through layers dropped in eval mode
-            if len(node.users) != 1:
-                return None
-            (node,) = node.users
-        return spec
-
     # -- handlers ---------------------------------------------------------
 
-    def _activation(self, step: _Step, activation: _Activation) -> None:
-        """Fuse an activation into the preceding conv/dense layer, or add a layer."""
+    def _activation(self, step: _Step, activation: Activation) -> None:
+        """An activation in its Keras spelling, fused into the kernel layer before it
+        where the graph says so."""
         if len(step.inputs) != 1:
             raise self._unsupported(step, f"takes {len(step.inputs)} tensors")
+        if activation.keras_layer is None:
+            raise self._unsupported(
+                step, f"is a {activation.name} activation with these parameters, which no Keras "
+                "layer that iNNvestigate analyses computes"
+            )
         value = step.inputs[0]
-        keras_name = activation.fused_name()
-        spec = self._fusable(step) if keras_name is not None else None
-        if spec is not None:
-            spec.config["activation"] = keras_name
+        nonnegative = activation.name in _NONNEGATIVE
+        spec = self._specs_by_node.get(step.node.fused_into)
+        if spec is not None and spec.config.get("activation", "") is None:
+            spec.config["activation"] = activation.keras_config["activation"]
             checkpoint = next(c for c in self.checkpoints if c.layer == spec.config["name"])
             checkpoint.node = step.node.name
             checkpoint.label = f"{checkpoint.label} + {self._label(step)}"
             if step.module is not None:
                 self.layer_names[step.node.target] = spec.config["name"]
             self._values[step.node.name] = _Value(
-                value.name, value.shape, value.layout, value.perm, activation.nonnegative()
+                value.name, value.shape, value.layout, value.perm, nonnegative
             )
             return
-        if keras_name is not None:
-            cls, config = tf.keras.layers.Activation, {"activation": keras_name}
-        elif activation.layer() is not None:
-            cls, config = activation.layer()
-        else:
-            raise self._unsupported(
-                step, f"is a {activation.kind} with parameters {activation.param}, which no "
-                "Keras layer reproduces"
-            )
-        self._emit(step, cls, config, [value], layout=value.layout, perm=value.perm,
-                   nonnegative=activation.nonnegative())
+        cls = _KERAS_ACTIVATION_LAYERS[activation.keras_layer]
+        self._emit(step, cls, dict(activation.keras_config), [value], layout=value.layout,
+                   perm=value.perm, nonnegative=nonnegative)
 
     def _identity(self, step: _Step) -> None:
         """Dropout, Identity, ``contiguous``: no Keras layer in eval mode."""
@@ -1037,7 +916,11 @@ class _Converter:
         if step.module is not None:
             dim = step.module.dim
         else:
-            dim = _arg(step.node, 1, "dim", None)
+            dim = _arg(step.node.fx, 1, "dim", None)
+        if step.node.target in (F.log_softmax, torch.log_softmax, "log_softmax") or isinstance(
+            step.module, nn.LogSoftmax
+        ):
+            raise self._unsupported(step, "is a log-softmax, which the twin does not reproduce")
         if not step.is_last:
             raise self._unsupported(step, "is a softmax that is not the model's final layer")
         value = step.inputs[0]
@@ -1050,7 +933,11 @@ class _Converter:
             self._alias(step, value)
 
     def _reshape(self, step: _Step) -> None:
-        """Flatten to features (Keras Flatten, feature order remembered), or a Reshape."""
+        """Flatten to features (Keras Flatten, feature order remembered), a Reshape, or a
+        permutation of axes (no layer)."""
+        if step.node.target in _PERMUTES:
+            self._permute(step)
+            return
         value = step.inputs[0]
         if step.out_shape == value.shape:
             self._alias(step, value)
@@ -1071,9 +958,9 @@ class _Converter:
 
     def _permute(self, step: _Step) -> None:
         """``permute``/``transpose`` of non-batch axes: only the recorded layout changes."""
-        node, value = step.node, step.inputs[0]
+        node, value = step.node.fx, step.inputs[0]
         rank = value.rank + 1
-        if _kind(node, step.module) == "transpose":
+        if node.target in (torch.transpose, "transpose"):
             first, second = _dims(node.args[1], rank)[0], _dims(node.args[2], rank)[0]
             order = list(range(rank))
             order[first], order[second] = second, first
@@ -1091,8 +978,8 @@ class _Converter:
 
     def _merge(self, step: _Step) -> None:
         """Add or Multiply of two tensors (Multiply broadcasts, e.g. a gate)."""
-        kind = _kind(step.node, step.module)
-        if len(step.inputs) != 2 or (kind == "add" and "alpha" in step.node.kwargs):
+        kind = "add" if step.node.kind.name == "add" else "product"
+        if len(step.inputs) != 2 or (kind == "add" and "alpha" in step.node.fx.kwargs):
             raise self._unsupported(
                 step, f"combines {len(step.inputs)} tensor(s) with constants; the twin supports "
                 f"the {kind} of exactly two tensors"
@@ -1121,7 +1008,7 @@ class _Converter:
 
     def _cat(self, step: _Step) -> None:
         """torch.cat as Concatenate along the Keras axis holding the PyTorch dim."""
-        dim = _arg(step.node, 1, "dim", 0)
+        dim = _arg(step.node.fx, 1, "dim", 0)
         rank = len(step.out_shape) + 1
         dim = _dims(dim, rank)[0]
         if dim == 0:
@@ -1143,7 +1030,7 @@ class _Converter:
         """Conv1d/Conv2d as Conv1D/2D, DepthwiseConv1D/2D or grouped Conv1D/2D (plus
         ZeroPadding where Keras' padding modes cannot reproduce PyTorch's)."""
         conv = step.module
-        rank = conv.weight.ndim - 2
+        rank = self._kernel_rank(step)
         value = self._spatial_input(step, rank)
         if conv.padding_mode != "zeros":
             raise self._unsupported(
@@ -1188,11 +1075,18 @@ class _Converter:
             initial["bias_initializer"] = _numpy(conv.bias)
         self._emit(step, cls, config, [value], initial=initial)
 
+    def _kernel_rank(self, step: _Step) -> int:
+        """The number of spatial axes of a convolution, checked to be 1 or 2."""
+        rank = step.module.weight.ndim - 2
+        if rank not in (1, 2):
+            raise self._unsupported(step, f"has {rank} spatial axes; the twin supports 1 and 2")
+        return rank
+
     def _conv_transpose(self, step: _Step) -> None:
         """ConvTranspose1d/2d as Conv1DTranspose/2DTranspose ('valid', PyTorch's
         output_padding), then a Cropping layer for PyTorch's padding."""
         conv = step.module
-        rank = conv.weight.ndim - 2
+        rank = self._kernel_rank(step)
         value = self._spatial_input(step, rank)
         if conv.groups != 1 or max(_ntuple(conv.dilation, rank)) > 1:
             raise self._unsupported(
@@ -1254,6 +1148,8 @@ class _Converter:
         bn, value = step.module, step.inputs[0]
         if bn.running_mean is None:
             raise self._unsupported(step, "has no running statistics (track_running_stats=False)")
+        if isinstance(bn, nn.BatchNorm3d):
+            raise self._unsupported(step, "normalises 3-d maps; the twin supports 1-d and 2-d")
         if isinstance(bn, nn.BatchNorm2d) or value.rank > 1:
             value = self._spatial_input(step, value.rank - 1 if value.rank > 1 else 2)
         names = ["moving_mean_initializer", "moving_variance_initializer"]
@@ -1298,6 +1194,11 @@ class _Converter:
 
     def _maxpool(self, step: _Step) -> None:
         """MaxPool1d/2d as Keras MaxPooling1D/2D."""
+        if not isinstance(step.module, (nn.MaxPool1d, nn.MaxPool2d)):
+            raise self._unsupported(
+                step, "is a max pooling other than nn.MaxPool1d/2d (functional, adaptive or "
+                "3-d), which the twin does not reproduce"
+            )
         pool, rank = step.module, self._pool_rank(step)
         value = self._spatial_input(step, rank)
         if pool.ceil_mode or pool.return_indices or max(_ntuple(pool.dilation, rank)) > 1:
@@ -1319,6 +1220,16 @@ class _Converter:
         zero padding plus 'valid' divides by the window size
         (``count_include_pad=True``).
         """
+        if isinstance(step.module, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)) or (
+            step.node.target in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d)
+        ):
+            self._adaptive_avgpool(step)
+            return
+        if not isinstance(step.module, (nn.AvgPool1d, nn.AvgPool2d)):
+            raise self._unsupported(
+                step, "is an average pooling other than nn.AvgPool1d/2d and adaptive pooling "
+                "(functional or 3-d), which the twin does not reproduce"
+            )
         pool, rank = step.module, self._pool_rank(step)
         value = self._spatial_input(step, rank)
         if pool.ceil_mode or getattr(pool, "divisor_override", None) is not None:
@@ -1342,7 +1253,7 @@ class _Converter:
             rank, requested = self._pool_rank(step), step.module.output_size
         else:
             rank = 1 if step.node.target is F.adaptive_avg_pool1d else 2
-            requested = _arg(step.node, 1, "output_size", None)
+            requested = _arg(step.node.fx, 1, "output_size", None)
         value = self._spatial_input(step, rank)
         sizes = value.shape[1:]
         requested = _ntuple(requested, rank)
@@ -1372,8 +1283,8 @@ class _Converter:
         """``x.mean(dims)`` over every spatial axis as GlobalAveragePooling."""
         value = step.inputs[0]
         rank = value.rank + 1
-        dims = _arg(step.node, 1, "dim", None)
-        keepdim = bool(_arg(step.node, 2, "keepdim", False))
+        dims = _arg(step.node.fx, 1, "dim", None)
+        keepdim = bool(_arg(step.node.fx, 2, "keepdim", False))
         if dims is None or set(_dims(dims, rank)) != set(range(2, rank)) or rank not in (3, 4):
             raise self._unsupported(
                 step, f"averages over dims {dims}; the twin supports the mean over all spatial "
@@ -1386,7 +1297,7 @@ class _Converter:
         if step.module is not None:
             mode = step.module.mode
         else:
-            mode = _arg(step.node, 3, "mode", "nearest")
+            mode = _arg(step.node.fx, 3, "mode", "nearest")
         value = step.inputs[0]
         value = self._spatial_input(step, value.rank - 1)
         sizes, targets = value.shape[1:], step.out_shape[1:]
@@ -1409,9 +1320,9 @@ class _Converter:
         if step.module is not None:
             pad, fill, mode = step.module.padding, getattr(step.module, "value", 0.0), "constant"
         else:
-            pad = _arg(step.node, 1, "pad", ())
-            mode = _arg(step.node, 2, "mode", "constant")
-            fill = _arg(step.node, 3, "value", None) or 0.0
+            pad = _arg(step.node.fx, 1, "pad", ())
+            mode = _arg(step.node.fx, 2, "mode", "constant")
+            fill = _arg(step.node.fx, 3, "value", None) or 0.0
         value = step.inputs[0]
         spatial = value.rank - 1
         pairs = [tuple(pad[i:i + 2]) for i in range(0, len(pad), 2)][::-1]  # first axis first
