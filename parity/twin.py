@@ -1013,6 +1013,9 @@ class _Converter:
         dim = _dims(dim, rank)[0]
         if dim == 0:
             raise self._unsupported(step, "concatenates along the batch axis")
+        if len(step.inputs) == 1:
+            self._alias(step, step.inputs[0])
+            return
         values = self._common_layout(step, step.inputs)
         perm = None
         if any(v.perm is not None for v in values):

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from graph_models import randomize_batchnorm
 from parity import twin as twin_module
 from parity.twin import (
     Twin,
@@ -37,25 +38,10 @@ def _fresh_graph():
     tf.keras.backend.clear_session()
 
 
-def _randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm random running statistics and affine parameters."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
-                size = module.running_mean.shape
-                module.running_mean.copy_(torch.randn(size, generator=generator))
-                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
-                if module.affine:
-                    module.weight.copy_(torch.randn(size, generator=generator))
-                    module.bias.copy_(torch.randn(size, generator=generator))
-    return model
-
-
 def _seq(*modules: nn.Module, seed: int = 0) -> nn.Sequential:
     """An eval-mode Sequential with seeded weights and random BN statistics."""
     torch.manual_seed(seed)
-    return _randomize_batchnorm(nn.Sequential(*modules), seed).eval()
+    return randomize_batchnorm(nn.Sequential(*modules), seed).eval()
 
 
 def _layer(twin: Twin, path: str) -> tf.keras.layers.Layer:
