@@ -759,6 +759,13 @@ class _Converter:
 
     def _convert_node(self, node: Node) -> None:
         """Dispatch one node to its handler by its kind in the graph."""
+        activation = _activation(node)
+        handler = self._handlers.get(node.kind.name)
+        if activation is None and handler is None:
+            raise UnsupportedLayerError(
+                f"{_describe(node.fx, self.root)} is not supported by the Keras twin "
+                f"(a {node.kind.name} node)"
+            )
         module = self.root.get_submodule(node.target) if node.op == "call_module" else None
         step = _Step(
             node=node,
@@ -767,15 +774,9 @@ class _Converter:
             out_shape=self._shape(node),
             is_last=all(user.kind.name == "output" for user in self.graph.consumers(node.name)),
         )
-        activation = _activation(node)
         if activation is not None:
             self._activation(step, activation)
             return
-        handler = self._handlers.get(node.kind.name)
-        if handler is None:
-            raise self._unsupported(
-                step, f"is not supported by the Keras twin (a {node.kind.name} node)"
-            )
         if node.kind.name not in ("add", "gate", "concat") and len(step.inputs) != 1:
             raise self._unsupported(
                 step, f"takes {len(step.inputs)} tensors; the twin expects one here"
@@ -791,6 +792,12 @@ class _Converter:
     def _label(self, step: _Step) -> str:
         """The PyTorch name of a step: module path or fx node name."""
         return step.node.target if step.module is not None else step.node.name
+
+    def _base_name(self, node: Node) -> str:
+        """The stem of a node's Keras layer names: its module path, or ``op_`` and its fx
+        name (bare fx names such as ``add`` are Keras' own default names, which the layers
+        iNNvestigate adds would then repeat)."""
+        return node.target if node.op == "call_module" else f"op_{node.name}"
 
     def _keras_name(self, base: str) -> str:
         """A unique, valid Keras layer name derived from ``base``."""
@@ -823,7 +830,7 @@ class _Converter:
 
         The output gets ``layout`` (channels-last by default) and ``perm``.
         """
-        name = self._keras_name(self._label(step))
+        name = self._keras_name(self._base_name(step.node))
         spec = _LayerSpec(cls, {**config, "name": name}, tuple(v.name for v in inputs),
                           initial or {}, call_kwargs or {})
         self._add_spec(spec)
@@ -839,7 +846,7 @@ class _Converter:
     def _helper(self, step: _Step, suffix: str, cls: type, config: dict[str, Any],
                 source: _Value, shape: tuple[int, ...], layout: tuple[int, ...]) -> _Value:
         """Add a Keras layer with no PyTorch node of its own (padding, a layout change)."""
-        name = self._keras_name(f"{self._label(step)}_{suffix}")
+        name = self._keras_name(f"{self._base_name(step.node)}_{suffix}")
         self._add_spec(_LayerSpec(cls, {**config, "name": name}, (source.name,)))
         return _Value(name, shape, layout, None, source.nonnegative)
 
@@ -854,7 +861,7 @@ class _Converter:
         if value.layout == layout:
             return value
         dims = tuple(value.layout.index(axis) + 1 for axis in layout)
-        name = self._keras_name(f"{node.name}_permute")
+        name = self._keras_name(f"{self._base_name(node)}_permute")
         self._add_spec(_LayerSpec(tf.keras.layers.Permute, {"dims": dims, "name": name},
                                   (value.name,)))
         self.checkpoints.append(_Checkpoint(node.name, name, node.name, layout))
@@ -1010,9 +1017,7 @@ class _Converter:
         """torch.cat as Concatenate along the Keras axis holding the PyTorch dim."""
         dim = _arg(step.node.fx, 1, "dim", 0)
         rank = len(step.out_shape) + 1
-        dim = _dims(dim, rank)[0]
-        if dim == 0:
-            raise self._unsupported(step, "concatenates along the batch axis")
+        dim = _dims(dim, rank)[0]  # not 0: the output is a batch (checked)
         if len(step.inputs) == 1:
             self._alias(step, step.inputs[0])
             return
@@ -1119,7 +1124,7 @@ class _Converter:
             return
         full = tuple((s - 1) * st + k + op for s, st, k, op in
                      zip(value.shape[1:], strides, kernels, config["output_padding"]))
-        name = self._keras_name(f"{self._label(step)}_full")
+        name = self._keras_name(f"{self._base_name(step.node)}_full")
         self._add_spec(_LayerSpec(cls, {**config, "name": name}, (value.name,), initial))
         full_value = _Value(name, (conv.out_channels, *full), value.layout)
         crop_cls = (tf.keras.layers.Cropping1D, tf.keras.layers.Cropping2D)[rank - 1]

@@ -212,7 +212,7 @@ def test_functional_calls_in_a_custom_forward():
     assert _layer_types(twin) == ["Conv2D", "Conv2D", "Flatten", "Dense", "Dense", "LeakyReLU", "Dense"]
     assert _layer(twin, "conv1").activation is tf.keras.activations.get("relu")
     assert _layer(twin, "conv2").activation is tf.keras.activations.get("tanh")
-    assert float(twin.keras_model.get_layer("leaky_relu").alpha) == pytest.approx(0.3)
+    assert float(twin.keras_model.get_layer("op_leaky_relu").alpha) == pytest.approx(0.3)
 
 
 # ----------------------------------------------------------------------------
