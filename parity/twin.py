@@ -80,7 +80,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import operator
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -531,20 +530,19 @@ _KERAS_ACTIVATION_LAYERS = {
 
 
 def _activation(node: Node) -> Activation | None:
-    """The node's activation; a Hardtanh(0, 6) (module or functional) is a ReLU6.
-
-    The graph's table has no Hardtanh; this adapter adds the one range that a
-    Keras layer reproduces.
-    """
-    if node.activation is not None:
-        return node.activation
+    """The node's activation from the graph; a Hardtanh(0, 6) (module or functional) is a
+    ReLU6, the one Hardtanh range a Keras layer reproduces (the graph's table has no
+    Keras spelling for Hardtanh)."""
+    activation = node.activation
+    if activation is not None and activation.name != "hardtanh":
+        return activation
     if isinstance(node.module, nn.Hardtanh):
         bounds = (node.module.min_val, node.module.max_val)
     elif node.op == "call_function" and node.target is F.hardtanh:
         bounds = (_arg(node.fx, 1, "min_val", -1.0), _arg(node.fx, 2, "max_val", 1.0))
     else:
-        return None
-    return make_activation("relu6") if tuple(map(float, bounds)) == (0.0, 6.0) else None
+        return activation
+    return make_activation("relu6") if tuple(map(float, bounds)) == (0.0, 6.0) else activation
 
 
 # ----------------------------------------------------------------------------
@@ -764,7 +762,7 @@ class _Converter:
         if activation is None and handler is None:
             raise UnsupportedLayerError(
                 f"{_describe(node.fx, self.root)} is not supported by the Keras twin "
-                f"(a {node.kind.name} node)"
+                f"(graph kind {node.kind.name!r})"
             )
         module = self.root.get_submodule(node.target) if node.op == "call_module" else None
         step = _Step(
@@ -993,7 +991,9 @@ class _Converter:
             )
         shapes = [v.shape for v in step.inputs]
         if kind == "add" and shapes[0] != shapes[1]:
-            raise self._unsupported(step, f"adds tensors of shapes {shapes}; Add needs equal shapes")
+            raise self._unsupported(
+                step, f"adds tensors of shapes {shapes}; Add needs equal shapes"
+            )
         if len({len(s) for s in shapes}) != 1:
             raise self._unsupported(step, f"broadcasts tensors of shapes {shapes} across ranks")
         values = self._common_layout(step, step.inputs)
@@ -1421,8 +1421,9 @@ def _build(specs: list[_LayerSpec], input_shape: tuple[int, ...], dtype: str,
     """Build a new functional Keras model from layer specs.
 
     Weights enter through ``Constant`` initializers, and in graph mode one
-    gradient through every grouped convolution is built before any session
-    runs (TensorFlow 2.14 cannot differentiate one built otherwise).
+    gradient through every grouped convolution is built before the variables
+    are initialised in a session (TensorFlow 2.14 cannot differentiate one
+    built otherwise).
     """
     keras_shape = (*input_shape[1:], input_shape[0]) if len(input_shape) > 1 else input_shape
     inputs = tf.keras.Input(shape=keras_shape, dtype=dtype, name=_INPUT)
@@ -1438,10 +1439,14 @@ def _build(specs: list[_LayerSpec], input_shape: tuple[int, ...], dtype: str,
         tensors[spec.config["name"]] = result
         if spec.config.get("groups", 1) > 1:
             grouped.append((args[0], result))
-    if grouped and not tf.executing_eagerly():
+    model = tf.keras.Model(inputs, tensors[output], name="twin")
+    if not tf.executing_eagerly():
         for x, y in grouped:
             tf.gradients(y, x)
-    return tf.keras.Model(inputs, tensors[output], name="twin")
+        # Initialise the variables now (Keras does so when it gets its session): iNNvestigate's
+        # BatchNormalization mappings read them in sessions that do not initialise them.
+        tf.compat.v1.keras.backend.get_session()
+    return model
 
 
 def _layer_output(model: tf.keras.Model, name: str, x: np.ndarray) -> np.ndarray:

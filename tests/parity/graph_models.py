@@ -155,10 +155,10 @@ def gated_net():
 
 
 def grouped_net():
-    """Grouped convolutions (groups 2 and 3, neither depthwise)."""
+    """Grouped convolutions (groups 2 and 3, neither depthwise), with BatchNorm."""
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(4, 6, 3, groups=2), nn.ReLU(), nn.Conv2d(6, 6, 1, groups=3), nn.Tanh(),
+        nn.Conv2d(4, 6, 3, groups=2), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 6, 1, groups=3), nn.Tanh(),
         nn.Flatten(), nn.Linear(6 * 4 * 4, 3),
     )
     return _ready(model), (4, 6, 6)
