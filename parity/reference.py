@@ -74,6 +74,8 @@ from innvestigate.analyzer.relevance_based.relevance_analyzer import (
     LRPZPlus,
 )
 
+from signxai.torch_signxai.methods.lrp.table import INPUT_RULES
+
 if TYPE_CHECKING:
     from signxai.torch_signxai.methods.grammar import MethodSpec
 
@@ -532,21 +534,16 @@ def _grad_cam(spec, factory, x_cl, targets, layer_names) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 def _input_rule(spec: MethodSpec):
-    """iNNvestigate's ``input_layer_rule`` argument for the spec's input rule."""
+    """iNNvestigate's ``input_layer_rule`` argument for the spec's input rule: its name in
+    iNNvestigate's ``LRP_RULES`` from the library's rule table, or the harness's own rule."""
     rule = spec.input_rule
     if rule is None:
         return None
-    if rule == "z":
-        return "Z"
-    if rule == "w_square":
-        return "WSquare"
-    if rule == "flat":
-        return "Flat"
     if rule == "sign":
         return _proxy(SignRule, mu=float(spec.params.get("mu", 0.0)))
     if rule == "zbox":
         return (float(spec.params["low"]), float(spec.params["high"]))
-    raise ValueError(f"{spec.name}: unknown input-layer rule {rule!r}")
+    return INPUT_RULES[rule].innvestigate
 
 
 _RULE_CLASSES = {"Z": rrule.ZRule, "WSquare": rrule.WSquareRule, "Flat": rrule.FlatRule}

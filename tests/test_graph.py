@@ -201,3 +201,35 @@ def test_graph_module_shares_the_models_parameters():
 @pytest.mark.parametrize("name", sorted(KINDS))
 def test_every_kind_has_a_known_lrp_treatment(name):
     assert KINDS[name].lrp in {"rule", "batchnorm", "z", "gradient", "activation", "none", "unsupported"}
+
+
+def test_a_softmax_wrapper_has_the_wrapped_graph_without_its_softmax():
+    from signxai.torch_signxai import remove_softmax
+    model = nn.Sequential(Residual(), nn.Softmax(dim=1)).double().eval()
+    wrapper = remove_softmax(model)
+    graph = model_graph(wrapper)
+    assert not any(node.kind.name == "softmax" for node in graph.nodes)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    assert torch.equal(graph.module(x), wrapper(x))
+    assert graph.by_module(model[0].conv1)
+
+
+def test_in_place_functional_activations_keep_their_semantics_as_modules():
+    from signxai.torch_signxai.methods.modular import of_model
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            y = self.a(x)
+            F.relu_(y)  # the result is not used: y itself is modified
+            z = torch.relu(self.a(x))
+            z.relu_()
+            return self.b(y + F.relu(z, inplace=True))
+    model = Net().double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    modular = of_model(model)
+    assert sum(name.startswith("_graph_") for name, _ in modular.module.named_modules()) == 5
+    assert torch.equal(modular.module(x), model(x))

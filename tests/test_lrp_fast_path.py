@@ -34,8 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from signxai.torch_signxai.methods.engine import model_guard  # noqa: E402
 from signxai.torch_signxai.methods.gradient import attribute  # noqa: E402
 from signxai.torch_signxai.methods.grammar import parse  # noqa: E402
-from signxai.torch_signxai.methods.lrp.composite import (  # noqa: E402
-    LRPComposite, _batchnorm_view, _conv_adjoint, _kernel_view, _pool_view, plan_for)
+from signxai.torch_signxai.methods.lrp.composite import LRPComposite  # noqa: E402
+from signxai.torch_signxai.methods.lrp.plan import plan_for  # noqa: E402
+from signxai.torch_signxai.methods.lrp.views import (  # noqa: E402
+    batchnorm_view as _batchnorm_view, conv_adjoint as _conv_adjoint, kernel_view as _kernel_view,
+    pool_view as _pool_view)
 from signxai.torch_signxai.methods.lrp.rules import (  # noqa: E402
     Affine, AlphaBetaRule, EpsilonRule, SignRule, ZRule)
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps  # noqa: E402
@@ -329,15 +332,15 @@ def test_nothing_stays_referenced_after_a_call():
 def test_fast_path_is_taken_on_a_relu_chain(monkeypatch):
     # every conv/dense layer of a plain ReLU chain reuses its output (the ReLU output for those
     # followed by a ReLU), so no rule recomputes a layer output
-    from signxai.torch_signxai.methods.lrp import composite
+    from signxai.torch_signxai.methods.lrp import hooks
     outputs = []
-    original = composite._Slot.output
+    original = hooks.Slot.output
 
     def recording(self, r):
         z = original(self, r)
         outputs.append((self.fused, z is not None))
         return z
-    monkeypatch.setattr(composite._Slot, "output", recording)
+    monkeypatch.setattr(hooks.Slot, "output", recording)
     torch.manual_seed(8)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
                           nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
@@ -352,7 +355,7 @@ def test_fast_path_is_taken_on_a_relu_chain(monkeypatch):
 def test_dense_weights_modified_in_row_blocks(rule, signed):
     # a large dense weight is modified block by block (no whole modified copy); the blocks'
     # forward and transpose equal the whole modified layer's
-    from signxai.torch_signxai.methods.lrp.composite import _linear_adjoint
+    from signxai.torch_signxai.methods.lrp.views import linear_adjoint as _linear_adjoint
     torch.manual_seed(9)
     weight, bias = torch.randn(11, 7, dtype=torch.float64), torch.randn(11, dtype=torch.float64)
     whole = Affine(weight, bias, torch.nn.functional.linear, _linear_adjoint, -1)

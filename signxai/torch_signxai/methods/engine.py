@@ -17,8 +17,8 @@ from torch import nn
 
 from . import gradcam as _gradcam
 from . import gradient as _gradient
-from . import lrp as _lrp
 from .grammar import MethodSpec, parse
+from .lrp.family import lrp as _lrp
 from .io import to_batch
 from .pooling import channels_last_max_pool
 from .signed import apply_post
@@ -41,7 +41,7 @@ _FAMILIES: dict[str, Family] = {
     "random_uniform": _gradient.random_uniform,
     "grad_cam": _gradcam.grad_cam,
     "guided_grad_cam": _gradcam.guided_grad_cam,
-    "lrp": _lrp.lrp,
+    "lrp": _lrp,
 }
 
 

@@ -8,7 +8,9 @@ centres (linear in 1-D, bilinear in 2-D) and broadcast over the input's channels
 The layer is a module path of the model (``spec['layer_name']``, e.g. ``'features.28'``), or, when
 None, the last convolution executed in the forward pass. When a convolution's output goes directly
 into an elementwise activation module (the next module executed, consuming that tensor), ``A`` is
-the activation's output, as a Keras convolution with a built-in activation gives it.
+the activation's output, as a Keras convolution with a built-in activation gives it (a functional
+activation does not count). What is a convolution and what an activation module comes from the
+kinds table of :mod:`.graph`.
 """
 from __future__ import annotations
 
@@ -21,17 +23,22 @@ from torch import nn
 
 from .gradient import guided_backprop as _guided_backprop
 from .grammar import MethodSpec
+from .graph import kind_of_module
 from .targets import check_logits, output_seed, resolve_targets
 
-__all__ = ["grad_cam", "guided_grad_cam", "CONV_TYPES", "ACTIVATION_TYPES"]
+__all__ = ["grad_cam", "guided_grad_cam"]
 
-#: modules Grad-CAM treats as convolutions (default layer, activation convention, error listings)
-CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
-#: elementwise activation modules that count as a convolution's built-in activation
-ACTIVATION_TYPES = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-                    nn.Mish, nn.Softplus, nn.Softsign, nn.Tanh, nn.Sigmoid, nn.Hardtanh,
-                    nn.Hardsigmoid, nn.Hardswish)
+def _is_conv(module: nn.Module) -> bool:
+    """Whether Grad-CAM treats ``module`` as a convolution (default layer, activation convention,
+    error listings)."""
+    return kind_of_module(module).name == "conv"
+
+
+def _is_activation(module: nn.Module) -> bool:
+    """Whether ``module`` is an elementwise activation (a convolution's built-in one, if it
+    directly follows)."""
+    return kind_of_module(module).name == "activation"
 
 #: interpolation mode by the number of spatial axes
 _RESIZE_MODES = {1: "linear", 2: "bilinear"}
@@ -49,7 +56,7 @@ def _lookup(model: nn.Module, layer_name: str | None) -> nn.Module | None:
         return None
     modules = dict(model.named_modules())
     if layer_name not in modules:
-        convs = [name for name, module in modules.items() if isinstance(module, CONV_TYPES)]
+        convs = [name for name, module in modules.items() if _is_conv(module)]
         raise ValueError(f"layer_name {layer_name!r} is not a module of the model; its conv layers "
                          f"are: {', '.join(convs) or 'none'}")
     return modules[layer_name]
@@ -101,20 +108,20 @@ class _FeatureRecorder:
     def _selects(self, module: nn.Module) -> bool:
         """Whether ``module`` is the selected layer (any conv, when none is named)."""
         if self._layer is None:
-            return isinstance(module, CONV_TYPES)
+            return _is_conv(module)
         return module is self._layer
 
     def _record(self, module: nn.Module, inputs: tuple, output: Any) -> None:
         """Forward hook: keep the selected layer's output, or the activation directly after it."""
         pending, self._pending = self._pending, None
-        if (pending is not None and isinstance(module, ACTIVATION_TYPES) and inputs
+        if (pending is not None and _is_activation(module) and inputs
                 and inputs[0] is pending):
             self._keep(output)
         if self._selects(module):
             self._keep(output)
             if self._layer is None:
                 self.name = self._names.get(module)
-            self._pending = output if isinstance(module, CONV_TYPES) else None
+            self._pending = output if _is_conv(module) else None
 
     def _keep(self, output: Any) -> None:
         """Keep ``output`` as the features, with its in-place version counter."""

@@ -7,23 +7,88 @@ Every function here has the engine's family signature ``(model, x, target, spec)
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Any, Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import torch
 from torch import nn
-from zennit.composites import DeconvNet, GuidedBackprop
-from zennit.core import Composite
+from zennit.core import Composite, Hook
+from zennit.rules import ReLUDeconvNet, ReLUGuidedBackprop
 
 from .grammar import MethodSpec
+from .graph import activation_functions, activation_of_module, kind_of_module
 from .io import as_tensor_like, in_layout_of
+from .guard import GuardError, OperationGuard
+from .modular import of_model
 from .targets import check_logits, output_seed, resolve_targets
 
-__all__ = ["attribute", "fixed_targets", "gradient", "guided_backprop", "deconvnet", "smoothgrad",
+T = TypeVar("T")
+
+__all__ = ["attribute", "with_activation_modules", "guard_activations", "fixed_targets", "gradient", "guided_backprop", "deconvnet", "smoothgrad",
            "vargrad", "integrated_gradients", "deeplift", "random_uniform"]
 
-#: elementwise activations whose backward DeepLIFT's rescale rule replaces
-RESCALE_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.GELU, nn.SiLU)
+
+
+def with_activation_modules(run: Callable[[nn.Module], T], model: nn.Module) -> T:
+    """``run(model)`` for a method that modifies or records activation modules, guarded (see
+    :func:`guard_activations`); when the model computes an activation outside an activation
+    module, ``run`` again on the model's graph with every functional activation a module of its
+    own (:mod:`.modular`), or, for a model fx cannot trace, the guard's error.
+
+    The model itself runs first, so that its own ``forward`` (with whatever else it does) is
+    what is explained wherever it can be.
+    """
+    try:
+        return run(model)
+    except GuardError:
+        modular = of_model(model)
+        if modular is None:
+            raise
+        return run(modular.module)
+
+
+def _is_activation(module: nn.Module) -> bool:
+    return kind_of_module(module).name == "activation"
+
+
+def _is_relu_like(module: nn.Module) -> bool:
+    activation = activation_of_module(module)
+    return activation is not None and activation.relu_like
+
+
+@contextmanager
+def guard_activations(model: nn.Module, method: str, relu_like: Optional[bool] = None) -> Iterator[None]:
+    """Within the block, ``model``'s forward passes refuse activation functions (only ReLU-like
+    ones: ``relu_like=True``) outside the matching activation modules: their backward would
+    escape the method's modification (a functional ReLU between modules, or inside a layer of
+    another kind)."""
+    inside = _is_relu_like if relu_like else _is_activation
+    guard = OperationGuard(model, rejects=activation_functions(relu_like).__contains__, inside=inside,
+                           method=method, advice="an activation computed outside an activation module "
+                                                 "keeps its plain gradient; use an activation module "
+                                                 "(nn.ReLU, ...) there")
+    handles = [guard, model.register_forward_pre_hook(guard.start),
+               model.register_forward_hook(guard.stop, always_call=True)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class ActivationComposite(Composite):
+    """A Zennit composite putting a copy of ``hook`` on every ReLU-like activation module (the
+    kinds table's ``relu_like``: ``nn.ReLU``, ``nn.ReLU6``)."""
+
+    def __init__(self, hook: Hook) -> None:
+        super().__init__(module_map=lambda ctx, name, module: hook if _is_relu_like(module) else None)
+
+
+def _relu_method(model, x, target, hook: Hook, method: str) -> torch.Tensor:
+    def run(module: nn.Module) -> torch.Tensor:
+        with guard_activations(module, method, relu_like=True):
+            return attribute(module, x, target, from_logit=True, composite=ActivationComposite(hook))
+    return with_activation_modules(run, model)
 
 
 def attribute(model: nn.Module, x: torch.Tensor, target: Any, *, from_logit: bool = False,
@@ -88,13 +153,15 @@ def gradient(model, x, target, spec: MethodSpec) -> torch.Tensor:
 
 
 def guided_backprop(model, x, target, spec: MethodSpec) -> torch.Tensor:
-    """Guided backpropagation (ReLU passes positive gradients at positive inputs), seeded with the logit."""
-    return attribute(model, x, target, from_logit=True, composite=GuidedBackprop())
+    """Guided backpropagation, seeded with the logit: every ReLU-like unit (module or functional)
+    passes the positive part of its gradient, ``grad_in * (grad_out > 0)``."""
+    return _relu_method(model, x, target, ReLUGuidedBackprop(), "guided backprop")
 
 
 def deconvnet(model, x, target, spec: MethodSpec) -> torch.Tensor:
-    """DeconvNet (ReLU passes positive gradients), seeded with the logit."""
-    return attribute(model, x, target, from_logit=True, composite=DeconvNet())
+    """DeconvNet, seeded with the logit: every ReLU-like unit (module or functional) passes
+    ``max(grad_out, 0)``."""
+    return _relu_method(model, x, target, ReLUDeconvNet(), "deconvnet")
 
 
 def _noise_chunks(x: torch.Tensor, spec: MethodSpec) -> Callable[[int, int], torch.Tensor]:
@@ -187,11 +254,16 @@ class _Rescale(torch.autograd.Function):
 
 
 def deeplift(model, x, target, spec: MethodSpec) -> torch.Tensor:
-    """DeepLIFT with the rescale rule at every elementwise activation module; linear layers and
-    pooling pass gradients. Returns multipliers times ``x - reference``."""
+    """DeepLIFT with the rescale rule at every elementwise activation (module or functional, by
+    the kinds table); linear layers and pooling pass gradients. Returns multipliers times
+    ``x - reference``."""
     reference = _reference(x, spec)
+    return with_activation_modules(lambda module: _deeplift(module, x, target, reference), model)
+
+
+def _deeplift(model: nn.Module, x: torch.Tensor, target: Any, reference: torch.Tensor) -> torch.Tensor:
     recorded: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-    activations = [m for m in model.modules() if isinstance(m, RESCALE_ACTIVATIONS)]
+    activations = [m for m in model.modules() if _is_activation(m)]
 
     def record(module, inputs, output):
         recorded.setdefault(module, []).append((inputs[0].detach(), output.detach()))
@@ -206,7 +278,7 @@ def deeplift(model, x, target, spec: MethodSpec) -> torch.Tensor:
 
     handles = [m.register_forward_hook(record) for m in activations]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), guard_activations(model, "DeepLIFT"):
             model(reference.clone())
     finally:
         for handle in handles:

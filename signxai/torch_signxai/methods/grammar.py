@@ -29,34 +29,18 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .lrp.table import HIDDEN_RULES, INPUT_RULES, PREFIXES
+
 __all__ = ["MethodSpec", "parse", "format_number", "known_names", "LRP_PREFIXES", "LRP_RULES"]
 
 _NUMBER = r"(?:neg_)?\d+(?:_\d+)?"
 
 #: input-layer rule of each LRP name prefix (None: the hidden-layer rule also at the input)
-LRP_PREFIXES: Mapping[str, str | None] = MappingProxyType({
-    "lrp": None,
-    "lrpz": "z",
-    "lrpsign": "sign",
-    "w2lrp": "w_square",
-    "flatlrp": "flat",
-    "zblrp": "zbox",
-})
+LRP_PREFIXES: Mapping[str, str | None] = PREFIXES
 
 #: hidden-layer LRP rules and the parameters each one takes
-LRP_RULES: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "z": (),
-    "epsilon": ("epsilon",),
-    "epsilon_std_x": ("stdfactor",),
-    "alpha_beta": ("alpha", "beta"),
-    "z_plus": (),
-    "gamma": ("gamma",),
-    "flat": (),
-    "w_square": (),
-    "sequential_composite_a": (),
-    "sequential_composite_b": (),
-    "deep_taylor": (),
-})
+LRP_RULES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {name: tuple(entry.params) for name, entry in HIDDEN_RULES.items()})
 
 #: ImageNet (BGR, mean-subtracted) input range of the VGG16 presets
 _ZBOX_PRESETS = MappingProxyType({"VGG16ILSVRC": (-123.68, 151.061)})
@@ -84,12 +68,13 @@ _FAMILY_PARAMS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "lrp": {},
 })
 #: defaults of LRP parameters (None: the name or a keyword must give it)
-_LRP_DEFAULTS = MappingProxyType({"gamma": 0.5, "mu": 0.0})
+_LRP_DEFAULTS = MappingProxyType({key: default for entry in (*HIDDEN_RULES.values(), *INPUT_RULES.values())
+                                  for key, default in entry.params.items() if default is not None})
 #: parameters every LRP method takes: the rule of the last conv/dense layer (a hidden-rule name
 #: such as ``'epsilon_0_1'``; None for the hidden rule)
 _LRP_COMMON = ("last_rule",)
 #: parameters of each LRP input-layer rule
-_INPUT_RULE_PARAMS = MappingProxyType({"sign": ("mu",), "zbox": ("low", "high")})
+_INPUT_RULE_PARAMS = MappingProxyType({name: tuple(entry.params) for name, entry in INPUT_RULES.items()})
 
 #: keyword aliases accepted for a parameter
 _KWARG_ALIASES = MappingProxyType({

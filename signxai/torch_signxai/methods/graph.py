@@ -15,7 +15,8 @@ Interface
     The model's graph, cached per model (weakly) and rebuilt when its module tree (module objects,
     their names, types or training flags) changes; None when fx cannot trace the model (data-dependent
     control flow, a model that is a single leaf layer, ...): such models run as plain chains in
-    execution order, as before.
+    execution order, as before. The graph of a :class:`~..utils.NoSoftmaxWrapper` is the wrapped
+    model's without its trailing softmax.
 :class:`ModelGraph`
     ``nodes`` (topological order), ``module`` (the traced :class:`torch.fx.GraphModule`, sharing the
     model's submodules and parameters), ``input_layers`` and ``last_layers`` (frozensets of node
@@ -67,9 +68,53 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Kind", "Activation", "Node", "ModelGraph", "model_graph", "activation_of_module",
+from ..utils import NoSoftmaxWrapper
+
+__all__ = ["UnsupportedLayerError", "Add", "Mean", "Kind", "Activation", "Node", "ModelGraph", "model_graph", "activation_of_module",
            "kind_of_module", "KIND_NAMES", "KERNEL_KINDS", "ACTIVATIONS", "MODULE_KINDS",
-           "FUNCTION_KINDS", "METHOD_KINDS"]
+           "FUNCTION_KINDS", "METHOD_KINDS", "activation_functions"]
+
+
+class UnsupportedLayerError(NotImplementedError):
+    """A layer or operation a method has no rule for (named with its path in the model or its
+    node in the model's graph, and why)."""
+
+
+class Add(nn.Module):
+    """The sum of its tensor inputs (out of place; broadcasting as ``+``): a tensor sum of the
+    model's forward as a module of its own (see :mod:`.modular`)."""
+
+    def forward(self, *terms: torch.Tensor) -> torch.Tensor:
+        total = terms[0]
+        for term in terms[1:]:
+            total = total + term
+        return total
+
+
+class Mean(nn.Module):
+    """The mean over spatial axes, ``x.mean(dim, keepdim)`` (global average pooling), as a module
+    of its own (see :mod:`.modular`).
+
+    Parameters
+    ----------
+    dim : int or tuple of int
+    keepdim : bool
+    label : str
+        The node, for the error about a mean over the batch or channel axis.
+    """
+
+    def __init__(self, dim, keepdim: bool = False, label: str = "") -> None:
+        super().__init__()
+        self.dim = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
+        self.keepdim, self.label = bool(keepdim), label
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        axes = {d % x.ndim for d in self.dim}
+        if x.ndim < 3 or axes & {0, 1}:
+            raise UnsupportedLayerError(
+                f"the mean at {self.label} runs over axes {sorted(axes)} of a rank-{x.ndim} tensor; "
+                f"only a mean over spatial axes (2 and up: global average pooling) is a layer with a rule")
+        return x.mean(dim=self.dim, keepdim=self.keepdim)
 
 
 @dataclass(frozen=True)
@@ -120,7 +165,8 @@ class Activation:
     ----------
     name : str
         ``'relu'``, ``'relu6'``, ``'silu'``, ``'sigmoid'``, ``'tanh'``, ``'leaky_relu'``, ``'elu'``,
-        ``'gelu'``, ``'softplus'``, ``'hardswish'`` or ``'hardsigmoid'``.
+        ``'gelu'``, ``'softplus'``, ``'hardswish'``, ``'hardsigmoid'``, ``'selu'``, ``'softsign'``,
+        ``'prelu'``, ``'celu'``, ``'mish'`` or ``'hardtanh'``.
     relu_like : bool
         Whether guided backprop and deconvnet modify its backward (ReLU and ReLU6: iNNvestigate's
         guided mappings apply to every Keras ReLU activation and ReLU layer).
@@ -177,6 +223,12 @@ ACTIVATIONS: Mapping[str, tuple[bool, Callable[..., tuple]]] = MappingProxyType(
     "softplus": (False, _softplus),
     "hardswish": (False, lambda **_: (None, {})),
     "hardsigmoid": (False, lambda **_: (None, {})),
+    "selu": (False, _keras_activation("selu")),
+    "softsign": (False, _keras_activation("softsign")),
+    "prelu": (False, lambda **_: (None, {})),
+    "celu": (False, lambda **_: (None, {})),
+    "mish": (False, lambda **_: (None, {})),
+    "hardtanh": (False, lambda **_: (None, {})),
 })
 
 
@@ -205,8 +257,11 @@ MODULE_KINDS: Mapping[type, Kind] = MappingProxyType({
     **{cls: _KIND("identity") for cls in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
                                           nn.AlphaDropout, nn.Identity)},
     **{cls: _KIND("softmax") for cls in (nn.Softmax, nn.LogSoftmax)},
+    Add: _KIND("add"),
+    Mean: _KIND("mean"),
     **{cls: _KIND("activation") for cls in (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU,
-                                            nn.ELU, nn.GELU, nn.Softplus, nn.Hardswish, nn.Hardsigmoid)},
+                                            nn.ELU, nn.GELU, nn.Softplus, nn.Hardswish, nn.Hardsigmoid,
+                                            nn.SELU, nn.Softsign, nn.PReLU, nn.CELU, nn.Mish, nn.Hardtanh)},
 })
 
 #: functions (``call_function`` targets) -> kind
@@ -251,7 +306,9 @@ _MODULE_ACTIVATIONS: Mapping[type, tuple[str, tuple[str, ...]]] = MappingProxyTy
     nn.ReLU: ("relu", ()), nn.ReLU6: ("relu6", ()), nn.SiLU: ("silu", ()), nn.Sigmoid: ("sigmoid", ()),
     nn.Tanh: ("tanh", ()), nn.LeakyReLU: ("leaky_relu", ("negative_slope",)), nn.ELU: ("elu", ("alpha",)),
     nn.GELU: ("gelu", ("approximate",)), nn.Softplus: ("softplus", ("beta",)),
-    nn.Hardswish: ("hardswish", ()), nn.Hardsigmoid: ("hardsigmoid", ()),
+    nn.Hardswish: ("hardswish", ()), nn.Hardsigmoid: ("hardsigmoid", ()), nn.SELU: ("selu", ()),
+    nn.Softsign: ("softsign", ()), nn.PReLU: ("prelu", ()), nn.CELU: ("celu", ()), nn.Mish: ("mish", ()),
+    nn.Hardtanh: ("hardtanh", ()),
 })
 #: activation functions and methods -> activation name and (position, keyword) of its parameter
 _CALL_ACTIVATIONS: Mapping[Any, tuple[str, Optional[tuple[int, str]]]] = MappingProxyType({
@@ -266,6 +323,17 @@ _CALL_ACTIVATIONS: Mapping[Any, tuple[str, Optional[tuple[int, str]]]] = Mapping
 #: functions of other packages, by (module, name): torchvision's stochastic depth is an identity
 #: in eval mode
 _EXTERNAL_KINDS = MappingProxyType({("torchvision.ops.stochastic_depth", "stochastic_depth"): _KIND("identity")})
+
+
+def activation_functions(relu_like: Optional[bool] = None) -> frozenset:
+    """The activation functions and tensor methods (as ``torch.Tensor`` attributes, the way
+    ``__torch_function__`` sees them) of the table; only the ReLU-like ones (``relu_like=True``)
+    or only the others (``False``)."""
+    found = set()
+    for target, (name, _) in _CALL_ACTIVATIONS.items():
+        if relu_like is None or ACTIVATIONS[name][0] == relu_like:
+            found.add(getattr(torch.Tensor, target) if isinstance(target, str) else target)
+    return frozenset(found)
 
 
 def kind_of_module(module: nn.Module) -> Kind:
@@ -372,15 +440,37 @@ def _tensor_inputs(node: fx.Node, meta: set) -> tuple[str, ...]:
     return tuple(name for name in names if name not in meta)
 
 
+def _strip_softmax(traced: fx.Graph, modules: Mapping[str, nn.Module]) -> None:
+    """Make a trailing softmax's input the graph's output (what :class:`~..utils.NoSoftmaxWrapper`
+    returns)."""
+    output = next(node for node in traced.nodes if node.op == "output")
+    last = output.args[0]
+    if not isinstance(last, fx.Node) or not last.args:
+        return
+    if last.op == "call_module":
+        kind = kind_of_module(modules[last.target])
+    elif last.op in ("call_function", "call_method"):
+        kind = _kind_of_call(last)
+    else:
+        return
+    if kind.name == "softmax":
+        output.args = (last.args[0],)
+        if not last.users:
+            traced.erase_node(last)
+
+
 def _build(model: nn.Module) -> Optional[ModelGraph]:
-    if next(model.children(), None) is None:
+    root = model.wrapped if isinstance(model, NoSoftmaxWrapper) else model
+    if next(root.children(), None) is None:
         return None  # a single layer: fx would trace its functional body
+    modules = dict(root.named_modules())
     try:
-        traced = fx.Tracer().trace(model)
-        module = fx.GraphModule(model, traced, class_name=type(model).__name__)
+        traced = fx.Tracer().trace(root)
+        if root is not model:
+            _strip_softmax(traced, modules)
+        module = fx.GraphModule(root, traced, class_name=type(root).__name__)
     except Exception:  # data-dependent control flow, untraceable constructs: run as a chain
         return None
-    modules = dict(model.named_modules())
     meta: set = set()
     nodes: list[Node] = []
     for fx_node in module.graph.nodes:

@@ -14,24 +14,20 @@ from torch import nn
 
 from .engine import explain
 from .grammar import MethodSpec, format_number, parse
+from .lrp.table import HIDDEN_RULES, INPUT_RULES
 
 __all__ = ["Analyzer", "GradientAnalyzer", "IntegratedGradientsAnalyzer", "SmoothGradAnalyzer",
            "GuidedBackpropAnalyzer", "GradientXInputAnalyzer", "GradientXSignAnalyzer",
            "VarGradAnalyzer", "DeepTaylorAnalyzer", "GradCAMAnalyzer", "LRPAnalyzer",
            "AdvancedLRPAnalyzer", "LRPSequential"]
 
-#: rule names of the analyzer classes -> hidden-rule part of a method name
-_RULES = {
-    "z": "z", "epsilon": "epsilon", "zplus": "z_plus", "z_plus": "z_plus",
-    "alphabeta": "alpha_beta", "alpha_beta": "alpha_beta",
-    "alpha1beta0": "alpha_1_beta_0", "alpha2beta1": "alpha_2_beta_1",
-    "gamma": "gamma", "flat": "flat", "wsquare": "w_square", "w_square": "w_square",
-}
+#: rule names of the analyzer classes -> hidden-rule part of a method name (from the rule table)
+_RULES = {spelling: part for entry in HIDDEN_RULES.values() for spelling, part in entry.spellings.items()}
 #: first-layer rules of LRPSequential -> method-name prefix
-_FIRST_LAYER_PREFIXES = {"z": "lrpz", "zbox": "zblrp", "sign": "lrpsign", "wsquare": "w2lrp",
-                         "w_square": "w2lrp", "flat": "flatlrp"}
+_FIRST_LAYER_PREFIXES = {spelling: prefix for entry in INPUT_RULES.values()
+                         for spelling, prefix in entry.spellings.items()}
 #: iNNvestigate's default bounds of the Z-box rule
-_ZBOX_DEFAULTS = {"low": -1.0, "high": 1.0}
+_ZBOX_DEFAULTS = dict(INPUT_RULES["zbox"].analyzer_defaults)
 
 
 def _rule_part(rule: str, what: str) -> str:

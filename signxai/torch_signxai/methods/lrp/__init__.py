@@ -1,20 +1,12 @@
-"""LRP family on Zennit: iNNvestigate's rules (:mod:`.rules`) in a Zennit composite built from
-the method spec (:mod:`.composite`)."""
+"""LRP family on Zennit (entry point :func:`.family.lrp`): iNNvestigate's rules (:mod:`.rules`,
+each rule's identity in :mod:`.table`) on layer views (:mod:`.views`), chosen per layer kind by a
+plan (:mod:`.plan`) and attached by hooks (:mod:`.hooks`) in one
+composite (:mod:`.composite`), after the model was checked (:mod:`.guard`).
+
+A model fx can trace runs as its graph with every functional operation a module of its own
+(:mod:`..modular`); any other model runs as a chain in execution order."""
 from __future__ import annotations
 
-import torch
+from ..graph import UnsupportedLayerError
 
-from ..gradient import attribute
-from ..grammar import MethodSpec
-from .composite import LRPComposite, UnsupportedLayerError, plan_for
-
-__all__ = ["lrp", "UnsupportedLayerError"]
-
-
-def lrp(model, x, target, spec: MethodSpec) -> torch.Tensor:
-    """LRP relevance of the selected logit, started from the logit's value (iNNvestigate's
-    convention; Deep Taylor starts from ReLU of it)."""
-    plan = plan_for(spec)
-    composite = LRPComposite(plan, spec.batchnorm)
-    return attribute(model, x, target, from_logit=True, positive_only=plan.deep_taylor,
-                     composite=composite)
+__all__ = ["UnsupportedLayerError"]
