@@ -79,6 +79,15 @@ def test_state_dict_and_npy_inputs(tmp_path, capsys):
     assert "parity: 2/2 passed" in capsys.readouterr().out
 
 
+def test_functional_relu_model_passes_for_every_family(capsys):
+    """F.relu in a forward is a graph node both LRP and the twin read; guided backprop modifies
+    it like a module ReLU."""
+    code = main(["--model", "user_models:functional_relu", "--input-shape", "1,8,8",
+                 "--methods", "gradient,guided_backprop,lrp_z,lrp_epsilon_0_1"])
+    assert code == 0
+    assert "parity: 4/4 passed" in capsys.readouterr().out
+
+
 def test_tolerance_option_replaces_the_method_tolerance(tmp_path, capsys):
     record = tmp_path / "parity.json"
     code = main([*SMALL, "--methods", "gradient,lrp_epsilon_0_1", "--tolerance", "0", "--json", str(record)])
@@ -107,8 +116,6 @@ def test_perturbed_twin_fails_naming_the_methods(tmp_path, capsys):
     (["--model", "user_models:small_cnn", "--input-shape", "1,eight"], "--input-shape takes positive"),
     (["--model", "user_models:hardswish_mlp", "--input-shape", "1,8,8", "--methods", "gradient"],
      "unsupported layer for the Keras twin: Hardswish"),
-    (["--model", "user_models:functional_relu", "--input-shape", "1,8,8", "--methods", "gradient,lrp_z"],
-     "unsupported layer for LRP: LRP cannot explain the operation relu"),
     (["--model", "user_models:small_cnn", "--inputs", "missing.npy"], "no such file: missing.npy"),
     (["--model", "user_models:small_cnn", "--input-shape", "1,8,8", "--methods", "lrp_epsilom_0_1"],
      "unknown method 'lrp_epsilom_0_1'"),

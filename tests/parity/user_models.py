@@ -26,8 +26,8 @@ def hardswish_mlp() -> nn.Sequential:
 
 
 class FunctionalReLU(nn.Module):
-    """A dense model whose ReLU is ``F.relu`` in ``forward``: the Keras twin follows it, but
-    signxai's LRP has no module to attach a rule to."""
+    """A dense model whose ReLU is ``F.relu`` in ``forward``: a node of the model graph that LRP,
+    the gradient family and the Keras twin all read."""
 
     def __init__(self) -> None:
         super().__init__()
