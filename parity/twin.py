@@ -39,7 +39,7 @@ LeakyReLU, ELU                              LeakyReLU, ELU
 ``+`` / ``torch.add`` of two tensors        Add
 ``*`` / ``torch.mul`` of two tensors        Multiply (broadcasting, e.g. a gate)
 ``torch.cat``                               Concatenate (dim 1 of NCHW is axis -1)
-MaxPool/AvgPool 1d/2d                       MaxPooling/AveragePooling (+ ZeroPadding)
+MaxPool/AvgPool 1d/2d (MaxPool ceil_mode)   MaxPooling/AveragePooling (+ ZeroPadding)
 AdaptiveAvgPool (module or functional),     GlobalAveragePooling (size 1),
 ``x.mean`` over all spatial axes            AveragePooling (a divisor), nothing
                                             (the input size)
@@ -1186,13 +1186,16 @@ class _Converter:
         kernels, strides = _ntuple(pool.kernel_size, rank), _ntuple(pool.stride, rank)
         pads = _ntuple(pool.padding, rank)
         padding, explicit = _keras_padding(value.shape[1:], kernels, strides, pads)
+        if explicit is not None:
+            explicit = tuple((pad, pad) for pad in explicit)
         return kernels, strides, pads, padding, explicit
 
     def _emit_pool(self, step: _Step, value: _Value, classes: tuple, rank: int, kernels,
                    strides, padding: str, explicit) -> None:
-        """Emit the explicit zero padding (if any), then the Keras pooling layer of ``rank``."""
+        """Emit the explicit zero padding (pairs before/after each axis, if any), then the Keras
+        pooling layer of ``rank``."""
         if explicit is not None:
-            value = self._zero_pad(step, value, tuple((p, p) for p in explicit))
+            value = self._zero_pad(step, value, explicit)
         config = {"pool_size": kernels, "strides": strides, "padding": padding}
         self._emit(step, classes[rank - 1], config, [value], nonnegative=value.nonnegative)
 
@@ -1201,7 +1204,11 @@ class _Converter:
         return 1 if type(step.module).__name__.endswith("1d") else 2
 
     def _maxpool(self, step: _Step) -> None:
-        """MaxPool1d/2d as Keras MaxPooling1D/2D."""
+        """MaxPool1d/2d as Keras MaxPooling1D/2D.
+
+        ``ceil_mode`` adds windows that overhang the end; on a non-negative input, zero
+        padding at the end reproduces them.
+        """
         if not isinstance(step.module, (nn.MaxPool1d, nn.MaxPool2d)):
             raise self._unsupported(
                 step, "is a max pooling other than nn.MaxPool1d/2d (functional, adaptive or "
@@ -1209,14 +1216,22 @@ class _Converter:
             )
         pool, rank = step.module, self._pool_rank(step)
         value = self._spatial_input(step, rank)
-        if pool.ceil_mode or pool.return_indices or max(_ntuple(pool.dilation, rank)) > 1:
-            raise self._unsupported(step, "uses ceil_mode, return_indices or dilation")
+        if pool.return_indices or max(_ntuple(pool.dilation, rank)) > 1:
+            raise self._unsupported(step, "uses return_indices or dilation")
         kernels, strides, pads, padding, explicit = self._pool_geometry(step, value, rank)
+        overhang = tuple(
+            (out - 1) * stride + kernel - (size + 2 * pad)
+            for out, stride, kernel, size, pad in
+            zip(step.out_shape[1:], strides, kernels, value.shape[1:], pads)
+        )
+        if pool.ceil_mode and max(overhang) > 0:
+            padding = "valid"
+            explicit = tuple((pad, pad + max(extra, 0)) for pad, extra in zip(pads, overhang))
         if explicit is not None and not value.nonnegative:
             raise self._unsupported(
                 step,
-                f"pads by {pads}, which Keras 'same' cannot reproduce here, and its input may be "
-                "negative (zero padding would change the maximum)",
+                f"pads by {explicit}, which Keras 'same' cannot reproduce here, and its input may "
+                "be negative (zero padding would change the maximum)",
             )
         classes = (tf.keras.layers.MaxPooling1D, tf.keras.layers.MaxPooling2D)
         self._emit_pool(step, value, classes, rank, kernels, strides, padding, explicit)
@@ -1244,7 +1259,7 @@ class _Converter:
             raise self._unsupported(step, "uses ceil_mode or divisor_override")
         kernels, strides, pads, padding, explicit = self._pool_geometry(step, value, rank)
         if pool.count_include_pad and padding == "same":
-            padding, explicit = "valid", pads
+            padding, explicit = "valid", tuple((pad, pad) for pad in pads)
         if explicit is not None and not pool.count_include_pad:
             raise self._unsupported(
                 step,

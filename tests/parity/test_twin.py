@@ -228,6 +228,10 @@ def test_functional_calls_in_a_custom_forward():
         (nn.MaxPool2d((2, 3), stride=(1, 2)), 7, "valid", False),
         (nn.MaxPool1d(3, stride=1, padding=1), 7, "same", False),
         (nn.MaxPool1d(2), 7, "valid", False),
+        (nn.MaxPool2d(2, ceil_mode=True), 7, "valid", True),  # an overhanging last window
+        (nn.MaxPool2d(2, ceil_mode=True), 8, "valid", False),  # none overhangs
+        (nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True), 8, "valid", True),
+        (nn.MaxPool1d(3, stride=2, ceil_mode=True), 8, "valid", True),
     ],
 )
 def test_maxpool(pool, size, keras_padding, explicit):
@@ -417,7 +421,7 @@ class _FunctionalPool(nn.Module):
         ([nn.Conv2d(2, 2, 1), nn.Upsample(scale_factor=2, mode="bilinear")], (2, 5, 5), ["Upsample", "'1'", "bilinear"]),
         ([nn.Conv1d(2, 2, 1), nn.Linear(5, 3)], (2, 5), ["Linear", "'1'", "flat"]),
         ([nn.Linear(4, 4), nn.Softmax(dim=1), nn.Linear(4, 2)], (4,), ["Softmax", "'1'", "final"]),
-        ([nn.Conv2d(2, 2, 1), nn.MaxPool2d(2, ceil_mode=True)], (2, 5, 5), ["MaxPool2d", "'1'", "ceil_mode"]),
+        ([nn.Conv2d(2, 2, 1), nn.MaxPool2d(2, ceil_mode=True)], (2, 5, 5), ["MaxPool2d", "'1'", "negative"]),
         ([nn.Conv2d(2, 2, 1), nn.MaxPool2d(3, 2, padding=1)], (2, 8, 8), ["MaxPool2d", "'1'", "negative"]),
         (
             [nn.Conv2d(2, 2, 1), nn.AvgPool2d(3, 2, padding=1, count_include_pad=False)],
