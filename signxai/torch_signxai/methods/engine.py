@@ -3,7 +3,8 @@
 Every public entry point (both APIs and the analyzer classes) ends here: :func:`explain` converts
 the input (:mod:`.io`), leaves the model exactly as it found it (:func:`model_guard`), runs large
 max pooling through the faster kernel (:mod:`.pooling`), dispatches to the family's
-implementation, applies the post-multipliers and returns numpy.
+implementation, applies the post-multipliers and returns numpy. Families that attach rules to
+modules read the model's graph (:mod:`.graph`, :mod:`.modular`) where fx can trace it.
 """
 from __future__ import annotations
 

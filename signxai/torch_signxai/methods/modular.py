@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
-import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
