@@ -273,8 +273,8 @@ def _build(what: str, make: Callable[[], Any]):
     """Build an analyzer, turning iNNvestigate's model-check failures into ReferenceUnavailable.
 
     iNNvestigate 2.1.2 raises a bare NotImplementedError after any *warning*-type model check
-    (e.g. LRP on a model with a standalone ``keras.layers.ReLU``, which is not in its list of
-    convnet layers); the twin should use ``Activation('relu')`` or fused activations.
+    (e.g. LRP on a model with a layer outside its list of convnet layers); see
+    :func:`_lrp_check_kwargs` for the layers where the reference decides applicability itself.
     """
     try:
         return make()
@@ -283,6 +283,38 @@ def _build(what: str, make: Callable[[], Any]):
             f"iNNvestigate refuses this model for {what} ({type(err).__name__}: {err}); "
             "note that iNNvestigate 2.1.2 raises NotImplementedError for warning-type checks "
             "too, e.g. for a standalone keras ReLU layer in an LRP/deconvnet model") from err
+
+
+#: Layers outside iNNvestigate 2.1.2's list of convnet layers whose treatment under its LRP
+#: analyzers is known and measured: a depthwise kernel gets the analyzer's rule (like every layer
+#: with a kernel), a ``ReLU`` layer (the twin's ``ReLU(6.)``) is not an ``Activation`` layer and
+#: takes its gradient. Its "only tested for convolutional neural networks" check is a warning that
+#: raises NotImplementedError anyway.
+_KNOWN_UNLISTED_LAYERS = (klayers.DepthwiseConv1D, klayers.DepthwiseConv2D, klayers.ReLU)
+
+
+def _lrp_check_kwargs(model: keras.Model) -> dict[str, Any]:
+    """``disable_model_checks=True`` where only known layers fail iNNvestigate's convnet list.
+
+    Models with other unlisted layers keep the checks (iNNvestigate then refuses them). With the
+    checks off, :func:`_run_exception_checks` still applies the exception-type ones.
+    """
+    unlisted = [layer for layer in model.layers if not ichecks.is_convnet_layer(layer)]
+    if unlisted and all(isinstance(layer, _KNOWN_UNLISTED_LAYERS) for layer in unlisted):
+        return {"disable_model_checks": True}
+    return {}
+
+
+def _run_exception_checks(analyzer, model: keras.Model, what: str) -> None:
+    """Apply the analyzer's exception-type model checks (e.g. no softmax), which
+    ``disable_model_checks=True`` skips along with the warnings."""
+    for check in analyzer._model_checks:
+        if check["check_type"] != "exception":
+            continue
+        hits = [layer.name for layer in model.layers if check["check"](layer)]
+        if hits:
+            raise ReferenceUnavailable(
+                f"iNNvestigate refuses this model for {what}: {check['message']} (layers {hits})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,14 +326,13 @@ _SIMPLE_ANALYZERS = {"gradient": Gradient, "guided_backprop": GuidedBackprop,
 
 
 def _refuse_standalone_relu(model: keras.Model, what: str) -> None:
-    """iNNvestigate 2.1.2's LRP analyzers refuse a standalone ``keras.layers.ReLU`` (its
-    "only tested for convnets" warning check raises NotImplementedError) and its Deconvnet
-    crashes copying one (``ReLU.from_config`` rejects ``activation=None``)."""
+    """iNNvestigate 2.1.2's Deconvnet crashes copying a standalone ``keras.layers.ReLU`` such
+    as the twin's ``ReLU(6.)`` (``ReLU.from_config`` rejects ``activation=None``)."""
     relus = [layer.name for layer in model.layers if isinstance(layer, klayers.ReLU)]
     if relus:
         raise ReferenceUnavailable(
             f"{what}: iNNvestigate 2.1.2 cannot analyse standalone keras ReLU layers {relus} "
-            "with this method; build the twin with Activation('relu') or fused activations")
+            "with this method")
 
 
 def _simple(kind: str, factory, x_cl, targets) -> np.ndarray:
@@ -521,7 +552,7 @@ _RULE_CLASSES = {"Z": rrule.ZRule, "WSquare": rrule.WSquareRule, "Flat": rrule.F
 def _lrp_analyzer(spec: MethodSpec, model: keras.Model):
     rule, params = spec.rule, spec.params
     input_rule = _input_rule(spec)
-    kwargs: dict[str, Any] = {"neuron_selection_mode": "index"}
+    kwargs: dict[str, Any] = {"neuron_selection_mode": "index", **_lrp_check_kwargs(model)}
     if rule == "deep_taylor":
         if input_rule is None:
             return DeepTaylor(model, **kwargs)
@@ -564,7 +595,6 @@ def _lrp_analyzer(spec: MethodSpec, model: keras.Model):
 
 def _lrp(spec, factory, x_cl, targets) -> np.ndarray:
     model = factory()
-    _refuse_standalone_relu(model, spec.name)
     if spec.input_rule is not None and not _input_layer_found(model):
         raise ReferenceUnavailable(
             f"{spec.name}: iNNvestigate finds no conv/dense layer at the model input (a layer "
@@ -572,6 +602,7 @@ def _lrp(spec, factory, x_cl, targets) -> np.ndarray:
             "other tensors), so it would silently drop the input-layer rule (METHODS traps "
             "10 and 12)")
     analyzer = _build(spec.name, lambda: _lrp_analyzer(spec, model))
+    _run_exception_checks(analyzer, model, spec.name)
     return _analyze(analyzer, x_cl, targets, spec.name)
 
 
@@ -690,18 +721,21 @@ def check_identities(keras_model_factory: Callable[[], keras.Model], x: np.ndarr
     models = {}
     for name in ("lrp_z", "lrpsign_z"):
         models[name] = model = keras_model_factory()
-        _refuse_standalone_relu(model, "check_identities")
         if not _input_layer_found(model):
             raise ReferenceUnavailable(
                 "check_identities: iNNvestigate finds no conv/dense layer at the model input, "
                 "so it would drop the SIGN input rule (METHODS traps 10 and 12)")
-    lrp_z = _analyze(
-        _build("lrp_z", lambda: LRPZ(models["lrp_z"], neuron_selection_mode="index")),
-        x_cl, targets, "lrp_z")
-    lrpsign_z = _analyze(
-        _build("lrpsign_z", lambda: LRPZ(models["lrpsign_z"], neuron_selection_mode="index",
-                                         input_layer_rule=_proxy(SignRule, mu=0.0))),
-        x_cl, targets, "lrpsign_z")
+    analyzers = {
+        "lrp_z": _build("lrp_z", lambda: LRPZ(models["lrp_z"], neuron_selection_mode="index",
+                                              **_lrp_check_kwargs(models["lrp_z"]))),
+        "lrpsign_z": _build("lrpsign_z", lambda: LRPZ(
+            models["lrpsign_z"], neuron_selection_mode="index",
+            input_layer_rule=_proxy(SignRule, mu=0.0), **_lrp_check_kwargs(models["lrpsign_z"]))),
+    }
+    for name, analyzer in analyzers.items():
+        _run_exception_checks(analyzer, models[name], name)
+    lrp_z = _analyze(analyzers["lrp_z"], x_cl, targets, "lrp_z")
+    lrpsign_z = _analyze(analyzers["lrpsign_z"], x_cl, targets, "lrpsign_z")
     grad = _simple("gradient", keras_model_factory, x_cl, targets)
     sign = _sign(x_cl, 0.0)
     return {

@@ -1,43 +1,78 @@
 """Keras twins of PyTorch models, for comparing maps with iNNvestigate.
 
-:func:`to_keras` turns a PyTorch model that is a plain chain of layers into a
-tf.keras (Keras 2) functional model that is channels-last, built only from
-standard Keras layers (iNNvestigate rejects ``Lambda`` and ``TFOpLambda``
-layers) and carries the same weights. The execution order comes from
-:func:`torch.fx.symbolic_trace`, so ``nn.Sequential`` models, nested
-Sequentials and modules whose ``forward`` is a plain chain of submodules and
-simple functional calls (``torch.flatten``, ``x.view(x.size(0), -1)``,
-``F.relu``, ...) are accepted. Every conversion checks itself by running both
-models on seeded random inputs.
+:func:`to_keras` turns a PyTorch model into a tf.keras (Keras 2) functional
+model that is channels-last, built only from standard Keras layers
+(iNNvestigate rejects ``Lambda`` and ``TFOpLambda`` layers) and carries the
+same weights. The model is traced once with :func:`torch.fx.symbolic_trace`
+and converted node by node, so residual connections, concatenations,
+squeeze-and-excitation gates and every other graph of supported layers and
+functional operations (``+``, ``torch.cat``, ``*``, ``torch.flatten``,
+``view``/``reshape``/``permute``/``transpose``, ``F.relu``, ``x.mean((2, 3))``,
+...) are accepted. Every conversion checks itself by running both models on
+seeded random inputs, layer by layer.
 
 The twin reproduces the model's eval-mode semantics (Dropout removed,
 BatchNorm with running statistics) whatever mode the model is in, and leaves
 the model itself untouched.
 
-Supported PyTorch layers
-------------------------
-Conv1d, Conv2d (``groups=1``, zero padding, not stride > 1 together with
-dilation > 1), Linear, ReLU, LeakyReLU, Tanh, Sigmoid, ELU, MaxPool1d/2d,
-AvgPool1d/2d, AdaptiveAvgPool1d/2d (output size 1, the input size, or a
-divisor of it), Flatten (and ``torch.flatten``, ``view``/``reshape`` to
-``(N, -1)``), Dropout/Dropout1d/Dropout2d/AlphaDropout, BatchNorm1d/2d,
-Identity, and a final Softmax.
+Supported PyTorch layers and operations, and their Keras spelling
+------------------------------------------------------------------
+Where a torch layer has several Keras spellings the twin follows
+keras.applications, because the spelling decides iNNvestigate's reference
+(an ``Activation`` layer passes relevance on, a ``ReLU`` layer takes its
+gradient):
+
+==========================================  ===========================================
+Conv1d/Conv2d, ``groups=1``                 Conv1D/Conv2D
+Conv1d/Conv2d, ``groups == in_channels``    DepthwiseConv1D/2D (``depth_multiplier``)
+Conv1d/Conv2d, other ``groups``             Conv1D/Conv2D(``groups=g``)
+ConvTranspose1d/2d (``groups=1``)           Conv1DTranspose/Conv2DTranspose, Cropping
+Linear                                      Dense
+BatchNorm1d/2d                              BatchNormalization (``fused=False``,
+                                            ``training=False``, PyTorch's eps)
+ReLU, ``F.relu``, ``torch.relu``            ``Activation('relu')`` (fused into a
+                                            directly preceding conv/dense layer)
+ReLU6, ``F.relu6``, Hardtanh(0, 6)          ``ReLU(6.)``
+SiLU, ``F.silu``                            ``Activation('swish')``
+Sigmoid, Tanh, ELU(alpha=1)                 ``Activation`` (fused where possible)
+LeakyReLU, ELU                              LeakyReLU, ELU
+``+`` / ``torch.add`` of two tensors        Add
+``*`` / ``torch.mul`` of two tensors        Multiply (broadcasting, e.g. a gate)
+``torch.cat``                               Concatenate (dim 1 of NCHW is axis -1)
+MaxPool/AvgPool 1d/2d (MaxPool ceil_mode)   MaxPooling/AveragePooling (+ ZeroPadding)
+AdaptiveAvgPool (module or functional),     GlobalAveragePooling (size 1),
+``x.mean`` over all spatial axes            AveragePooling (a divisor), nothing
+                                            (the input size)
+Upsample / ``F.interpolate``, nearest       UpSampling1D/2D (integer factors)
+ZeroPad, ConstantPad(0), ``F.pad``          ZeroPadding1D/2D
+Flatten, ``view``/``reshape``, ``permute``  Flatten, Reshape, Permute
+Dropout*, Identity, ``contiguous``          nothing
+a final Softmax                             removed (or ``Activation('softmax')``)
+==========================================  ===========================================
 
 Keras 2 and TensorFlow 2.14 facts the twin relies on
 ----------------------------------------------------
 * TF's ``'same'`` padding puts the extra padding at the end, so at stride 2 it
   is often not PyTorch's symmetric padding; the twin then uses an explicit
   ``ZeroPadding`` layer and ``'valid'``.
-* iNNvestigate finds the input layer by graph position, skipping only
-  Flatten/Permute/Reshape layers: any other layer in front of the first
-  conv/dense layer makes it silently drop ``input_layer_rule``. Such twins
-  report ``input_layer_hidden=True``.
+* iNNvestigate finds input layers by graph position, skipping only
+  Flatten/Permute/Reshape layers: any other layer in front of a first
+  conv/dense layer makes it silently drop ``input_layer_rule`` there. Such
+  twins report ``input_layer_hidden=True``.
 * Keras ``Flatten`` flattens NHWC; the first Dense layer after it gets its
-  input weights permuted so that it sees PyTorch's NCHW feature order.
+  input weights permuted so that it sees PyTorch's NCHW feature order. A
+  ``permute``/``transpose`` needs no Keras layer: the twin tracks which torch
+  axis each Keras axis holds and adds a ``Permute`` only where a layer needs
+  channels-last input or a ``Reshape`` needs PyTorch's order.
 * ``BatchNormalization`` is built with ``fused=False`` (the fused kernel raises
   epsilon to at least 1.001e-5) and called with ``training=False``.
 * Keras cannot build a convolution with both strides > 1 and
   dilation_rate > 1.
+* In graph mode a grouped ``Conv2D`` can be differentiated only when its
+  weights enter through initializers and one gradient through it is built
+  before any session runs (otherwise TensorFlow fails with "Connecting to
+  invalid output 1 of source node"). The twin therefore gives every layer its
+  weights through ``Constant`` initializers and builds that gradient.
 """
 
 from __future__ import annotations
@@ -45,10 +80,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import operator
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -56,6 +90,14 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+
+from signxai.torch_signxai.methods.graph import (
+    Activation,
+    ModelGraph,
+    Node,
+    make_activation,
+    model_graph,
+)
 
 __all__ = [
     "Twin",
@@ -68,15 +110,15 @@ __all__ = [
 
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _SHAPE_BATCH = 2
-_KERNEL_LAYERS = (tf.keras.layers.Conv1D, tf.keras.layers.Conv2D, tf.keras.layers.Dense)
-_RESHAPE_LAYERS = (tf.keras.layers.Flatten,)
+_INPUT = "input"
+_RESHAPE_LAYERS = (tf.keras.layers.Flatten, tf.keras.layers.Permute, tf.keras.layers.Reshape)
 
 
 class UnsupportedLayerError(TypeError):
     """A PyTorch layer or operation that the Keras twin cannot reproduce.
 
     The message names the module type (or the operation and the module whose
-    ``forward`` calls it) and its path in the model.
+    ``forward`` calls it), its path in the model, and why.
     """
 
 
@@ -122,6 +164,15 @@ def to_channels_first(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(x, -1, 1))
 
 
+def _channels_last(rank: int) -> tuple[int, ...]:
+    """The layout of a channels-last tensor of ``rank`` non-batch axes.
+
+    A layout lists, for each Keras axis after the batch axis, the PyTorch axis
+    (batch axis dropped) it holds.
+    """
+    return (*range(1, rank), 0) if rank > 1 else tuple(range(rank))
+
+
 @dataclass
 class _LayerSpec:
     """Everything needed to build one Keras layer of the twin again.
@@ -132,15 +183,19 @@ class _LayerSpec:
         The Keras layer class.
     config : dict
         Constructor keyword arguments, including ``name`` (not ``dtype``).
-    weights : tuple of numpy.ndarray
-        Weights in Keras order, set right after the layer is built.
+    inputs : tuple of str
+        Names of the Keras layers (or ``'input'``) whose outputs it takes.
+    initial : dict of str to numpy.ndarray
+        Weights in Keras order, by initializer argument (``kernel_initializer``,
+        ...); they enter the layer as ``Constant`` initializers.
     call_kwargs : dict
         Keyword arguments of the layer call (``training=False`` for BN).
     """
 
     cls: type
     config: dict[str, Any]
-    weights: tuple[np.ndarray, ...] = ()
+    inputs: tuple[str, ...]
+    initial: dict[str, np.ndarray] = field(default_factory=dict)
     call_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -156,15 +211,17 @@ class _Checkpoint:
         Name of the Keras layer.
     label : str
         The PyTorch module path(s) or operation, for error messages.
+    layout : tuple of int
+        The PyTorch axis each Keras axis holds (batch axis dropped).
     perm : numpy.ndarray or None
         For flat tensors after a Flatten: Keras feature ``k`` holds PyTorch
-        feature ``perm[k]``. None when the layouts only differ by the channel
-        axis position.
+        feature ``perm[k]``. None when no features are permuted.
     """
 
     node: str
     layer: str
     label: str
+    layout: tuple[int, ...]
     perm: np.ndarray | None = None
 
 
@@ -184,9 +241,10 @@ class Twin:
         whose output equals that module's output. A conv/linear layer and the
         activation fused into it both map to the fused Keras layer.
     input_layer_hidden : bool
-        True when a layer other than Flatten sits between the Keras input and
-        the first conv/dense layer (e.g. an explicit ``ZeroPadding2D``), so
-        iNNvestigate silently drops ``input_layer_rule`` (METHODS trap 12).
+        True when a layer other than Flatten/Permute/Reshape sits between the
+        Keras input and a first conv/dense layer (e.g. an explicit
+        ``ZeroPadding2D``), so iNNvestigate silently drops ``input_layer_rule``
+        there.
     hidden_reason : str or None
         Why the input layer is hidden, or None.
     dropped : tuple of str
@@ -207,6 +265,7 @@ class Twin:
     dtype: str = "float32"
     _specs: list[_LayerSpec] = field(default_factory=list, repr=False)
     _checkpoints: list[_Checkpoint] = field(default_factory=list, repr=False)
+    _output: str = field(default=_INPUT, repr=False)
     _graph_module: fx.GraphModule | None = field(default=None, repr=False)
 
     def fresh(self) -> tf.keras.Model:
@@ -218,7 +277,7 @@ class Twin:
             A model made of new layer objects that were never called before,
             with the same layer names and weights as :attr:`keras_model`.
         """
-        return _build(self._specs, self.input_shape, self.dtype)
+        return _build(self._specs, self.input_shape, self.dtype, self._output)
 
     @contextlib.contextmanager
     def floatx(self) -> Iterator[None]:
@@ -260,7 +319,7 @@ class Twin:
         Returns
         -------
         float
-            The relative error of the output (of the last Keras layer, which
+            The relative error of the output (of the Keras output layer, which
             is compared with the PyTorch model's logits when a final softmax
             was removed).
 
@@ -276,7 +335,8 @@ class Twin:
         torch_acts = _record(_eval_copy(self._graph_module, self.dtype), torch.from_numpy(x))
         x = to_channels_last(x)
         output = keras_model.predict(x, verbose=0)
-        error = _checkpoint_error(self._checkpoints[-1], output, torch_acts)
+        final = next(c for c in reversed(self._checkpoints) if c.layer == self._output)
+        error = _checkpoint_error(final, output, torch_acts)
         if error > rtol:
             layer_errors = (
                 (c, _checkpoint_error(c, _layer_output(keras_model, c.layer, x), torch_acts))
@@ -306,8 +366,9 @@ def to_keras(
     Parameters
     ----------
     model : torch.nn.Module
-        A plain chain of supported layers (see the module docstring). It is
-        neither modified nor switched between train and eval mode; the twin
+        A traceable graph of supported layers and operations (see the module
+        docstring) with one input and one output tensor. It is neither
+        modified nor switched between train and eval mode; the twin
         reproduces its eval-mode behaviour.
     input_shape : tuple of int
         PyTorch input shape without the batch axis, channels first, e.g.
@@ -341,7 +402,8 @@ def to_keras(
     if dtype not in _TORCH_DTYPES:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     input_shape = tuple(int(d) for d in input_shape)
-    graph_module = _trace(model)
+    graph = _graph(model)
+    graph_module = graph.module
     reference = _eval_copy(graph_module, dtype)
     sample = torch.zeros((_SHAPE_BATCH, *input_shape), dtype=_TORCH_DTYPES[dtype])
     try:
@@ -350,15 +412,15 @@ def to_keras(
         raise ValueError(
             f"{type(model).__name__} does not accept inputs of shape {input_shape}: {error}"
         ) from error
-    converter = _Converter(reference, outputs, keep_softmax)
-    converter.convert(_chain(reference))
+    converter = _Converter(graph, reference, outputs, keep_softmax)
+    output = converter.convert()
     if not converter.specs:
         raise UnsupportedLayerError(
             f"{type(model).__name__} (the model itself) has no layer with a Keras counterpart"
         )
     hidden_reason = _hidden_reason(converter.specs)
     twin = Twin(
-        keras_model=_build(converter.specs, input_shape, dtype),
+        keras_model=_build(converter.specs, input_shape, dtype, output),
         layer_names=converter.layer_names,
         input_layer_hidden=hidden_reason is not None,
         hidden_reason=hidden_reason,
@@ -367,6 +429,7 @@ def to_keras(
         dtype=dtype,
         _specs=converter.specs,
         _checkpoints=converter.checkpoints,
+        _output=output,
         _graph_module=graph_module,
     )
     if check:
@@ -378,15 +441,18 @@ def to_keras(
 # Tracing and running the PyTorch side
 
 
-def _trace(model: nn.Module) -> fx.GraphModule:
-    """Trace ``model`` with torch.fx, turning failures into UnsupportedLayerError."""
-    try:
-        return fx.symbolic_trace(model)
-    except Exception as error:
-        raise UnsupportedLayerError(
-            f"{type(model).__name__} (the model itself) cannot be traced by torch.fx, "
-            f"so its execution order is unknown: {error}"
-        ) from error
+def _graph(model: nn.Module) -> ModelGraph:
+    """The model's graph, or an UnsupportedLayerError when torch.fx cannot trace it."""
+    graph = model_graph(model)
+    if graph is None:
+        try:
+            fx.symbolic_trace(model)
+        except Exception as error:
+            why = f"cannot be traced by torch.fx, so its graph is unknown: {error}"
+        else:
+            why = "is a single layer; wrap it in torch.nn.Sequential"
+        raise UnsupportedLayerError(f"{type(model).__name__} (the model itself) {why}")
+    return graph
 
 
 def _eval_copy(graph_module: fx.GraphModule, dtype: str) -> fx.GraphModule:
@@ -417,18 +483,6 @@ def _record(module: fx.GraphModule, x: torch.Tensor) -> dict[str, Any]:
     return recorder.outputs
 
 
-def _is_shape_query(node: fx.Node) -> bool:
-    """Whether ``node`` only reads a tensor's shape (``x.size(0)``, ``x.shape[0]``)."""
-    if node.op == "call_method" and node.target == "size":
-        return True
-    if node.op == "call_function" and node.target is getattr:
-        return node.args[1] == "shape"
-    if node.op == "call_function" and node.target is operator.getitem:
-        first = node.args[0]
-        return isinstance(first, fx.Node) and _is_shape_query(first)
-    return False
-
-
 def _describe(node: fx.Node, root: nn.Module) -> str:
     """Name a node for error messages: its module type and path in the model."""
     if node.op == "call_module":
@@ -446,155 +500,49 @@ def _describe(node: fx.Node, root: nn.Module) -> str:
     return f"operation {operation} in the forward of {type(root).__name__} (the model itself)"
 
 
-def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
-    """The operation outputs ``node`` consumes (shape queries and parameters aside)."""
-    return [n for n in node.all_input_nodes if n.op != "get_attr" and not _is_shape_query(n)]
-
-
-def _chain(graph_module: fx.GraphModule) -> list[fx.Node]:
-    """The traced nodes in execution order, checked to form a plain chain.
-
-    Each node must consume exactly one tensor, the previous node's output
-    (shape queries aside), and the graph must return the last one.
-    """
-    nodes = list(graph_module.graph.nodes)
-    placeholders = [n for n in nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        raise UnsupportedLayerError(
-            f"{type(graph_module).__name__} (the model itself) takes "
-            f"{len(placeholders)} inputs; the twin needs exactly one"
-        )
-    for node in nodes:
-        if node.op != "output" and len(_tensor_inputs(node)) > 1:
-            raise UnsupportedLayerError(
-                f"{_describe(node, graph_module)} combines several tensors (a residual "
-                "connection or concatenation); the twin only supports plain chains"
-            )
-    current = placeholders[0]
-    chain = []
-    for node in nodes:
-        if node.op == "placeholder" or _is_shape_query(node):
-            continue
-        if node.op == "output":
-            if node.args[0] is not current:
-                raise UnsupportedLayerError(
-                    f"the model's output is not the result of its last operation "
-                    f"({_describe(current, graph_module)}); the twin needs a single tensor output"
-                )
-            break
-        if node.op == "get_attr":
-            raise UnsupportedLayerError(
-                f"parameter or buffer '{node.target}' is used directly in a forward; "
-                "the twin only supports layers and simple functional calls"
-            )
-        if _tensor_inputs(node) != [current]:
-            raise UnsupportedLayerError(
-                f"{_describe(node, graph_module)} does not transform the previous operation's "
-                "output (the forward branches); the twin only supports plain chains"
-            )
-        chain.append(node)
-        current = node
-    return chain
-
-
-# ----------------------------------------------------------------------------
-# Recognising operations
-
-
-@dataclass(frozen=True)
-class _Activation:
-    """An elementwise activation: its kind and parameter (slope or alpha)."""
-
-    kind: str
-    param: float | None = None
-
-    def keras_name(self) -> str | None:
-        """The Keras activation string reproducing it exactly, if there is one."""
-        if self.kind in ("relu", "tanh", "sigmoid"):
-            return self.kind
-        if self.kind == "elu" and self.param == 1.0:
-            return "elu"
-        return None
-
-    def nonnegative(self) -> bool:
-        """Whether every output is >= 0."""
-        return self.kind in ("relu", "sigmoid")
-
-
-_FUNCTION_ACTIVATIONS = {
-    F.relu: "relu",
-    torch.relu: "relu",
-    torch.tanh: "tanh",
-    F.tanh: "tanh",
-    torch.sigmoid: "sigmoid",
-    F.sigmoid: "sigmoid",
-    F.leaky_relu: "leaky_relu",
-    F.elu: "elu",
-}
-_METHOD_ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
-_ACTIVATION_DEFAULTS = {"leaky_relu": ("negative_slope", 0.01), "elu": ("alpha", 1.0)}
-_FLATTEN_FUNCTIONS = (torch.flatten, torch.reshape)
-_FLATTEN_METHODS = ("flatten", "view", "reshape")
-_SOFTMAX_FUNCTIONS = (F.softmax, torch.softmax)
-_DROPPED_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity)
-
-
-def _functional_arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
-    """Argument ``name`` (positional ``index``) of a functional call."""
+def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
+    """Argument ``name`` (positional ``index``) of a functional or method call."""
     if len(node.args) > index:
         return node.args[index]
     return node.kwargs.get(name, default)
 
 
-def _module_activation(module: nn.Module) -> _Activation | None:
-    """The activation a module computes, or None."""
-    if isinstance(module, nn.ReLU):
-        return _Activation("relu")
-    if isinstance(module, nn.Tanh):
-        return _Activation("tanh")
-    if isinstance(module, nn.Sigmoid):
-        return _Activation("sigmoid")
-    if isinstance(module, nn.LeakyReLU):
-        return _Activation("leaky_relu", float(module.negative_slope))
-    if isinstance(module, nn.ELU):
-        return _Activation("elu", float(module.alpha))
-    return None
+def _dims(value: Any, rank: int) -> tuple[int, ...]:
+    """Dimension argument(s) as non-negative ints of a ``rank``-axis tensor."""
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    return tuple(int(v) % rank for v in values)
 
 
-def _activation(node: fx.Node, module: nn.Module | None) -> _Activation | None:
-    """The activation a node computes (module or functional), or None."""
-    if module is not None:
-        return _module_activation(module)
-    if node.op == "call_method":
-        kind = _METHOD_ACTIVATIONS.get(node.target)
+# ----------------------------------------------------------------------------
+# Reading the model graph
+
+#: activations whose outputs are never negative (zero padding then keeps a maximum)
+_NONNEGATIVE = frozenset({"relu", "relu6", "sigmoid"})
+#: torch functions and methods the "reshape" kind covers that only move axes
+_PERMUTES = (torch.permute, torch.transpose, "permute", "transpose")
+#: Keras activation layers by the class name the graph's activation table gives
+_KERAS_ACTIVATION_LAYERS = {
+    "Activation": tf.keras.layers.Activation,
+    "ReLU": tf.keras.layers.ReLU,
+    "LeakyReLU": tf.keras.layers.LeakyReLU,
+    "ELU": tf.keras.layers.ELU,
+}
+
+
+def _activation(node: Node) -> Activation | None:
+    """The node's activation from the graph; a Hardtanh(0, 6) (module or functional) is a
+    ReLU6, the one Hardtanh range a Keras layer reproduces (the graph's table has no
+    Keras spelling for Hardtanh)."""
+    activation = node.activation
+    if activation is not None and activation.name != "hardtanh":
+        return activation
+    if isinstance(node.module, nn.Hardtanh):
+        bounds = (node.module.min_val, node.module.max_val)
+    elif node.op == "call_function" and node.target is F.hardtanh:
+        bounds = (_arg(node.fx, 1, "min_val", -1.0), _arg(node.fx, 2, "max_val", 1.0))
     else:
-        kind = _FUNCTION_ACTIVATIONS.get(node.target)
-    if kind is None:
-        return None
-    if kind in _ACTIVATION_DEFAULTS:
-        name, default = _ACTIVATION_DEFAULTS[kind]
-        return _Activation(kind, float(_functional_arg(node, 1, name, default)))
-    return _Activation(kind)
-
-
-def _is_flatten(node: fx.Node, module: nn.Module | None) -> bool:
-    """Whether a node may be a flatten (the shapes decide whether it is one)."""
-    if module is not None:
-        return isinstance(module, nn.Flatten)
-    if node.op == "call_method":
-        return node.target in _FLATTEN_METHODS
-    return node.target in _FLATTEN_FUNCTIONS
-
-
-def _softmax_dim(node: fx.Node, module: nn.Module | None) -> tuple[bool, int | None]:
-    """Whether a node is a softmax, and over which dimension."""
-    if module is not None:
-        return isinstance(module, nn.Softmax), getattr(module, "dim", None)
-    if node.op == "call_method":
-        is_softmax = node.target == "softmax"
-    else:
-        is_softmax = node.target in _SOFTMAX_FUNCTIONS
-    return is_softmax, _functional_arg(node, 1, "dim", None) if is_softmax else None
+        return activation
+    return make_activation("relu6") if tuple(map(float, bounds)) == (0.0, 6.0) else activation
 
 
 # ----------------------------------------------------------------------------
@@ -638,45 +586,82 @@ def _keras_padding(
     return "valid", tuple(pads)
 
 
-def _flatten_perm(shape: tuple[int, ...]) -> np.ndarray:
+def _feature_order(shape: tuple[int, ...], layout: tuple[int, ...]) -> np.ndarray | None:
     """Feature order of a Keras Flatten: Keras feature ``k`` is PyTorch feature ``perm[k]``.
 
-    ``shape`` is the PyTorch shape ``(C, *spatial)`` being flattened.
+    ``shape`` is the PyTorch shape being flattened (batch axis dropped) and
+    ``layout`` the PyTorch axis each Keras axis holds. None when the orders agree.
     """
     torch_index = np.arange(math.prod(shape)).reshape(shape)
-    return np.moveaxis(torch_index, 0, -1).ravel()
+    perm = np.transpose(torch_index, layout).ravel()
+    return None if np.array_equal(perm, np.arange(perm.size)) else perm
 
 
 # ----------------------------------------------------------------------------
 # Conversion
 
 
+@dataclass(frozen=True)
+class _Value:
+    """A Keras tensor of the twin standing for a PyTorch node's output.
+
+    Attributes
+    ----------
+    name : str
+        The Keras layer that outputs it, or ``'input'``.
+    shape : tuple of int
+        The PyTorch shape, batch axis dropped.
+    layout : tuple of int
+        The PyTorch axis each Keras axis holds.
+    perm : numpy.ndarray or None
+        For flat tensors: Keras feature ``k`` holds PyTorch feature ``perm[k]``.
+    nonnegative : bool
+        Whether every entry is >= 0 (zero padding then keeps maxima).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    layout: tuple[int, ...]
+    perm: np.ndarray | None = None
+    nonnegative: bool = False
+
+    @property
+    def rank(self) -> int:
+        """Number of non-batch axes."""
+        return len(self.shape)
+
+
 @dataclass
 class _Step:
-    """One node of the chain, with its module and tensor shapes (batch axis dropped)."""
+    """One node of the graph, with its module (in the twin's dtype), input values and
+    output shape."""
 
-    node: fx.Node
+    node: Node
     module: nn.Module | None
-    in_shape: tuple[int, ...]
+    inputs: list[_Value]
     out_shape: tuple[int, ...]
     is_last: bool
 
 
 class _Converter:
-    """Walks the chain and collects Keras layer specs, names and checkpoints.
+    """Walks the model graph and collects Keras layer specs, names and checkpoints.
 
     Parameters
     ----------
+    graph : ModelGraph
+        The model's graph (node kinds, activations, fusion).
     root : torch.fx.GraphModule
-        The eval-mode reference copy, in the twin's dtype (weights are read
-        from it).
+        The eval-mode reference copy of ``graph.module``, in the twin's dtype
+        (weights are read from it).
     outputs : dict
         Every node's output on a sample batch (for the shapes).
     keep_softmax : bool
         Keep a final Softmax.
     """
 
-    def __init__(self, root: fx.GraphModule, outputs: dict[str, Any], keep_softmax: bool):
+    def __init__(self, graph: ModelGraph, root: fx.GraphModule, outputs: dict[str, Any],
+                 keep_softmax: bool):
+        self.graph = graph
         self.root = root
         self.outputs = outputs
         self.keep_softmax = keep_softmax
@@ -684,77 +669,137 @@ class _Converter:
         self.checkpoints: list[_Checkpoint] = []
         self.layer_names: dict[str, str] = {}
         self.dropped: list[str] = []
-        self._used_names = {"input"}
-        self._perm: np.ndarray | None = None
-        self._nonnegative = False
-        self._fusable = False
+        self._values: dict[str, _Value] = {}
+        self._specs_by_node: dict[str, _LayerSpec] = {}
+        self._used_names = {_INPUT}
+        self._handlers: dict[str, Callable[[_Step], None]] = {
+            "conv": self._conv,
+            "conv_transpose": self._conv_transpose,
+            "linear": self._linear,
+            "batchnorm": self._batchnorm,
+            "max_pool": self._maxpool,
+            "avg_pool": self._avgpool,
+            "mean": self._mean,
+            "upsample": self._upsample,
+            "pad": self._pad,
+            "add": self._merge,
+            "gate": self._merge,
+            "concat": self._cat,
+            "reshape": self._reshape,
+            "softmax": self._softmax,
+            "identity": self._identity,
+        }
 
     # -- walking ----------------------------------------------------------
 
-    def convert(self, chain: list[fx.Node]) -> None:
-        """Convert every node of ``chain`` in order."""
-        previous = next(n for n in self.root.graph.nodes if n.op == "placeholder")
-        for index, node in enumerate(chain):
-            step = _Step(
-                node=node,
-                module=self.root.get_submodule(node.target) if node.op == "call_module" else None,
-                in_shape=self._shape(previous),
-                out_shape=self._shape(node),
-                is_last=index == len(chain) - 1,
+    def convert(self) -> str:
+        """Convert every node in graph order; return the Keras output layer's name."""
+        placeholders = [n for n in self.graph.nodes if n.kind.name == "input"]
+        if len(placeholders) != 1:
+            raise UnsupportedLayerError(
+                f"{type(self.root).__name__} (the model itself) takes "
+                f"{len(placeholders)} inputs; the twin needs exactly one"
             )
-            self._convert_step(step)
-            previous = node
+        for node in self.graph.nodes:
+            kind = node.kind.name
+            if kind == "input":
+                shape = self._shape(node)
+                self._values[node.name] = _Value(_INPUT, shape, _channels_last(len(shape)))
+            elif kind == "output":
+                return self._output(node)
+            elif kind == "meta":
+                continue
+            elif kind == "attribute":
+                raise UnsupportedLayerError(
+                    f"parameter or buffer '{node.target}' is used directly in a forward; "
+                    "the twin only supports layers and functional operations on activations"
+                )
+            elif not self.graph.consumers(node.name):
+                raise UnsupportedLayerError(
+                    f"{_describe(node.fx, self.root)} computes a result the model never uses; "
+                    "the twin needs every operation to lead to the output"
+                )
+            else:
+                self._convert_node(node)
+        raise AssertionError("a traced graph ends with its output node")
 
-    def _shape(self, node: fx.Node) -> tuple[int, ...]:
+    def _output(self, node: Node) -> str:
+        """Check the graph's output and bring it into the Keras layout of the PyTorch output."""
+        result = node.fx.args[0]
+        if not isinstance(result, fx.Node):
+            raise UnsupportedLayerError(
+                f"{type(self.root).__name__} (the model itself) returns {type(result).__name__}; "
+                "the twin needs a single tensor output"
+            )
+        value = self._values[result.name]
+        if value.perm is not None:
+            raise UnsupportedLayerError(
+                f"{_describe(result, self.root)} gives the model's output as flattened spatial "
+                "features, whose order differs in Keras' channels-last layout; end the model "
+                "with a Linear layer or a pooling over the spatial axes"
+            )
+        value = self._relayout(value, _channels_last(value.rank), self.graph[result.name])
+        if value.name == _INPUT:
+            raise UnsupportedLayerError(
+                f"{type(self.root).__name__} (the model itself) has no layer with a Keras "
+                "counterpart"
+            )
+        return value.name
+
+    def _shape(self, node: Node) -> tuple[int, ...]:
         """Shape of a node's output without the batch axis."""
         value = self.outputs[node.name]
         if not isinstance(value, torch.Tensor) or value.ndim == 0 or value.shape[0] != _SHAPE_BATCH:
             raise UnsupportedLayerError(
-                f"{_describe(node, self.root)} does not return a batch of tensors"
+                f"{_describe(node.fx, self.root)} does not return a batch of tensors"
             )
         return tuple(value.shape[1:])
 
-    def _convert_step(self, step: _Step) -> None:
-        """Dispatch one step to its handler."""
-        activation = _activation(step.node, step.module)
+    def _convert_node(self, node: Node) -> None:
+        """Dispatch one node to its handler by its kind in the graph."""
+        activation = _activation(node)
+        handler = self._handlers.get(node.kind.name)
+        if activation is None and handler is None:
+            raise UnsupportedLayerError(
+                f"{_describe(node.fx, self.root)} is not supported by the Keras twin "
+                f"(graph kind {node.kind.name!r})"
+            )
+        module = self.root.get_submodule(node.target) if node.op == "call_module" else None
+        step = _Step(
+            node=node,
+            module=module,
+            inputs=[self._values[name] for name in node.inputs],
+            out_shape=self._shape(node),
+            is_last=all(user.kind.name == "output" for user in self.graph.consumers(node.name)),
+        )
         if activation is not None:
             self._activation(step, activation)
             return
-        is_softmax, dim = _softmax_dim(step.node, step.module)
-        if is_softmax:
-            self._softmax(step, dim)
-        elif _is_flatten(step.node, step.module):
-            self._flatten(step)
-        elif isinstance(step.module, (nn.Conv1d, nn.Conv2d)):
-            self._conv(step)
-        elif isinstance(step.module, nn.Linear):
-            self._linear(step)
-        elif isinstance(step.module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            self._batchnorm(step)
-        elif isinstance(step.module, (nn.MaxPool1d, nn.MaxPool2d)):
-            self._maxpool(step)
-        elif isinstance(step.module, (nn.AvgPool1d, nn.AvgPool2d)):
-            self._avgpool(step)
-        elif isinstance(step.module, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
-            self._adaptive_avgpool(step)
-        elif isinstance(step.module, _DROPPED_MODULES):
-            self._drop(step)
-        else:
-            raise self._unsupported(step, "is not supported by the Keras twin")
+        if node.kind.name not in ("add", "gate", "concat") and len(step.inputs) != 1:
+            raise self._unsupported(
+                step, f"takes {len(step.inputs)} tensors; the twin expects one here"
+            )
+        handler(step)
 
     # -- bookkeeping ------------------------------------------------------
 
     def _unsupported(self, step: _Step, why: str) -> UnsupportedLayerError:
         """An UnsupportedLayerError naming the step's type and path."""
-        return UnsupportedLayerError(f"{_describe(step.node, self.root)} {why}")
+        return UnsupportedLayerError(f"{_describe(step.node.fx, self.root)} {why}")
 
     def _label(self, step: _Step) -> str:
         """The PyTorch name of a step: module path or fx node name."""
         return step.node.target if step.module is not None else step.node.name
 
+    def _base_name(self, node: Node) -> str:
+        """The stem of a node's Keras layer names: its module path, or ``op_`` and its fx
+        name (bare fx names such as ``add`` are Keras' own default names, which the layers
+        iNNvestigate adds would then repeat)."""
+        return node.target if node.op == "call_module" else f"op_{node.name}"
+
     def _keras_name(self, base: str) -> str:
         """A unique, valid Keras layer name derived from ``base``."""
-        name = re.sub(r"\W", "_", base) or "layer"
+        name = re.sub(r"\W", "_", base).lstrip("_") or "layer"
         candidate, suffix = name, 1
         while candidate in self._used_names:
             suffix += 1
@@ -762,95 +807,239 @@ class _Converter:
         self._used_names.add(candidate)
         return candidate
 
+    def _add_spec(self, spec: _LayerSpec) -> None:
+        """Append a layer spec."""
+        self.specs.append(spec)
+
     def _emit(
         self,
         step: _Step,
         cls: type,
         config: dict[str, Any],
-        weights: tuple[np.ndarray, ...] = (),
+        inputs: list[_Value],
+        *,
+        initial: dict[str, np.ndarray] | None = None,
         call_kwargs: dict[str, Any] | None = None,
-    ) -> None:
-        """Add the Keras layer that reproduces ``step``, with a checkpoint."""
-        name = self._keras_name(self._label(step))
-        self.specs.append(_LayerSpec(cls, {**config, "name": name}, weights, call_kwargs or {}))
+        layout: tuple[int, ...] | None = None,
+        perm: np.ndarray | None = None,
+        nonnegative: bool = False,
+    ) -> _Value:
+        """Add the Keras layer that reproduces ``step``, with a checkpoint.
+
+        The output gets ``layout`` (channels-last by default) and ``perm``.
+        """
+        name = self._keras_name(self._base_name(step.node))
+        spec = _LayerSpec(cls, {**config, "name": name}, tuple(v.name for v in inputs),
+                          initial or {}, call_kwargs or {})
+        self._add_spec(spec)
+        self._specs_by_node[step.node.name] = spec
         if step.module is not None:
             self.layer_names[step.node.target] = name
-        perm = self._perm if len(step.out_shape) == 1 else None
-        self.checkpoints.append(_Checkpoint(step.node.name, name, self._label(step), perm))
-        self._fusable = False
+        layout = _channels_last(len(step.out_shape)) if layout is None else layout
+        self.checkpoints.append(_Checkpoint(step.node.name, name, self._label(step), layout, perm))
+        value = _Value(name, step.out_shape, layout, perm, nonnegative)
+        self._values[step.node.name] = value
+        return value
 
-    def _emit_padding(self, step: _Step, pads: tuple[int, ...]) -> None:
-        """Add an explicit ZeroPadding layer in front of ``step``'s layer."""
-        cls = tf.keras.layers.ZeroPadding1D if len(pads) == 1 else tf.keras.layers.ZeroPadding2D
-        padding = pads[0] if len(pads) == 1 else pads
-        name = self._keras_name(f"{self._label(step)}_pad")
-        self.specs.append(_LayerSpec(cls, {"padding": padding, "name": name}))
+    def _helper(self, step: _Step, suffix: str, cls: type, config: dict[str, Any],
+                source: _Value, shape: tuple[int, ...], layout: tuple[int, ...]) -> _Value:
+        """Add a Keras layer with no PyTorch node of its own (padding, a layout change)."""
+        name = self._keras_name(f"{self._base_name(step.node)}_{suffix}")
+        self._add_spec(_LayerSpec(cls, {**config, "name": name}, (source.name,)))
+        return _Value(name, shape, layout, None, source.nonnegative)
 
-    def _drop(self, step: _Step) -> None:
-        """Record a step that has no Keras layer (identity in eval mode)."""
+    def _alias(self, step: _Step, value: _Value) -> None:
+        """Let a step's output be an existing Keras tensor (no layer)."""
         if step.module is not None:
             self.dropped.append(step.node.target)
+        self._values[step.node.name] = value
 
-    def _spatial_rank(self, step: _Step, expected: int) -> int:
-        """Check that the step's input is ``(C, *spatial)`` with ``expected`` spatial axes."""
-        if len(step.in_shape) != expected + 1:
+    def _relayout(self, value: _Value, layout: tuple[int, ...], node: Node) -> _Value:
+        """``value`` with Keras axes in ``layout``, through a Permute layer if needed."""
+        if value.layout == layout:
+            return value
+        dims = tuple(value.layout.index(axis) + 1 for axis in layout)
+        name = self._keras_name(f"{self._base_name(node)}_permute")
+        self._add_spec(_LayerSpec(tf.keras.layers.Permute, {"dims": dims, "name": name},
+                                  (value.name,)))
+        self.checkpoints.append(_Checkpoint(node.name, name, node.name, layout))
+        return _Value(name, value.shape, layout, None, value.nonnegative)
+
+    def _spatial_input(self, step: _Step, expected: int) -> _Value:
+        """The step's input, checked to be ``(C, *spatial)`` with ``expected`` spatial
+        axes and brought to channels-last."""
+        value = step.inputs[0]
+        if value.rank != expected + 1:
             raise self._unsupported(
-                step, f"gets an input of shape {step.in_shape}, expected {expected} spatial axes"
+                step, f"gets an input of shape {value.shape}, expected {expected} spatial axes"
             )
-        return expected
+        return self._relayout(value, _channels_last(value.rank), step.node)
+
+    def _zero_pad(self, step: _Step, value: _Value, pads: tuple[tuple[int, int], ...]) -> _Value:
+        """Add an explicit ZeroPadding layer on a channels-last ``value``."""
+        cls = tf.keras.layers.ZeroPadding1D if len(pads) == 1 else tf.keras.layers.ZeroPadding2D
+        padding = pads[0] if len(pads) == 1 else pads
+        shape = (value.shape[0], *(s + a + b for s, (a, b) in zip(value.shape[1:], pads)))
+        return self._helper(step, "pad", cls, {"padding": padding}, value, shape, value.layout)
 
     # -- handlers ---------------------------------------------------------
 
-    def _activation(self, step: _Step, activation: _Activation) -> None:
-        """Fuse an activation into the preceding conv/dense layer, or add a layer."""
-        keras_name = activation.keras_name()
-        if keras_name is not None and self._fusable:
-            spec, checkpoint = self.specs[-1], self.checkpoints[-1]
-            spec.config["activation"] = keras_name
+    def _activation(self, step: _Step, activation: Activation) -> None:
+        """An activation in its Keras spelling, fused into the kernel layer before it
+        where the graph says so."""
+        if len(step.inputs) != 1:
+            raise self._unsupported(step, f"takes {len(step.inputs)} tensors")
+        if activation.keras_layer is None:
+            raise self._unsupported(
+                step, f"is a {activation.name} activation with these parameters, which no Keras "
+                "layer that iNNvestigate analyses computes"
+            )
+        value = step.inputs[0]
+        nonnegative = activation.name in _NONNEGATIVE
+        spec = self._specs_by_node.get(step.node.fused_into)
+        if spec is not None and spec.config.get("activation", "") is None:
+            spec.config["activation"] = activation.keras_config["activation"]
+            checkpoint = next(c for c in self.checkpoints if c.layer == spec.config["name"])
             checkpoint.node = step.node.name
             checkpoint.label = f"{checkpoint.label} + {self._label(step)}"
             if step.module is not None:
                 self.layer_names[step.node.target] = spec.config["name"]
-            self._fusable = False
-        elif keras_name is not None:
-            self._emit(step, tf.keras.layers.Activation, {"activation": keras_name})
-        elif activation.kind == "leaky_relu":
-            self._emit(step, tf.keras.layers.LeakyReLU, {"alpha": activation.param})
-        else:
-            self._emit(step, tf.keras.layers.ELU, {"alpha": activation.param})
-        self._nonnegative = activation.nonnegative()
+            self._values[step.node.name] = _Value(
+                value.name, value.shape, value.layout, value.perm, nonnegative
+            )
+            return
+        cls = _KERAS_ACTIVATION_LAYERS[activation.keras_layer]
+        self._emit(step, cls, dict(activation.keras_config), [value], layout=value.layout,
+                   perm=value.perm, nonnegative=nonnegative)
 
-    def _softmax(self, step: _Step, dim: int | None) -> None:
+    def _identity(self, step: _Step) -> None:
+        """Dropout, Identity, ``contiguous``: no Keras layer in eval mode."""
+        self._alias(step, step.inputs[0])
+
+    def _softmax(self, step: _Step) -> None:
         """Remove (or keep) a final softmax over the features."""
+        if step.module is not None:
+            dim = step.module.dim
+        else:
+            dim = _arg(step.node.fx, 1, "dim", None)
+        if step.node.target in (F.log_softmax, torch.log_softmax, "log_softmax") or isinstance(
+            step.module, nn.LogSoftmax
+        ):
+            raise self._unsupported(step, "is a log-softmax, which the twin does not reproduce")
         if not step.is_last:
             raise self._unsupported(step, "is a softmax that is not the model's final layer")
-        if len(step.in_shape) != 1 or dim not in (None, 1, -1):
+        value = step.inputs[0]
+        if value.rank != 1 or dim not in (None, 1, -1):
             raise self._unsupported(step, f"is a softmax over dim {dim} of a non-flat tensor")
         if self.keep_softmax:
-            self._emit(step, tf.keras.layers.Activation, {"activation": "softmax"})
+            self._emit(step, tf.keras.layers.Activation, {"activation": "softmax"}, [value],
+                       perm=value.perm)
         else:
-            self._drop(step)
+            self._alias(step, value)
 
-    def _flatten(self, step: _Step) -> None:
-        """Flatten ``(C, *spatial)`` to features; remember Keras' feature order."""
-        if step.out_shape != (math.prod(step.in_shape),):
-            raise self._unsupported(
-                step,
-                f"reshapes {step.in_shape} to {step.out_shape}, which is not a flatten from dim 1",
-            )
-        if len(step.in_shape) == 1:
-            self._drop(step)
+    def _reshape(self, step: _Step) -> None:
+        """Flatten to features (Keras Flatten, feature order remembered), a Reshape, or a
+        permutation of axes (no layer)."""
+        if step.node.target in _PERMUTES:
+            self._permute(step)
             return
-        perm = _flatten_perm(step.in_shape)
-        self._perm = None if np.array_equal(perm, np.arange(perm.size)) else perm
-        self._emit(step, tf.keras.layers.Flatten, {})
+        value = step.inputs[0]
+        if step.out_shape == value.shape:
+            self._alias(step, value)
+        elif step.out_shape == (math.prod(value.shape),):
+            perm = _feature_order(value.shape, value.layout)
+            self._emit(step, tf.keras.layers.Flatten, {}, [value], layout=(0,), perm=perm,
+                       nonnegative=value.nonnegative)
+        elif value.perm is not None:
+            raise self._unsupported(
+                step, f"reshapes flattened spatial features {value.shape} to {step.out_shape}; "
+                "their Keras order differs from PyTorch's"
+            )
+        else:
+            value = self._relayout(value, tuple(range(value.rank)), step.node)
+            layout = tuple(range(len(step.out_shape)))
+            self._emit(step, tf.keras.layers.Reshape, {"target_shape": step.out_shape}, [value],
+                       layout=layout, nonnegative=value.nonnegative)
+
+    def _permute(self, step: _Step) -> None:
+        """``permute``/``transpose`` of non-batch axes: only the recorded layout changes."""
+        node, value = step.node.fx, step.inputs[0]
+        rank = value.rank + 1
+        if node.target in (torch.transpose, "transpose"):
+            first, second = _dims(node.args[1], rank)[0], _dims(node.args[2], rank)[0]
+            order = list(range(rank))
+            order[first], order[second] = second, first
+        else:
+            dims = node.args[1:] if node.op == "call_method" else (node.args[1],)
+            if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+                dims = dims[0]
+            order = list(_dims(tuple(dims), rank))
+        if order[0] != 0:
+            raise self._unsupported(step, "moves the batch axis")
+        moved = [axis - 1 for axis in order[1:]]  # output axis i is input axis moved[i]
+        layout = tuple(moved.index(axis) for axis in value.layout)
+        self._values[node.name] = _Value(value.name, step.out_shape, layout, value.perm,
+                                         value.nonnegative)
+
+    def _merge(self, step: _Step) -> None:
+        """Add or Multiply of two tensors (Multiply broadcasts, e.g. a gate)."""
+        kind = "add" if step.node.kind.name == "add" else "product"
+        if len(step.inputs) != 2 or (kind == "add" and "alpha" in step.node.fx.kwargs):
+            raise self._unsupported(
+                step, f"combines {len(step.inputs)} tensor(s) with constants; the twin supports "
+                f"the {kind} of exactly two tensors"
+            )
+        shapes = [v.shape for v in step.inputs]
+        if kind == "add" and shapes[0] != shapes[1]:
+            raise self._unsupported(
+                step, f"adds tensors of shapes {shapes}; Add needs equal shapes"
+            )
+        if len({len(s) for s in shapes}) != 1:
+            raise self._unsupported(step, f"broadcasts tensors of shapes {shapes} across ranks")
+        values = self._common_layout(step, step.inputs)
+        cls = tf.keras.layers.Add if kind == "add" else tf.keras.layers.Multiply
+        self._emit(step, cls, {}, values, layout=values[0].layout, perm=values[0].perm,
+                   nonnegative=all(v.nonnegative for v in values))
+
+    def _common_layout(self, step: _Step, values: list[_Value]) -> list[_Value]:
+        """The values in one Keras layout: theirs if they agree, else channels-last."""
+        if all(v.layout == values[0].layout for v in values) and all(
+            _same_perm(v.perm, values[0].perm) for v in values
+        ):
+            return values
+        if any(v.perm is not None for v in values):
+            raise self._unsupported(
+                step, "combines flattened tensors whose Keras feature orders differ"
+            )
+        return [self._relayout(v, _channels_last(v.rank), step.node) for v in values]
+
+    def _cat(self, step: _Step) -> None:
+        """torch.cat as Concatenate along the Keras axis holding the PyTorch dim."""
+        dim = _arg(step.node.fx, 1, "dim", 0)
+        rank = len(step.out_shape) + 1
+        dim = _dims(dim, rank)[0]  # not 0: the output is a batch (checked)
+        if len(step.inputs) == 1:
+            self._alias(step, step.inputs[0])
+            return
+        values = self._common_layout(step, step.inputs)
+        perm = None
+        if any(v.perm is not None for v in values):
+            offsets = np.cumsum([0] + [v.shape[0] for v in values[:-1]])
+            perm = np.concatenate([
+                offset + (np.arange(v.shape[0]) if v.perm is None else v.perm)
+                for v, offset in zip(values, offsets)
+            ])
+        layout = values[0].layout
+        axis = layout.index(dim - 1) - len(layout)  # negative, as keras.applications writes it
+        self._emit(step, tf.keras.layers.Concatenate, {"axis": axis}, values, layout=layout,
+                   perm=perm, nonnegative=all(v.nonnegative for v in values))
 
     def _conv(self, step: _Step) -> None:
-        """Conv1d/Conv2d as Keras Conv1D/Conv2D (plus ZeroPadding where needed)."""
+        """Conv1d/Conv2d as Conv1D/2D, DepthwiseConv1D/2D or grouped Conv1D/2D (plus
+        ZeroPadding where Keras' padding modes cannot reproduce PyTorch's)."""
         conv = step.module
-        rank = self._spatial_rank(step, conv.weight.ndim - 2)
-        if conv.groups != 1:
-            raise self._unsupported(step, f"has groups={conv.groups}; only groups=1 is supported")
+        rank = self._kernel_rank(step)
+        value = self._spatial_input(step, rank)
         if conv.padding_mode != "zeros":
             raise self._unsupported(
                 step, f"has padding_mode={conv.padding_mode!r}; only zero padding is supported"
@@ -866,16 +1055,12 @@ class _Converter:
         else:
             effective = tuple(d * (k - 1) + 1 for k, d in zip(kernels, dilations))
             padding, explicit = _keras_padding(
-                step.in_shape[1:], effective, strides, _ntuple(conv.padding, rank)
+                value.shape[1:], effective, strides, _ntuple(conv.padding, rank)
             )
         if explicit is not None:
-            self._emit_padding(step, explicit)
-        weights = [np.transpose(_numpy(conv.weight), (*range(2, rank + 2), 1, 0))]
-        if conv.bias is not None:
-            weights.append(_numpy(conv.bias))
-        cls = tf.keras.layers.Conv1D if rank == 1 else tf.keras.layers.Conv2D
+            value = self._zero_pad(step, value, tuple((p, p) for p in explicit))
+        weight = _numpy(conv.weight)  # (out, in / groups, *kernel)
         config = {
-            "filters": conv.out_channels,
             "kernel_size": kernels,
             "strides": strides,
             "padding": padding,
@@ -883,42 +1068,106 @@ class _Converter:
             "use_bias": conv.bias is not None,
             "activation": None,
         }
-        self._emit(step, cls, config, tuple(weights))
-        self._fusable, self._nonnegative = True, False
+        if conv.groups > 1 and conv.groups == conv.in_channels:
+            multiplier = conv.out_channels // conv.in_channels
+            cls = (tf.keras.layers.DepthwiseConv1D, tf.keras.layers.DepthwiseConv2D)[rank - 1]
+            # Output channel c * multiplier + m reads input channel c in both frameworks.
+            kernel = weight.reshape(conv.in_channels, multiplier, *kernels)
+            initial = {"depthwise_initializer": np.transpose(kernel, (*range(2, rank + 2), 0, 1))}
+            config["depth_multiplier"] = multiplier
+        else:
+            cls = (tf.keras.layers.Conv1D, tf.keras.layers.Conv2D)[rank - 1]
+            initial = {"kernel_initializer": np.transpose(weight, (*range(2, rank + 2), 1, 0))}
+            config.update(filters=conv.out_channels, groups=conv.groups)
+        if conv.bias is not None:
+            initial["bias_initializer"] = _numpy(conv.bias)
+        self._emit(step, cls, config, [value], initial=initial)
+
+    def _kernel_rank(self, step: _Step) -> int:
+        """The number of spatial axes of a convolution, checked to be 1 or 2."""
+        rank = step.module.weight.ndim - 2
+        if rank not in (1, 2):
+            raise self._unsupported(step, f"has {rank} spatial axes; the twin supports 1 and 2")
+        return rank
+
+    def _conv_transpose(self, step: _Step) -> None:
+        """ConvTranspose1d/2d as Conv1DTranspose/2DTranspose ('valid', PyTorch's
+        output_padding), then a Cropping layer for PyTorch's padding."""
+        conv = step.module
+        rank = self._kernel_rank(step)
+        value = self._spatial_input(step, rank)
+        if conv.groups != 1 or max(_ntuple(conv.dilation, rank)) > 1:
+            raise self._unsupported(
+                step, "has groups > 1 or dilation > 1, which the twin's Conv2DTranspose lacks"
+            )
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise self._unsupported(step, "does not use numeric zero padding")
+        kernels, strides = _ntuple(conv.kernel_size, rank), _ntuple(conv.stride, rank)
+        pads = _ntuple(conv.padding, rank)
+        # weight (in, out, *kernel) -> Keras (*kernel, out, in)
+        initial = {"kernel_initializer": np.transpose(_numpy(conv.weight),
+                                                      (*range(2, rank + 2), 1, 0))}
+        if conv.bias is not None:
+            initial["bias_initializer"] = _numpy(conv.bias)
+        config = {
+            "filters": conv.out_channels,
+            "kernel_size": kernels,
+            "strides": strides,
+            "padding": "valid",
+            "output_padding": _ntuple(conv.output_padding, rank),
+            "use_bias": conv.bias is not None,
+            "activation": None,
+        }
+        cls = (tf.keras.layers.Conv1DTranspose, tf.keras.layers.Conv2DTranspose)[rank - 1]
+        if not any(pads):
+            self._emit(step, cls, config, [value], initial=initial)
+            return
+        full = tuple((s - 1) * st + k + op for s, st, k, op in
+                     zip(value.shape[1:], strides, kernels, config["output_padding"]))
+        name = self._keras_name(f"{self._base_name(step.node)}_full")
+        self._add_spec(_LayerSpec(cls, {**config, "name": name}, (value.name,), initial))
+        full_value = _Value(name, (conv.out_channels, *full), value.layout)
+        crop_cls = (tf.keras.layers.Cropping1D, tf.keras.layers.Cropping2D)[rank - 1]
+        cropping = (pads[0], pads[0]) if rank == 1 else tuple((p, p) for p in pads)
+        self._emit(step, crop_cls, {"cropping": cropping}, [full_value])
 
     def _linear(self, step: _Step) -> None:
         """Linear as Dense, its input weights permuted to Keras' feature order."""
-        linear = step.module
-        if len(step.in_shape) != 1:
+        linear, value = step.module, step.inputs[0]
+        if value.rank != 1:
             raise self._unsupported(
-                step, f"gets an input of shape {step.in_shape}; the twin needs flat features"
+                step, f"gets an input of shape {value.shape}; the twin needs flat features"
             )
         kernel = _numpy(linear.weight).T
-        if self._perm is not None:
-            kernel = kernel[self._perm]
-        weights = [np.ascontiguousarray(kernel)]
+        if value.perm is not None:
+            kernel = kernel[value.perm]
+        initial = {"kernel_initializer": np.ascontiguousarray(kernel)}
         if linear.bias is not None:
-            weights.append(_numpy(linear.bias))
+            initial["bias_initializer"] = _numpy(linear.bias)
         config = {
             "units": linear.out_features,
             "use_bias": linear.bias is not None,
             "activation": None,
         }
-        self._perm = None
-        self._emit(step, tf.keras.layers.Dense, config, tuple(weights))
-        self._fusable, self._nonnegative = True, False
+        self._emit(step, tf.keras.layers.Dense, config, [value], initial=initial)
 
     def _batchnorm(self, step: _Step) -> None:
         """BatchNorm1d/2d as Keras BatchNormalization (fused=False, training=False)."""
-        bn = step.module
+        bn, value = step.module, step.inputs[0]
         if bn.running_mean is None:
             raise self._unsupported(step, "has no running statistics (track_running_stats=False)")
-        if isinstance(bn, nn.BatchNorm2d):
-            self._spatial_rank(step, 2)
-        params = [bn.weight, bn.bias] if bn.affine else []
-        weights = [_numpy(p) for p in (*params, bn.running_mean, bn.running_var)]
-        if len(step.in_shape) == 1 and self._perm is not None:
-            weights = [w[self._perm] for w in weights]
+        if isinstance(bn, nn.BatchNorm3d):
+            raise self._unsupported(step, "normalises 3-d maps; the twin supports 1-d and 2-d")
+        if isinstance(bn, nn.BatchNorm2d) or value.rank > 1:
+            value = self._spatial_input(step, value.rank - 1 if value.rank > 1 else 2)
+        names = ["moving_mean_initializer", "moving_variance_initializer"]
+        params = [bn.running_mean, bn.running_var]
+        if bn.affine:
+            names, params = ["gamma_initializer", "beta_initializer", *names], [
+                bn.weight, bn.bias, *params]
+        arrays = [_numpy(p) for p in params]
+        if value.perm is not None:
+            arrays = [a[value.perm] for a in arrays]
         config = {
             "axis": -1,
             "epsilon": float(bn.eps),
@@ -926,43 +1175,66 @@ class _Converter:
             "scale": bn.affine,
             "fused": False,
         }
-        self._emit(
-            step, tf.keras.layers.BatchNormalization, config, tuple(weights), {"training": False}
-        )
-        self._nonnegative = False
+        self._emit(step, tf.keras.layers.BatchNormalization, config, [value],
+                   initial=dict(zip(names, arrays)), call_kwargs={"training": False},
+                   layout=value.layout, perm=value.perm)
 
-    def _pool_geometry(self, step: _Step, rank: int) -> tuple:
+    def _pool_geometry(self, step: _Step, value: _Value, rank: int) -> tuple:
         """Pool sizes, strides and PyTorch padding of a pooling step, with the Keras padding
         mode that reproduces it and the explicit zero padding needed (or None)."""
         pool = step.module
         kernels, strides = _ntuple(pool.kernel_size, rank), _ntuple(pool.stride, rank)
         pads = _ntuple(pool.padding, rank)
-        padding, explicit = _keras_padding(step.in_shape[1:], kernels, strides, pads)
+        padding, explicit = _keras_padding(value.shape[1:], kernels, strides, pads)
+        if explicit is not None:
+            explicit = tuple((pad, pad) for pad in explicit)
         return kernels, strides, pads, padding, explicit
 
-    def _emit_pool(self, step: _Step, classes: tuple, rank: int, kernels, strides, padding: str,
-                   explicit) -> None:
-        """Emit the explicit zero padding (if any), then the Keras pooling layer of ``rank``."""
+    def _emit_pool(self, step: _Step, value: _Value, classes: tuple, rank: int, kernels,
+                   strides, padding: str, explicit) -> None:
+        """Emit the explicit zero padding (pairs before/after each axis, if any), then the Keras
+        pooling layer of ``rank``."""
         if explicit is not None:
-            self._emit_padding(step, explicit)
+            value = self._zero_pad(step, value, explicit)
         config = {"pool_size": kernels, "strides": strides, "padding": padding}
-        self._emit(step, classes[rank - 1], config)
+        self._emit(step, classes[rank - 1], config, [value], nonnegative=value.nonnegative)
+
+    def _pool_rank(self, step: _Step) -> int:
+        """1 for the 1-d pooling modules, else 2."""
+        return 1 if type(step.module).__name__.endswith("1d") else 2
 
     def _maxpool(self, step: _Step) -> None:
-        """MaxPool1d/2d as Keras MaxPooling1D/2D."""
-        pool = step.module
-        rank = self._spatial_rank(step, 1 if isinstance(pool, nn.MaxPool1d) else 2)
-        if pool.ceil_mode or pool.return_indices or max(_ntuple(pool.dilation, rank)) > 1:
-            raise self._unsupported(step, "uses ceil_mode, return_indices or dilation")
-        kernels, strides, pads, padding, explicit = self._pool_geometry(step, rank)
-        if explicit is not None and not self._nonnegative:
+        """MaxPool1d/2d as Keras MaxPooling1D/2D.
+
+        ``ceil_mode`` adds windows that overhang the end; on a non-negative input, zero
+        padding at the end reproduces them.
+        """
+        if not isinstance(step.module, (nn.MaxPool1d, nn.MaxPool2d)):
+            raise self._unsupported(
+                step, "is a max pooling other than nn.MaxPool1d/2d (functional, adaptive or "
+                "3-d), which the twin does not reproduce"
+            )
+        pool, rank = step.module, self._pool_rank(step)
+        value = self._spatial_input(step, rank)
+        if pool.return_indices or max(_ntuple(pool.dilation, rank)) > 1:
+            raise self._unsupported(step, "uses return_indices or dilation")
+        kernels, strides, pads, padding, explicit = self._pool_geometry(step, value, rank)
+        overhang = tuple(
+            (out - 1) * stride + kernel - (size + 2 * pad)
+            for out, stride, kernel, size, pad in
+            zip(step.out_shape[1:], strides, kernels, value.shape[1:], pads)
+        )
+        if pool.ceil_mode and max(overhang) > 0:
+            padding = "valid"
+            explicit = tuple((pad, pad + max(extra, 0)) for pad, extra in zip(pads, overhang))
+        if explicit is not None and not value.nonnegative:
             raise self._unsupported(
                 step,
-                f"pads by {pads}, which Keras 'same' cannot reproduce here, and its input may be "
-                "negative (zero padding would change the maximum)",
+                f"pads by {explicit}, which Keras 'same' cannot reproduce here, and its input may "
+                "be negative (zero padding would change the maximum)",
             )
         classes = (tf.keras.layers.MaxPooling1D, tf.keras.layers.MaxPooling2D)
-        self._emit_pool(step, classes, rank, kernels, strides, padding, explicit)
+        self._emit_pool(step, value, classes, rank, kernels, strides, padding, explicit)
 
     def _avgpool(self, step: _Step) -> None:
         """AvgPool1d/2d as Keras AveragePooling1D/2D.
@@ -971,13 +1243,23 @@ class _Converter:
         zero padding plus 'valid' divides by the window size
         (``count_include_pad=True``).
         """
-        pool = step.module
-        rank = self._spatial_rank(step, 1 if isinstance(pool, nn.AvgPool1d) else 2)
+        if isinstance(step.module, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)) or (
+            step.node.target in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d)
+        ):
+            self._adaptive_avgpool(step)
+            return
+        if not isinstance(step.module, (nn.AvgPool1d, nn.AvgPool2d)):
+            raise self._unsupported(
+                step, "is an average pooling other than nn.AvgPool1d/2d and adaptive pooling "
+                "(functional or 3-d), which the twin does not reproduce"
+            )
+        pool, rank = step.module, self._pool_rank(step)
+        value = self._spatial_input(step, rank)
         if pool.ceil_mode or getattr(pool, "divisor_override", None) is not None:
             raise self._unsupported(step, "uses ceil_mode or divisor_override")
-        kernels, strides, pads, padding, explicit = self._pool_geometry(step, rank)
+        kernels, strides, pads, padding, explicit = self._pool_geometry(step, value, rank)
         if pool.count_include_pad and padding == "same":
-            padding, explicit = "valid", pads
+            padding, explicit = "valid", tuple((pad, pad) for pad in pads)
         if explicit is not None and not pool.count_include_pad:
             raise self._unsupported(
                 step,
@@ -985,35 +1267,106 @@ class _Converter:
                 "reproduce here",
             )
         classes = (tf.keras.layers.AveragePooling1D, tf.keras.layers.AveragePooling2D)
-        self._emit_pool(step, classes, rank, kernels, strides, padding, explicit)
+        self._emit_pool(step, value, classes, rank, kernels, strides, padding, explicit)
 
     def _adaptive_avgpool(self, step: _Step) -> None:
-        """AdaptiveAvgPool1d/2d: identity, global average or uniform average pooling."""
-        pool = step.module
-        rank = self._spatial_rank(step, 1 if isinstance(pool, nn.AdaptiveAvgPool1d) else 2)
-        sizes = step.in_shape[1:]
-        requested = _ntuple(pool.output_size, rank)
+        """AdaptiveAvgPool1d/2d (module or functional): identity, global average or
+        uniform average pooling."""
+        if step.module is not None:
+            rank, requested = self._pool_rank(step), step.module.output_size
+        else:
+            rank = 1 if step.node.target is F.adaptive_avg_pool1d else 2
+            requested = _arg(step.node.fx, 1, "output_size", None)
+        value = self._spatial_input(step, rank)
+        sizes = value.shape[1:]
+        requested = _ntuple(requested, rank)
         targets = tuple(size if out is None else out for size, out in zip(sizes, requested))
         if targets == sizes:
-            self._drop(step)
+            self._alias(step, value)
         elif all(t == 1 for t in targets):
-            cls = (
-                tf.keras.layers.GlobalAveragePooling1D
-                if rank == 1
-                else tf.keras.layers.GlobalAveragePooling2D
-            )
-            self._emit(step, cls, {"keepdims": True})
+            self._global_average(step, value, keepdims=True)
         elif all(size % t == 0 for size, t in zip(sizes, targets)):
             windows = tuple(size // t for size, t in zip(sizes, targets))
-            cls = (
-                tf.keras.layers.AveragePooling1D if rank == 1 else tf.keras.layers.AveragePooling2D
-            )
-            self._emit(step, cls, {"pool_size": windows, "strides": windows, "padding": "valid"})
+            cls = (tf.keras.layers.AveragePooling1D, tf.keras.layers.AveragePooling2D)[rank - 1]
+            self._emit(step, cls, {"pool_size": windows, "strides": windows, "padding": "valid"},
+                       [value], nonnegative=value.nonnegative)
         else:
             raise self._unsupported(
                 step,
                 f"pools {sizes} to {targets}, which is neither 1 nor a divisor of the input size",
             )
+
+    def _global_average(self, step: _Step, value: _Value, keepdims: bool) -> None:
+        """GlobalAveragePooling1D/2D over a channels-last ``value``."""
+        cls = (tf.keras.layers.GlobalAveragePooling1D,
+               tf.keras.layers.GlobalAveragePooling2D)[value.rank - 2]
+        self._emit(step, cls, {"keepdims": keepdims}, [value], nonnegative=value.nonnegative)
+
+    def _mean(self, step: _Step) -> None:
+        """``x.mean(dims)`` over every spatial axis as GlobalAveragePooling."""
+        value = step.inputs[0]
+        rank = value.rank + 1
+        dims = _arg(step.node.fx, 1, "dim", None)
+        keepdim = bool(_arg(step.node.fx, 2, "keepdim", False))
+        if dims is None or set(_dims(dims, rank)) != set(range(2, rank)) or rank not in (3, 4):
+            raise self._unsupported(
+                step, f"averages over dims {dims}; the twin supports the mean over all spatial "
+                "axes of a 1-d or 2-d feature map"
+            )
+        self._global_average(step, self._spatial_input(step, rank - 2), keepdims=keepdim)
+
+    def _upsample(self, step: _Step) -> None:
+        """Nearest upsampling by integer factors as UpSampling1D/2D."""
+        if step.module is not None:
+            mode = step.module.mode
+        else:
+            mode = _arg(step.node.fx, 3, "mode", "nearest")
+        value = step.inputs[0]
+        value = self._spatial_input(step, value.rank - 1)
+        sizes, targets = value.shape[1:], step.out_shape[1:]
+        if mode != "nearest" or any(t % s for s, t in zip(sizes, targets)) or len(sizes) > 2:
+            raise self._unsupported(
+                step, f"upsamples {sizes} to {targets} in mode {mode!r}; the twin supports "
+                "nearest upsampling of 1-d or 2-d maps by integer factors"
+            )
+        factors = tuple(t // s for s, t in zip(sizes, targets))
+        if len(factors) == 1:
+            self._emit(step, tf.keras.layers.UpSampling1D, {"size": factors[0]}, [value],
+                       nonnegative=value.nonnegative)
+        else:
+            self._emit(step, tf.keras.layers.UpSampling2D,
+                       {"size": factors, "interpolation": "nearest"}, [value],
+                       nonnegative=value.nonnegative)
+
+    def _pad(self, step: _Step) -> None:
+        """Constant zero padding of the spatial axes as ZeroPadding1D/2D."""
+        if step.module is not None:
+            pad, fill, mode = step.module.padding, getattr(step.module, "value", 0.0), "constant"
+        else:
+            pad = _arg(step.node.fx, 1, "pad", ())
+            mode = _arg(step.node.fx, 2, "mode", "constant")
+            fill = _arg(step.node.fx, 3, "value", None) or 0.0
+        value = step.inputs[0]
+        spatial = value.rank - 1
+        pairs = [tuple(pad[i:i + 2]) for i in range(0, len(pad), 2)][::-1]  # first axis first
+        pairs = [(0, 0)] * (spatial - len(pairs)) + pairs
+        if mode != "constant" or fill != 0 or len(pairs) != spatial or spatial not in (1, 2) \
+                or min(min(p) for p in pairs) < 0:
+            raise self._unsupported(
+                step, f"pads {pad} in mode {mode!r} with value {fill}; the twin supports "
+                "non-negative zero padding of the spatial axes of 1-d or 2-d maps"
+            )
+        value = self._spatial_input(step, spatial)
+        cls = (tf.keras.layers.ZeroPadding1D, tf.keras.layers.ZeroPadding2D)[spatial - 1]
+        padding = pairs[0] if spatial == 1 else tuple(pairs)
+        self._emit(step, cls, {"padding": padding}, [value], nonnegative=value.nonnegative)
+
+
+def _same_perm(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Whether two feature orders (None: PyTorch's) are equal."""
+    if a is None or b is None:
+        return a is None and b is None
+    return np.array_equal(a, b)
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -1021,25 +1374,55 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy().copy()
 
 
+def _is_kernel_layer(spec: _LayerSpec) -> bool:
+    """Whether iNNvestigate treats the layer as a kernel layer (input-layer rules apply)."""
+    return any(key in spec.initial for key in ("kernel_initializer", "depthwise_initializer"))
+
+
 def _hidden_reason(specs: list[_LayerSpec]) -> str | None:
-    """Why iNNvestigate would not see the first conv/dense layer as its input layer."""
-    kernel_specs = [s for s in specs if issubclass(s.cls, _KERNEL_LAYERS)]
-    if not kernel_specs:
+    """Why iNNvestigate would not see every first conv/dense layer as an input layer.
+
+    A first kernel layer has no kernel layer upstream. iNNvestigate counts it as
+    an input layer only when every path back to the input passes Flatten,
+    Permute or Reshape layers alone.
+    """
+    by_name = {spec.config["name"]: spec for spec in specs}
+    kernel_upstream: dict[str, bool] = {_INPUT: False}
+    for spec in specs:  # in graph order
+        kernel_upstream[spec.config["name"]] = any(
+            kernel_upstream[name] or (name != _INPUT and _is_kernel_layer(by_name[name]))
+            for name in spec.inputs
+        )
+
+    def blocker(spec: _LayerSpec) -> _LayerSpec | None:
+        """The first layer other than Flatten/Permute/Reshape on a path back to the input."""
+        for name in spec.inputs:
+            if name == _INPUT:
+                continue
+            source = by_name[name]
+            if not issubclass(source.cls, _RESHAPE_LAYERS):
+                return source
+            found = blocker(source)
+            if found is not None:
+                return found
         return None
-    first = kernel_specs[0]
-    for spec in specs[: specs.index(first)]:
-        if issubclass(spec.cls, _RESHAPE_LAYERS):
+
+    for spec in specs:
+        if not _is_kernel_layer(spec) or kernel_upstream[spec.config["name"]]:
+            continue
+        found = blocker(spec)
+        if found is None:
             continue
         detail = ""
-        if issubclass(spec.cls, (tf.keras.layers.ZeroPadding1D, tf.keras.layers.ZeroPadding2D)):
+        if issubclass(found.cls, (tf.keras.layers.ZeroPadding1D, tf.keras.layers.ZeroPadding2D)):
             detail = (
-                f" (padding {spec.config['padding']}: Keras 'same' cannot reproduce PyTorch's "
+                f" (padding {found.config['padding']}: Keras 'same' cannot reproduce PyTorch's "
                 "symmetric padding at this stride and input size)"
             )
         return (
-            f"{spec.cls.__name__} '{spec.config['name']}'{detail} sits between the input and the "
-            f"first conv/dense layer '{first.config['name']}', so iNNvestigate does not treat "
-            "that layer as its input layer and silently drops input_layer_rule (METHODS trap 12)"
+            f"{found.cls.__name__} '{found.config['name']}'{detail} sits between the input and "
+            f"the first conv/dense layer '{spec.config['name']}', so iNNvestigate does not treat "
+            "that layer as an input layer and silently drops input_layer_rule there"
         )
     return None
 
@@ -1048,17 +1431,37 @@ def _hidden_reason(specs: list[_LayerSpec]) -> str | None:
 # Keras side
 
 
-def _build(specs: list[_LayerSpec], input_shape: tuple[int, ...], dtype: str) -> tf.keras.Model:
-    """Build a new functional Keras model from layer specs."""
+def _build(specs: list[_LayerSpec], input_shape: tuple[int, ...], dtype: str,
+           output: str) -> tf.keras.Model:
+    """Build a new functional Keras model from layer specs.
+
+    Weights enter through ``Constant`` initializers, and in graph mode one
+    gradient through every grouped convolution is built before the variables
+    are initialised in a session (TensorFlow 2.14 cannot differentiate one
+    built otherwise).
+    """
     keras_shape = (*input_shape[1:], input_shape[0]) if len(input_shape) > 1 else input_shape
-    inputs = tf.keras.Input(shape=keras_shape, dtype=dtype, name="input")
-    x = inputs
+    inputs = tf.keras.Input(shape=keras_shape, dtype=dtype, name=_INPUT)
+    tensors = {_INPUT: inputs}
+    grouped = []
     for spec in specs:
-        layer = spec.cls(**spec.config, dtype=dtype)
-        x = layer(x, **spec.call_kwargs)
-        if spec.weights:
-            layer.set_weights(list(spec.weights))
-    return tf.keras.Model(inputs, x, name="twin")
+        initializers = {
+            key: tf.keras.initializers.Constant(array) for key, array in spec.initial.items()
+        }
+        layer = spec.cls(**spec.config, **initializers, dtype=dtype)
+        args = [tensors[name] for name in spec.inputs]
+        result = layer(args if len(args) > 1 else args[0], **spec.call_kwargs)
+        tensors[spec.config["name"]] = result
+        if spec.config.get("groups", 1) > 1:
+            grouped.append((args[0], result))
+    model = tf.keras.Model(inputs, tensors[output], name="twin")
+    if not tf.executing_eagerly():
+        for x, y in grouped:
+            tf.gradients(y, x)
+        # Initialise the variables now (Keras does so when it gets its session): iNNvestigate's
+        # BatchNormalization mappings read them in sessions that do not initialise them.
+        tf.compat.v1.keras.backend.get_session()
+    return model
 
 
 def _layer_output(model: tf.keras.Model, name: str, x: np.ndarray) -> np.ndarray:
@@ -1071,10 +1474,12 @@ def _layer_output(model: tf.keras.Model, name: str, x: np.ndarray) -> np.ndarray
     return tf.keras.Model(model.inputs, model.get_layer(name).output).predict(x, verbose=0)
 
 
-def _keras_to_torch_layout(x: np.ndarray, perm: np.ndarray | None) -> np.ndarray:
-    """Bring a Keras activation into PyTorch's layout."""
-    if x.ndim > 2:
-        return to_channels_first(x)
+def _keras_to_torch_layout(
+    x: np.ndarray, layout: tuple[int, ...], perm: np.ndarray | None
+) -> np.ndarray:
+    """Bring a Keras activation (batch axis first) into PyTorch's layout."""
+    if len(layout) > 1:
+        return np.transpose(x, (0, *(1 + layout.index(axis) for axis in range(len(layout)))))
     if perm is None:
         return x
     out = np.empty_like(x)
@@ -1096,4 +1501,5 @@ def _checkpoint_error(
 ) -> float:
     """Relative error of a Keras activation against the PyTorch node it stands for."""
     expected = torch_acts[checkpoint.node].numpy()
-    return _relative_error(_keras_to_torch_layout(keras_act, checkpoint.perm), expected)
+    actual = _keras_to_torch_layout(keras_act, checkpoint.layout, checkpoint.perm)
+    return _relative_error(actual, expected)

@@ -36,8 +36,8 @@ def perturbed_twin(monkeypatch):
 
     def perturbed(*args, **kwargs):
         twin = convert(*args, **kwargs)
-        spec = next(s for s in twin._specs if s.weights)
-        spec.weights = (spec.weights[0] * 1.01, *spec.weights[1:])
+        spec = next(s for s in twin._specs if "kernel_initializer" in s.initial)
+        spec.initial = {**spec.initial, "kernel_initializer": spec.initial["kernel_initializer"] * 1.01}
         return twin
 
     monkeypatch.setattr(parity.twin, "to_keras", perturbed)
@@ -126,8 +126,8 @@ def test_functional_relu_model_passes(capsys):
     (["--model", "user_models:not_a_model", "--input-shape", "1,8,8"], "not a torch.nn.Module"),
     (["--model", "user_models:small_cnn", "--input-shape", "3,8,8"], "inputs of shape (4, 3, 8, 8)"),
     (["--model", "user_models:small_cnn", "--input-shape", "1,eight"], "--input-shape takes positive"),
-    (["--model", "user_models:gelu_mlp", "--input-shape", "1,8,8", "--methods", "gradient"],
-     "unsupported layer for the Keras twin: GELU"),
+    (["--model", "user_models:hardswish_mlp", "--input-shape", "1,8,8", "--methods", "gradient"],
+     "unsupported layer for the Keras twin: Hardswish"),
     (["--model", "user_models:small_cnn", "--inputs", "missing.npy"], "no such file: missing.npy"),
     (["--model", "user_models:small_cnn", "--input-shape", "1,8,8", "--methods", "lrp_epsilom_0_1"],
      "unknown method 'lrp_epsilom_0_1'"),

@@ -18,15 +18,16 @@ def small_cnn() -> nn.Sequential:
                          nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
 
 
-def gelu_mlp() -> nn.Sequential:
-    """A dense model with a GELU, which the Keras twin cannot reproduce."""
+def hardswish_mlp() -> nn.Sequential:
+    """A dense model with a Hardswish, which the Keras twin cannot reproduce (keras.applications
+    builds it from layers iNNvestigate rejects)."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.GELU(), nn.Linear(8, 3))
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Hardswish(), nn.Linear(8, 3))
 
 
 class FunctionalReLU(nn.Module):
-    """A dense model whose ReLU is ``F.relu`` in ``forward``: the Keras twin follows it, and
-    signxai explains it on the model's graph."""
+    """A dense model whose ReLU is ``F.relu`` in ``forward``: a node of the model graph that LRP,
+    the gradient family and the Keras twin all read."""
 
     def __init__(self) -> None:
         super().__init__()
