@@ -159,7 +159,8 @@ class ConvBNReLU(nn.Module):
 
 
 class Reordered(nn.Module):
-    """``late`` is registered before ``early`` but runs after it; a functional ReLU follows it."""
+    """``late`` is registered before ``early`` but runs after it; a functional ReLU follows it
+    (Grad-CAM's features at ``late`` are that ReLU's output)."""
 
     def __init__(self):
         super().__init__()
@@ -337,8 +338,9 @@ def test_default_layer_is_the_last_conv_executed_not_registered():
     x = rng.normal(size=(2, 8, 8))
     w1, b1 = params(model.early)
     w2, b2 = params(model.late)
-    features = conv2d_np(relu(conv2d_np(x, w1, b1, padding=1)), w2, b2)
-    grads = model.head.weight.detach().numpy()[0].reshape(features.shape) * (features > 0)
+    # the functional ReLU after ``late`` counts as its activation (the Keras twin fuses it)
+    features = relu(conv2d_np(relu(conv2d_np(x, w1, b1, padding=1)), w2, b2))
+    grads = model.head.weight.detach().numpy()[0].reshape(features.shape)
     out = run("grad_cam", model, x, neuron_selection=0)
     np.testing.assert_allclose(out, reference_cam(features, grads, x.shape), **TOL)
     np.testing.assert_allclose(run("grad_cam", model, x, layer_name="late", neuron_selection=0), out, **TOL)
@@ -528,3 +530,34 @@ def test_trained_fixtures(fixture, name):
     assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
     np.testing.assert_allclose(maps[2], run(name, model, x[2]), rtol=1e-5, atol=1e-6)
     assert hooks_left(model) == []
+
+
+class ConvThenActivation(nn.Module):
+    """conv -> ReLU (module or functional) -> head: Grad-CAM's features are the ReLU's output in
+    both spellings, as the Keras twin's conv with its fused activation gives them."""
+
+    def __init__(self, functional: bool):
+        super().__init__()
+        torch.manual_seed(3)
+        self.functional = functional
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(3 * 5 * 5, 2)
+
+    def forward(self, x):
+        features = self.conv(x)
+        features = torch.relu(features) if self.functional else self.act(features)
+        return self.head(features.flatten(1))
+
+
+def test_functional_activation_after_the_conv_counts_as_its_activation():
+    rng = seeded(11)
+    x = rng.normal(size=(2, 5, 5))
+    module, functional = (ConvThenActivation(f).double().eval() for f in (False, True))
+    w, b = params(module.conv)
+    features = relu(conv2d_np(x, w, b, padding=1))
+    grads = module.head.weight.detach().numpy()[0].reshape(features.shape)
+    expected = reference_cam(features, grads, x.shape)
+    np.testing.assert_allclose(run("grad_cam", module, x, neuron_selection=0), expected, **TOL)
+    np.testing.assert_allclose(run("grad_cam", functional, x, neuron_selection=0), expected, **TOL)
+    assert hooks_left(functional) == []

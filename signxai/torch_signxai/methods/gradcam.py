@@ -7,10 +7,12 @@ centres (linear in 1-D, bilinear in 2-D) and broadcast over the input's channels
 
 The layer is a module path of the model (``spec['layer_name']``, e.g. ``'features.28'``), or, when
 None, the last convolution executed in the forward pass. When a convolution's output goes directly
-into an elementwise activation module (the next module executed, consuming that tensor), ``A`` is
-the activation's output, as a Keras convolution with a built-in activation gives it (a functional
-activation does not count). What is a convolution and what an activation module comes from the
-kinds table of :mod:`.graph`.
+into an elementwise activation (the next module executed, consuming that tensor), ``A`` is the
+activation's output, as a Keras convolution with a built-in activation gives it. A functional
+activation (``F.relu``, ``torch.relu``) counts as a module would: where the model computes one,
+Grad-CAM runs on the model's graph with every functional activation a module of its own
+(:mod:`.modular`), and refuses a model fx cannot trace. What is a convolution and what an
+activation comes from the kinds table of :mod:`.graph`.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .gradient import guard_activations, with_activation_modules
 from .gradient import guided_backprop as _guided_backprop
 from .grammar import MethodSpec
 from .graph import kind_of_module
@@ -73,11 +76,13 @@ class _FeatureRecorder:
     Hooks sit on every leaf module (and on the selected module), so they fire in execution order.
     The selected module's output is kept (its last call, if it runs more than once); for a
     convolution, the output of the next leaf module replaces it when that module is an elementwise
-    activation taking the convolution's output as its input.
+    activation taking the convolution's output, unmodified, as its input.
 
     Parameters
     ----------
     model : torch.nn.Module
+        The caller's model, in which ``layer_name`` is looked up (the module that runs may be its
+        graph with added activation modules, sharing its submodules).
     layer_name : str or None
         Module path of the layer; None selects the last convolution executed.
     """
@@ -86,6 +91,7 @@ class _FeatureRecorder:
         self._layer = _lookup(model, layer_name)
         self._names = {module: name for name, module in model.named_modules()}
         self._pending: torch.Tensor | None = None
+        self._direct = False
         self._features: Any = None
         self._version = 0
         self.name: str | None = layer_name
@@ -99,6 +105,7 @@ class _FeatureRecorder:
         handles = []
         try:
             for module in modules:
+                handles.append(module.register_forward_pre_hook(self._before))
                 handles.append(module.register_forward_hook(self._record))
             yield
         finally:
@@ -111,17 +118,22 @@ class _FeatureRecorder:
             return _is_conv(module)
         return module is self._layer
 
+    def _before(self, module: nn.Module, inputs: tuple) -> None:
+        """Forward pre-hook: whether ``module`` takes the pending conv output, unmodified since."""
+        pending = self._pending
+        self._direct = bool(pending is not None and inputs and inputs[0] is pending
+                            and pending._version == self._version)
+
     def _record(self, module: nn.Module, inputs: tuple, output: Any) -> None:
         """Forward hook: keep the selected layer's output, or the activation directly after it."""
-        pending, self._pending = self._pending, None
-        if (pending is not None and _is_activation(module) and inputs
-                and inputs[0] is pending):
+        direct, self._pending, self._direct = self._direct, None, False
+        if direct and _is_activation(module):
             self._keep(output)
         if self._selects(module):
             self._keep(output)
             if self._layer is None:
                 self.name = self._names.get(module)
-            self._pending = output if _is_conv(module) else None
+            self._pending = output if _is_conv(module) and isinstance(output, torch.Tensor) else None
 
     def _keep(self, output: Any) -> None:
         """Keep ``output`` as the features, with its in-place version counter."""
@@ -174,10 +186,9 @@ def _check_features(name: str | None, features: torch.Tensor, x: torch.Tensor,
                          f"{tuple(x.shape)}")
 
 
-def _features_and_gradients(model: nn.Module, x: torch.Tensor, target: Any,
-                            spec: MethodSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward and one backward pass: the features ``A`` and ``d y_t / d A``."""
-    recorder = _FeatureRecorder(model, spec["layer_name"])
+def _features_and_gradients(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec,
+                            recorder: _FeatureRecorder) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward and one backward pass of ``model``: the features ``A`` and ``d y_t / d A``."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         with recorder.attached(model):
@@ -233,9 +244,15 @@ def grad_cam(model, x, target, spec: MethodSpec) -> torch.Tensor:
     ValueError
         For an input without spatial axes, an unknown or unexecuted layer, features that are not
         conv features of the input's spatial rank, or a 2-D layer under grad_cam_timeseries.
+    UnsupportedLayerError
+        For a model that computes an activation outside a module and that fx cannot trace.
     """
     _check_input(x)
-    features, grads = _features_and_gradients(model, x, target, spec)
+
+    def run(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        with guard_activations(module, "grad_cam"):
+            return _features_and_gradients(module, x, target, spec, _FeatureRecorder(model, spec["layer_name"]))
+    features, grads = with_activation_modules(run, model)
     return _resize(_normalise(_class_map(features, grads)), x)
 
 
