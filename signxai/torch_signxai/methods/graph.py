@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import builtins
 import operator
+import threading
 import weakref
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -550,15 +551,18 @@ def _signature(model: nn.Module) -> tuple:
 
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_CACHE_LOCK = threading.Lock()
 
 
 def model_graph(model: nn.Module) -> Optional[ModelGraph]:
     """The :class:`ModelGraph` of ``model``, or None when fx cannot trace it (see the module
     docstring); cached per model until its module tree changes."""
     signature = _signature(model)
-    cached = _CACHE.get(model)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(model)
     if cached is not None and cached[0] == signature:
         return cached[1]
     graph = _build(model)
-    _CACHE[model] = (signature, graph)
+    with _CACHE_LOCK:
+        _CACHE[model] = (signature, graph)
     return graph

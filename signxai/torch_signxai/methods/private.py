@@ -1,0 +1,165 @@
+"""Private views of a model: what every explanation runs on, so that the caller's model is never
+touched, not even while an explanation runs.
+
+A view is a copy of the model's module tree in which every module is a shallow copy of the
+caller's (same class, same ``forward``, same attributes) with dictionaries of its own: its
+parameters and buffers are new tensors aliasing the caller's storage (no ``requires_grad``, not
+the caller's ``Parameter`` objects), its submodules (and modules it holds as plain attributes) are views, its hook dictionaries are copies
+(the caller's own hooks still run; hooks put on the view stay on the view) and it is in eval mode.
+Methods attach their rules, hooks and pooling kernels to the view; the caller's modules, flags
+and ``forward`` stay as they are, and so does every other thread's view.
+
+Views are built once per model and kept in a pool keyed weakly on the model
+(:func:`private_view` leases one to one explanation at a time and takes it back afterwards), so
+that what is prepared on a view (its fx graph, its modular form) is prepared once. Updates of
+the caller's weights made in place (an optimiser step, ``load_state_dict``) reach a view through
+the shared storage; a replaced parameter, buffer, submodule, hook or other attribute changes the
+model's :func:`signature` and the pool is rebuilt.
+
+Scripted modules (``torch.jit``) cannot be copied: a scripted model runs as it is, and must be in
+eval mode.
+"""
+from __future__ import annotations
+
+import copy
+import threading
+import weakref
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["private_view", "signature", "build_view"]
+
+#: per-module dictionaries whose entries are a module's hooks (copied into a view)
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _tensor_key(name: str, tensor) -> tuple:
+    if tensor is None:
+        return name, None
+    return name, id(tensor), tensor.data_ptr(), tensor.shape, tensor.dtype
+
+
+def signature(model: nn.Module) -> tuple:
+    """What a view of ``model`` copies and does not alias: every module object and path, its
+    parameter and buffer tensors (object, storage address, shape, dtype), its hooks and its other
+    attributes (by object identity), but not its training flag."""
+    parts = []
+    for name, module in model.named_modules():
+        state = vars(module)
+        parts.append((
+            name, id(module),
+            tuple(_tensor_key(key, t) for key, t in state["_parameters"].items()),
+            tuple(_tensor_key(key, t) for key, t in state["_buffers"].items()),
+            tuple(tuple(state[key]) for key in _HOOK_DICTS if key in state),
+            tuple((key, id(value)) for key, value in state.items()
+                  if key != "training" and not isinstance(value, (dict, set))),
+        ))
+    return tuple(parts)
+
+
+def _alias(tensor, memo: dict):
+    """A tensor sharing ``tensor``'s storage and version counter, without autograd history or
+    flags; a ``Parameter`` stays a ``Parameter`` (with ``requires_grad=False``)."""
+    if tensor is None:
+        return None
+    found = memo.get(id(tensor))
+    if found is None:
+        found = tensor.detach()
+        if isinstance(tensor, nn.Parameter):
+            found = nn.Parameter(found, requires_grad=False)
+        memo[id(tensor)] = found
+    return found
+
+
+def _view_of(module: nn.Module, memo: dict) -> nn.Module:
+    found = memo.get(id(module))
+    if found is not None:
+        return found
+    view = copy.copy(module)
+    memo[id(module)] = view
+    state = vars(view)
+    for key, value in list(state.items()):
+        if isinstance(value, (dict, set)):
+            state[key] = copy.copy(value)
+        elif isinstance(value, nn.Module):  # a module held outside _modules (a wrapper's model)
+            state[key] = _view_of(value, memo)
+    for key, tensor in state["_parameters"].items():
+        state["_parameters"][key] = _alias(tensor, memo)
+    for key, tensor in state["_buffers"].items():
+        state["_buffers"][key] = _alias(tensor, memo)
+    for key, child in state["_modules"].items():
+        state["_modules"][key] = None if child is None else _view_of(child, memo)
+    view.training = False
+    return view
+
+
+def _scripted(model: nn.Module) -> bool:
+    return any(isinstance(module, torch.jit.ScriptModule) for module in model.modules())
+
+
+def build_view(model: nn.Module) -> nn.Module:
+    """A new private view of ``model`` (see the module docstring)."""
+    return _view_of(model, {})
+
+
+class _Pool:
+    """The free views of one model, all built for one :func:`signature`."""
+
+    __slots__ = ("lock", "signature", "free")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.signature: tuple = ()
+        self.free: list = []
+
+
+_POOLS: "weakref.WeakKeyDictionary[nn.Module, _Pool]" = weakref.WeakKeyDictionary()
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(model: nn.Module) -> _Pool:
+    pool = _POOLS.get(model)
+    if pool is None:
+        with _POOLS_LOCK:
+            pool = _POOLS.get(model)
+            if pool is None:
+                pool = _POOLS[model] = _Pool()
+    return pool
+
+
+@contextmanager
+def private_view(model: nn.Module) -> Iterator[nn.Module]:
+    """Lease a private view of ``model`` for the block (one explanation): no other call uses it
+    meanwhile; afterwards it goes back to the model's pool, unless the model changed since.
+
+    Raises
+    ------
+    TypeError
+        For a model that is no ``nn.Module``.
+    ValueError
+        For a scripted model in train mode (it cannot be copied, and explaining it in train mode
+        would take dropout and batch statistics into the map).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if _scripted(model):
+        if any(module.training for module in model.modules()):
+            raise ValueError("a scripted (torch.jit) model cannot be copied into a private eval-mode view; "
+                             "call model.eval() before explaining it")
+        yield model
+        return
+    pool = _pool(model)
+    current = signature(model)
+    with pool.lock:
+        if pool.signature != current:
+            pool.signature, pool.free = current, []
+        view = pool.free.pop() if pool.free else None
+    if view is None:
+        view = build_view(model)
+    yield view  # a call that raised may have left state on its view: that view is dropped
+    with pool.lock:
+        if pool.signature == current:
+            pool.free.append(view)
