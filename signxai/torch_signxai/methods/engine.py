@@ -3,7 +3,7 @@
 Every public entry point (both APIs and the analyzer classes) ends here: :func:`explain` converts
 the input (:mod:`.io`), runs on a private eval-mode view of the model that shares its weights
 (:mod:`.private`: the caller's model is never touched, so calls may run from many threads at
-once), runs large max pooling through the faster kernel (:mod:`.pooling`), dispatches to the family's
+once; its large max pooling runs through the faster kernel, :mod:`.pooling`), dispatches to the family's
 implementation, applies the post-multipliers and returns numpy. Families that attach rules to
 modules read the model's graph (:mod:`.graph`, :mod:`.modular`) where fx can trace it.
 """
@@ -21,7 +21,6 @@ from . import gradient as _gradient
 from .grammar import MethodSpec, parse
 from .lrp.family import lrp as _lrp
 from .io import to_batch
-from .pooling import channels_last_max_pool
 from .private import private_view
 from .signed import apply_post
 
@@ -75,7 +74,7 @@ def explain(spec: MethodSpec | str, model: nn.Module, x: Any, target: Any = None
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     batch = to_batch(x, model, single=single)
     family = _FAMILIES[spec.family]
-    with private_view(model) as view, channels_last_max_pool(view):
+    with private_view(model) as view:
         try:
             try:
                 relevance = family(view, batch.tensor, target, spec)

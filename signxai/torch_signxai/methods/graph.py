@@ -70,6 +70,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils import NoSoftmaxWrapper
+from .private import is_view
 
 __all__ = ["UnsupportedLayerError", "Add", "Mean", "Kind", "Activation", "Node", "ModelGraph", "model_graph", "activation_of_module",
            "kind_of_module", "KIND_NAMES", "KERNEL_KINDS", "ACTIVATIONS", "MODULE_KINDS",
@@ -557,9 +558,11 @@ _CACHE_LOCK = threading.Lock()
 def model_graph(model: nn.Module) -> Optional[ModelGraph]:
     """The :class:`ModelGraph` of ``model``, or None when fx cannot trace it (see the module
     docstring); cached per model until its module tree changes."""
-    signature = _signature(model)
     with _CACHE_LOCK:
         cached = _CACHE.get(model)
+    if cached is not None and is_view(model):
+        return cached[1]  # a private view's module tree never changes
+    signature = _signature(model)
     if cached is not None and cached[0] == signature:
         return cached[1]
     graph = _build(model)

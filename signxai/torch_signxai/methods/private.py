@@ -30,7 +30,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["private_view", "signature", "build_view"]
+from .pooling import install_channels_last_max_pool
+
+__all__ = ["private_view", "signature", "build_view", "is_view"]
 
 #: per-module dictionaries whose entries are a module's hooks (copied into a view)
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
@@ -100,19 +102,33 @@ def _scripted(model: nn.Module) -> bool:
     return any(isinstance(module, torch.jit.ScriptModule) for module in model.modules())
 
 
+#: every view built (weakly): private module trees that never change once built
+_VIEWS: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
 def build_view(model: nn.Module) -> nn.Module:
-    """A new private view of ``model`` (see the module docstring)."""
-    return _view_of(model, {})
+    """A new private view of ``model`` (see the module docstring); its large 2-D max pooling runs
+    through the channels-last kernel (:func:`.pooling.install_channels_last_max_pool`)."""
+    view = _view_of(model, {})
+    install_channels_last_max_pool(view)
+    _VIEWS.add(view)
+    return view
+
+
+def is_view(module: nn.Module) -> bool:
+    """Whether ``module`` is the root of a view from :func:`build_view` (its tree never changes)."""
+    return module in _VIEWS
 
 
 class _Pool:
     """The free views of one model, all built for one :func:`signature`."""
 
-    __slots__ = ("lock", "signature", "free")
+    __slots__ = ("lock", "signature", "scripted", "free")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.signature: tuple = ()
+        self.scripted = False
         self.free: list = []
 
 
@@ -145,18 +161,19 @@ def private_view(model: nn.Module) -> Iterator[nn.Module]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if _scripted(model):
+    pool = _pool(model)
+    current = signature(model)
+    with pool.lock:
+        if pool.signature != current:
+            pool.signature, pool.scripted, pool.free = current, _scripted(model), []
+        scripted = pool.scripted
+        view = None if scripted or not pool.free else pool.free.pop()
+    if scripted:
         if any(module.training for module in model.modules()):
             raise ValueError("a scripted (torch.jit) model cannot be copied into a private eval-mode view; "
                              "call model.eval() before explaining it")
         yield model
         return
-    pool = _pool(model)
-    current = signature(model)
-    with pool.lock:
-        if pool.signature != current:
-            pool.signature, pool.free = current, []
-        view = pool.free.pop() if pool.free else None
     if view is None:
         view = build_view(model)
     yield view  # a call that raised may have left state on its view: that view is dropped
