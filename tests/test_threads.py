@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import gc
 import random
+import sys
 import threading
 import weakref
 
@@ -21,6 +22,7 @@ from torch import nn
 
 from signxai.torch_signxai import calculate_relevancemap as native_map
 from signxai.torch_signxai.methods import private
+from signxai.torch_signxai.methods.graph import model_graph
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemap as tf_map
 
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
@@ -39,6 +41,15 @@ CALLS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def frequent_thread_switches():
+    """Switch threads every 10 us instead of every 5 ms, so that races show up in short tests."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    yield
+    sys.setswitchinterval(interval)
+
+
 class SmallCNN(nn.Module):
     """Conv-BN-ReLU-pool, conv-ReLU, dropout and dense head; input (3, 12, 12), 4 classes. BatchNorm
     and dropout make train mode visible in every map."""
@@ -55,6 +66,16 @@ class SmallCNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
+
+
+class Branching(SmallCNN):
+    """The small CNN with data-dependent control flow: fx cannot trace it, LRP runs it as a chain."""
+
+    def forward(self, x):
+        features = self.features(x)
+        if x.size(-1) < 12:
+            raise ValueError("input too small")
+        return self.head(features)
 
 
 def inputs(count: int) -> list[np.ndarray]:
@@ -89,8 +110,9 @@ def same_state(a: dict, b: dict) -> bool:
         for n in a["tensors"])
 
 
-def test_four_threads_get_the_maps_of_calls_made_alone():
-    model = SmallCNN().train()
+@pytest.mark.parametrize("build", [SmallCNN, Branching])
+def test_four_threads_get_the_maps_of_calls_made_alone(build):
+    model = build().train()
     model.features[0].weight.requires_grad_(False)  # a mixed set of flags, to be kept
     xs = inputs(3)
     jobs = [(api, i, method, params) for api in ("tf", "native") for i in range(len(xs))
@@ -157,14 +179,14 @@ def test_the_views_see_weight_updates_and_a_swapped_submodule(method):
     model = SmallCNN().eval()
     x = inputs(1)[0]
     first = method(model, x)
-    (view,) = private._POOLS[model].free
+    (view,) = [v for views in private._POOLS[model].free.values() for v in views]
     # in place (an optimiser step): the same view, the new weights
     with torch.no_grad():
         model.features[4].weight.mul_(-1.5)
     updated = method(model, x)
     assert not np.array_equal(updated, first)
     assert np.array_equal(updated, method(copy.deepcopy(model), x))
-    assert private._POOLS[model].free == [view]
+    assert [v for views in private._POOLS[model].free.values() for v in views] == [view]
     # load_state_dict copies into the same tensors
     other = SmallCNN().eval()
     with torch.no_grad():
@@ -186,12 +208,15 @@ def test_the_views_see_weight_updates_and_a_swapped_submodule(method):
     assert not np.array_equal(swapped, first)
 
 
-def test_a_deleted_model_is_freed():
-    model = SmallCNN()
+@pytest.mark.parametrize("build", [SmallCNN, Branching])
+def test_a_deleted_model_is_freed(build):
+    model = build()
     x = inputs(1)[0]
     for method, params in CALLS:
         native_map(model, x, method=method, **params)
     assert model in private._POOLS
+    if build is Branching:
+        assert model_graph(model) is None  # the chain path is what this case covers
     ref = weakref.ref(model)
     del model
     gc.collect()
@@ -207,3 +232,35 @@ def test_the_view_shares_storage_but_not_parameters_or_flags():
         assert param.requires_grad and not alias.requires_grad
     assert all(not m.training for m in view.modules()) and all(m.training for m in model.modules())
     assert all(a is not b for a, b in zip(model.modules(), view.modules()))
+
+
+def test_tracing_a_model_leaves_other_threads_forward_passes_alone():
+    """fx tracing patches ``nn.Module.__call__`` for the whole process while it runs; models
+    explained meanwhile in other threads must run as they are."""
+    model = SmallCNN().eval()
+    x = inputs(1)[0]
+    expected = {method: native_map(model, x, method=method) for method in ("gradient", "lrp_epsilon_0_1")}
+    done = threading.Event()
+    errors, wrong = [], []
+
+    def worker() -> None:
+        try:
+            while not done.is_set():
+                for method, value in expected.items():
+                    if not np.array_equal(native_map(model, x, method=method), value):
+                        wrong.append(method)
+        except Exception as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        graphs = [model_graph(SmallCNN()) for _ in range(30)]  # a new model each time: a new trace
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
+    assert all(graph is not None for graph in graphs)
+    assert not errors, errors[:3]
+    assert not wrong

@@ -19,7 +19,7 @@ from torch import nn
 from . import gradcam as _gradcam
 from . import gradient as _gradient
 from .grammar import MethodSpec, parse
-from .lrp.family import lrp as _lrp
+from .lrp.family import lrp as _lrp, view_key as _lrp_view_key
 from .io import to_batch
 from .private import private_view
 from .signed import apply_post
@@ -74,7 +74,8 @@ def explain(spec: MethodSpec | str, model: nn.Module, x: Any, target: Any = None
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     batch = to_batch(x, model, single=single)
     family = _FAMILIES[spec.family]
-    with private_view(model) as view:
+    key = _lrp_view_key(spec) if spec.family == "lrp" else None
+    with private_view(model, key) as view:
         try:
             try:
                 relevance = family(view, batch.tensor, target, spec)

@@ -461,13 +461,43 @@ def _strip_softmax(traced: fx.Graph, modules: Mapping[str, nn.Module]) -> None:
             traced.erase_node(last)
 
 
+_TRACE_LOCK = threading.Lock()
+
+
+class _Tracer(fx.Tracer):
+    """fx's tracer, safe while other threads run models: tracing patches ``nn.Module.__call__`` and
+    ``__getattr__`` for the whole process, and those patches send every module call to the tracer;
+    here calls from other threads run the module as it is (the patches are then transparent to
+    them). Traces run one at a time (one trace's patches would capture another's calls)."""
+
+    _thread: Optional[int] = None
+
+    def trace(self, root, concrete_args=None):
+        with _TRACE_LOCK:
+            self._thread = threading.get_ident()
+            try:
+                return super().trace(root, concrete_args)
+            finally:
+                self._thread = None
+
+    def call_module(self, m, forward, args, kwargs):
+        if threading.get_ident() != self._thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if threading.get_ident() != self._thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+
 def _build(model: nn.Module) -> Optional[ModelGraph]:
     root = model.wrapped if isinstance(model, NoSoftmaxWrapper) else model
     if next(root.children(), None) is None:
         return None  # a single layer: fx would trace its functional body
     modules = dict(root.named_modules())
     try:
-        traced = fx.Tracer().trace(root)
+        traced = _Tracer().trace(root)
         if root is not model:
             _strip_softmax(traced, modules)
         module = fx.GraphModule(root, traced, class_name=type(root).__name__)

@@ -25,14 +25,16 @@ import copy
 import threading
 import weakref
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Hashable, Iterator, TypeVar
 
 import torch
 from torch import nn
 
 from .pooling import install_channels_last_max_pool
 
-__all__ = ["private_view", "signature", "build_view", "is_view"]
+T = TypeVar("T")
+
+__all__ = ["private_view", "prepared", "signature", "build_view", "is_view"]
 
 #: per-module dictionaries whose entries are a module's hooks (copied into a view)
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
@@ -129,7 +131,8 @@ class _Pool:
         self.lock = threading.Lock()
         self.signature: tuple = ()
         self.scripted = False
-        self.free: list = []
+        #: key -> views leased under it before
+        self.free: dict = {}
 
 
 _POOLS: "weakref.WeakKeyDictionary[nn.Module, _Pool]" = weakref.WeakKeyDictionary()
@@ -146,10 +149,36 @@ def _pool(model: nn.Module) -> _Pool:
     return pool
 
 
+#: the view's own attribute holding (key, what was prepared on it): kept with the view, so that it
+#: goes when the view goes (it refers to the view's modules)
+_PREPARED = "_private_view_prepared"
+
+
+def prepared(view: nn.Module, key: Hashable, build: Callable[[], T]) -> T:
+    """What ``build()`` prepares on ``view`` for ``key`` (e.g. a composite registered on it), built
+    on the view's first use and kept with it; the view must have been leased under ``key``.
+
+    Raises
+    ------
+    RuntimeError
+        When ``view`` was prepared for another key (its preparations would interfere).
+    """
+    state = vars(view)
+    found = state.get(_PREPARED)
+    if found is None:
+        found = state[_PREPARED] = key, build()
+    elif found[0] != key:
+        raise RuntimeError("a private view is prepared for one method only; lease it under that method's key")
+    return found[1]
+
+
 @contextmanager
-def private_view(model: nn.Module) -> Iterator[nn.Module]:
+def private_view(model: nn.Module, key: Hashable = None) -> Iterator[nn.Module]:
     """Lease a private view of ``model`` for the block (one explanation): no other call uses it
     meanwhile; afterwards it goes back to the model's pool, unless the model changed since.
+
+    Views leased under a ``key`` only ever serve that key again, so that what a method
+    :func:`prepared` on one (a registered composite) stays valid and meets no other method's.
 
     Raises
     ------
@@ -165,9 +194,10 @@ def private_view(model: nn.Module) -> Iterator[nn.Module]:
     current = signature(model)
     with pool.lock:
         if pool.signature != current:
-            pool.signature, pool.scripted, pool.free = current, _scripted(model), []
+            pool.signature, pool.scripted, pool.free = current, _scripted(model), {}
         scripted = pool.scripted
-        view = None if scripted or not pool.free else pool.free.pop()
+        free = pool.free.setdefault(key, [])
+        view = None if scripted or not free else free.pop()
     if scripted:
         if any(module.training for module in model.modules()):
             raise ValueError("a scripted (torch.jit) model cannot be copied into a private eval-mode view; "
@@ -179,4 +209,4 @@ def private_view(model: nn.Module) -> Iterator[nn.Module]:
     yield view  # a call that raised may have left state on its view: that view is dropped
     with pool.lock:
         if pool.signature == current:
-            pool.free.append(view)
+            pool.free.setdefault(key, []).append(view)
