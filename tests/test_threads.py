@@ -187,6 +187,11 @@ def test_the_views_see_weight_updates_and_a_swapped_submodule(method):
     assert not np.array_equal(updated, first)
     assert np.array_equal(updated, method(copy.deepcopy(model), x))
     assert [v for views in private._POOLS[model].free.values() for v in views] == [view]
+    # the caller toggling train/eval changes nothing a view copies: the same view again
+    model.train()
+    assert np.array_equal(method(model, x), updated)
+    model.eval()
+    assert [v for views in private._POOLS[model].free.values() for v in views] == [view]
     # load_state_dict copies into the same tensors
     other = SmallCNN().eval()
     with torch.no_grad():
@@ -206,6 +211,11 @@ def test_the_views_see_weight_updates_and_a_swapped_submodule(method):
     swapped = method(model, x)
     assert np.array_equal(swapped, method(copy.deepcopy(model), x))
     assert not np.array_equal(swapped, first)
+    # an attribute changed in place (BatchNorm's eps): seen
+    model.features[1].eps = 0.5
+    changed = method(model, x)
+    assert np.array_equal(changed, method(copy.deepcopy(model), x))
+    assert not np.array_equal(changed, swapped)
 
 
 @pytest.mark.parametrize("build", [SmallCNN, Branching])

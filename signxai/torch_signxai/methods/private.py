@@ -40,27 +40,33 @@ __all__ = ["private_view", "prepared", "signature", "build_view", "is_view"]
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
-def _tensor_key(name: str, tensor) -> tuple:
-    if tensor is None:
-        return name, None
-    return name, id(tensor), tensor.data_ptr(), tensor.shape, tensor.dtype
+def _pointers(tensors) -> tuple:
+    return tuple([tensor.data_ptr() for tensor in tensors.values() if tensor is not None])
 
 
 def signature(model: nn.Module) -> tuple:
-    """What a view of ``model`` copies and does not alias: every module object and path, its
-    parameter and buffer tensors (object, storage address, shape, dtype), its hooks and its other
-    attributes (by object identity), but not its training flag."""
+    """What a view of ``model`` copies and does not alias, for every module of the tree: the
+    module object, its attribute names and values (by object identity: submodules, parameter and
+    buffer tensors, hook dictionaries, numbers, ...) but not its training flag, the storage of its
+    parameters and buffers (``param.data = ...`` keeps the object), and its hooks."""
     parts = []
-    for name, module in model.named_modules():
+    stack, seen = [model], set()
+    while stack:
+        module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
         state = vars(module)
-        parts.append((
-            name, id(module),
-            tuple(_tensor_key(key, t) for key, t in state["_parameters"].items()),
-            tuple(_tensor_key(key, t) for key, t in state["_buffers"].items()),
-            tuple(tuple(state[key]) for key in _HOOK_DICTS if key in state),
-            tuple((key, id(value)) for key, value in state.items()
-                  if key != "training" and not isinstance(value, (dict, set))),
-        ))
+        keys = tuple(state)
+        ids = list(map(id, state.values()))
+        if "training" in state:
+            ids[keys.index("training")] = 0
+        children, params, buffers = state["_modules"], state["_parameters"], state["_buffers"]
+        parts.append((id(module), keys, tuple(ids), tuple(children), tuple(map(id, children.values())),
+                      tuple(params), tuple(map(id, params.values())), _pointers(params),
+                      tuple(buffers), tuple(map(id, buffers.values())), _pointers(buffers),
+                      *(tuple(state.get(key, ())) for key in _HOOK_DICTS)))
+        stack.extend(child for child in children.values() if child is not None)
     return tuple(parts)
 
 
