@@ -4,7 +4,8 @@ Every map computed while three other threads explain with the same model must be
 of the same call made alone; the model must stay exactly as it was (hooks, flags, ``forward``,
 parameters and buffers), also as seen from another thread while the calls run. The view pool must
 see weight updates (in place, ``load_state_dict``, replaced tensors), a swapped submodule, and must
-not keep a deleted model alive.
+not keep a deleted model alive. Several models explained at once each give their own maps, and
+tracing a model (fx patches ``nn.Module`` for the whole process) leaves other threads alone.
 """
 from __future__ import annotations
 
@@ -274,3 +275,32 @@ def test_tracing_a_model_leaves_other_threads_forward_passes_alone():
     assert all(graph is not None for graph in graphs)
     assert not errors, errors[:3]
     assert not wrong
+
+
+def test_several_models_explained_at_once_each_give_their_own_maps():
+    models = [SmallCNN().eval(), Branching().eval()]
+    with torch.no_grad():
+        models[1].features[0].weight.mul_(-1.0)  # different weights, same paths
+    xs = inputs(2)
+    jobs = [(m, i, method) for m in range(2) for i in range(2) for method in ("lrp_epsilon_0_1", "gradient")]
+    alone = {job: native_map(models[job[0]], xs[job[1]], method=job[2]) for job in jobs}
+    assert not np.array_equal(alone[0, 0, "gradient"], alone[1, 0, "gradient"])
+    results, errors = [], []
+
+    def worker(part: list) -> None:
+        try:
+            for job in part:
+                results.append((job, native_map(models[job[0]], xs[job[1]], method=job[2])))
+        except Exception as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    work = jobs * 6
+    random.Random(1).shuffle(work)
+    threads = [threading.Thread(target=worker, args=(work[k::4],)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[:3]
+    assert len(results) == len(work)
+    assert all(np.array_equal(result, alone[job]) for job, result in results)

@@ -13,7 +13,9 @@ Interface
 ---------
 :func:`model_graph` ``(model) -> ModelGraph | None``
     The model's graph, cached per model (weakly) and rebuilt when its module tree (module objects,
-    their names, types or training flags) changes; None when fx cannot trace the model (data-dependent
+    their names, types or training flags) changes (a private view's, see :mod:`.private`, is kept
+    for the view's life: its tree never changes); traced one model at a time, with other threads'
+    forward passes left alone while fx patches ``nn.Module``; None when fx cannot trace the model (data-dependent
     control flow, a model that is a single leaf layer, ...): such models run as plain chains in
     execution order, as before. The graph of a :class:`~..utils.NoSoftmaxWrapper` is the wrapped
     model's without its trailing softmax.
