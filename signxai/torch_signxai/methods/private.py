@@ -4,14 +4,18 @@ touched, not even while an explanation runs.
 A view is a copy of the model's module tree in which every module is a shallow copy of the
 caller's (same class, same ``forward``, same attributes) with dictionaries of its own: its
 parameters and buffers are new tensors aliasing the caller's storage (no ``requires_grad``, not
-the caller's ``Parameter`` objects), its submodules (and modules it holds as plain attributes) are views, its hook dictionaries are copies
-(the caller's own hooks still run; hooks put on the view stay on the view) and it is in eval mode.
-Methods attach their rules, hooks and pooling kernels to the view; the caller's modules, flags
-and ``forward`` stay as they are, and so does every other thread's view.
+the caller's ``Parameter`` objects), its submodules (and modules it holds as plain attributes,
+such as a wrapper's model) are views, its hook dictionaries are copies (the caller's own hooks
+still run; hooks put on the view stay on the view) and it is in eval mode. Methods attach their
+rules, hooks and pooling kernels to the view; the caller's modules, flags and ``forward`` stay as
+they are, and so does every other thread's view. (Modules a model keeps in plain lists or other
+containers, unregistered, are not copied: they run as the caller's, as no method sees them.)
 
 Views are built once per model and kept in a pool keyed weakly on the model
-(:func:`private_view` leases one to one explanation at a time and takes it back afterwards), so
-that what is prepared on a view (its fx graph, its modular form) is prepared once. Updates of
+(:func:`private_view` leases one to one explanation at a time and takes it back afterwards; a
+call that raised drops its view), so that what is prepared on a view (its fx graph, its modular
+form, an LRP method's registered composite: views leased under a key serve that key only) is
+prepared once. Updates of
 the caller's weights made in place (an optimiser step, ``load_state_dict``) reach a view through
 the shared storage; a replaced parameter, buffer, submodule, hook or other attribute changes the
 model's :func:`signature` and the pool is rebuilt.
