@@ -31,11 +31,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from signxai.torch_signxai.methods.engine import model_guard  # noqa: E402
 from signxai.torch_signxai.methods.gradient import attribute  # noqa: E402
 from signxai.torch_signxai.methods.grammar import parse  # noqa: E402
 from signxai.torch_signxai.methods.lrp.composite import LRPComposite  # noqa: E402
 from signxai.torch_signxai.methods.lrp.plan import plan_for  # noqa: E402
+from signxai.torch_signxai.methods.private import private_view  # noqa: E402
 from signxai.torch_signxai.methods.lrp.views import (  # noqa: E402
     batchnorm_view as _batchnorm_view, conv_adjoint as _conv_adjoint, kernel_view as _kernel_view,
     pool_view as _pool_view)
@@ -60,8 +60,8 @@ def _relative_error(got: np.ndarray, expected: np.ndarray) -> float:
 def _general(name: str, model: nn.Module, x: np.ndarray, targets) -> np.ndarray:
     """The same explanation with every rule recomputing its layer's output."""
     composite = LRPComposite(plan_for(parse(name)), "innvestigate", reuse_outputs=False)
-    with model_guard(model):
-        return attribute(model, torch.from_numpy(x), targets, from_logit=True, composite=composite).numpy()
+    with private_view(model) as view:
+        return attribute(view, torch.from_numpy(x), targets, from_logit=True, composite=composite).numpy()
 
 
 # ---------------------------------------------------------------------------------------------

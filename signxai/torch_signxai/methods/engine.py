@@ -1,16 +1,16 @@
 """The engine: runs a :class:`~.grammar.MethodSpec` on a model and an input.
 
 Every public entry point (both APIs and the analyzer classes) ends here: :func:`explain` converts
-the input (:mod:`.io`), leaves the model exactly as it found it (:func:`model_guard`), runs large
-max pooling through the faster kernel (:mod:`.pooling`), dispatches to the family's
+the input (:mod:`.io`), runs on a private eval-mode view of the model that shares its weights
+(:mod:`.private`: the caller's model is never touched, so calls may run from many threads at
+once; its large max pooling runs through the faster kernel, :mod:`.pooling`), dispatches to the family's
 implementation, applies the post-multipliers and returns numpy. Families that attach rules to
 modules read the model's graph (:mod:`.graph`, :mod:`.modular`) where fx can trace it.
 """
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -19,12 +19,12 @@ from torch import nn
 from . import gradcam as _gradcam
 from . import gradient as _gradient
 from .grammar import MethodSpec, parse
-from .lrp.family import lrp as _lrp
+from .lrp.family import lrp as _lrp, view_key as _lrp_view_key
 from .io import to_batch
-from .pooling import channels_last_max_pool
+from .private import private_view
 from .signed import apply_post
 
-__all__ = ["explain", "model_guard"]
+__all__ = ["explain"]
 
 #: words of torch's errors for inputs of the wrong size (wrong channels, features, lengths)
 _SHAPE_WORDS = re.compile(r"shape|size|channels|dimension", re.IGNORECASE)
@@ -44,28 +44,6 @@ _FAMILIES: dict[str, Family] = {
     "guided_grad_cam": _gradcam.guided_grad_cam,
     "lrp": _lrp,
 }
-
-
-@contextmanager
-def model_guard(model: nn.Module) -> Iterator[nn.Module]:
-    """Evaluate ``model`` in eval mode with frozen parameters, then restore every module's
-    training flag and every parameter's ``requires_grad`` exactly as they were (only those
-    that were changed are touched)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    training = [module for module in model.modules() if module.training]
-    trainable = [param for param in model.parameters() if param.requires_grad]
-    try:
-        if training:
-            model.eval()
-        for param in trainable:
-            param.requires_grad_(False)
-        yield model
-    finally:
-        for module in training:
-            module.training = True
-        for param in trainable:
-            param.requires_grad_(True)
 
 
 def explain(spec: MethodSpec | str, model: nn.Module, x: Any, target: Any = None, *,
@@ -96,17 +74,18 @@ def explain(spec: MethodSpec | str, model: nn.Module, x: Any, target: Any = None
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     batch = to_batch(x, model, single=single)
     family = _FAMILIES[spec.family]
-    with model_guard(model), channels_last_max_pool(model):
+    key = _lrp_view_key(spec) if spec.family == "lrp" else None
+    with private_view(model, key) as view:
         try:
             try:
-                relevance = family(model, batch.tensor, target, spec)
+                relevance = family(view, batch.tensor, target, spec)
             except RuntimeError as error:
                 if isinstance(error, NotImplementedError) or batch.tensor.is_contiguous():
                     raise
                 # a model that cannot run on a channels-last batch (e.g. ``.view()`` of its
                 # features): run it on the batch in the default layout
                 batch = batch.in_default_layout()
-                relevance = family(model, batch.tensor, target, spec)
+                relevance = family(view, batch.tensor, target, spec)
         except RuntimeError as error:
             if isinstance(error, NotImplementedError) or not _SHAPE_WORDS.search(str(error)):
                 raise

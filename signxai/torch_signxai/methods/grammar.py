@@ -23,6 +23,7 @@ import difflib
 import functools
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -197,15 +198,15 @@ def _vocabulary() -> tuple[str, ...]:
               for prefix in LRP_PREFIXES for rule in rule_examples]
     names = bases + [f"{n}{post}" for n in bases for post in ("_x_input", "_x_sign", "_x_input_x_sign")]
     names += list(_NAME_ALIASES)
-    global _BUILDING_VOCABULARY
-    _BUILDING_VOCABULARY = True
+    _BUILDING.vocabulary = True
     try:
         return tuple(name for name in names if _resolves(name))
     finally:
-        _BUILDING_VOCABULARY = False
+        _BUILDING.vocabulary = False
 
 
-_BUILDING_VOCABULARY = False
+#: per thread: whether this thread is building the vocabulary (other threads still get suggestions)
+_BUILDING = threading.local()
 
 
 def _resolves(name: str) -> bool:
@@ -218,7 +219,7 @@ def _resolves(name: str) -> bool:
 
 def _unknown(name: str, why: str = "") -> ValueError:
     close: list[str] = []
-    if not _BUILDING_VOCABULARY:  # no suggestions while the vocabulary itself is being checked
+    if not getattr(_BUILDING, "vocabulary", False):  # no suggestions while the vocabulary itself is being checked
         vocabulary: dict[str, str] = {}
         for known in _vocabulary():
             vocabulary.setdefault(known.lower(), known)

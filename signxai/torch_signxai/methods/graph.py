@@ -13,7 +13,9 @@ Interface
 ---------
 :func:`model_graph` ``(model) -> ModelGraph | None``
     The model's graph, cached per model (weakly) and rebuilt when its module tree (module objects,
-    their names, types or training flags) changes; None when fx cannot trace the model (data-dependent
+    their names, types or training flags) changes (a private view's, see :mod:`.private`, is kept
+    for the view's life: its tree never changes); traced one model at a time, with other threads'
+    forward passes left alone while fx patches ``nn.Module``; None when fx cannot trace the model (data-dependent
     control flow, a model that is a single leaf layer, ...): such models run as plain chains in
     execution order, as before. The graph of a :class:`~..utils.NoSoftmaxWrapper` is the wrapped
     model's without its trailing softmax.
@@ -58,6 +60,7 @@ from __future__ import annotations
 
 import builtins
 import operator
+import threading
 import weakref
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -69,6 +72,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils import NoSoftmaxWrapper
+from .private import is_view
 
 __all__ = ["UnsupportedLayerError", "Add", "Mean", "Kind", "Activation", "Node", "ModelGraph", "model_graph", "activation_of_module",
            "kind_of_module", "KIND_NAMES", "KERNEL_KINDS", "ACTIVATIONS", "MODULE_KINDS",
@@ -459,13 +463,43 @@ def _strip_softmax(traced: fx.Graph, modules: Mapping[str, nn.Module]) -> None:
             traced.erase_node(last)
 
 
+_TRACE_LOCK = threading.Lock()
+
+
+class _Tracer(fx.Tracer):
+    """fx's tracer, safe while other threads run models: tracing patches ``nn.Module.__call__`` and
+    ``__getattr__`` for the whole process, and those patches send every module call to the tracer;
+    here calls from other threads run the module as it is (the patches are then transparent to
+    them). Traces run one at a time (one trace's patches would capture another's calls)."""
+
+    _thread: Optional[int] = None
+
+    def trace(self, root, concrete_args=None):
+        with _TRACE_LOCK:
+            self._thread = threading.get_ident()
+            try:
+                return super().trace(root, concrete_args)
+            finally:
+                self._thread = None
+
+    def call_module(self, m, forward, args, kwargs):
+        if threading.get_ident() != self._thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if threading.get_ident() != self._thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+
 def _build(model: nn.Module) -> Optional[ModelGraph]:
     root = model.wrapped if isinstance(model, NoSoftmaxWrapper) else model
     if next(root.children(), None) is None:
         return None  # a single layer: fx would trace its functional body
     modules = dict(root.named_modules())
     try:
-        traced = fx.Tracer().trace(root)
+        traced = _Tracer().trace(root)
         if root is not model:
             _strip_softmax(traced, modules)
         module = fx.GraphModule(root, traced, class_name=type(root).__name__)
@@ -550,15 +584,20 @@ def _signature(model: nn.Module) -> tuple:
 
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_CACHE_LOCK = threading.Lock()
 
 
 def model_graph(model: nn.Module) -> Optional[ModelGraph]:
     """The :class:`ModelGraph` of ``model``, or None when fx cannot trace it (see the module
     docstring); cached per model until its module tree changes."""
+    with _CACHE_LOCK:
+        cached = _CACHE.get(model)
+    if cached is not None and is_view(model):
+        return cached[1]  # a private view's module tree never changes
     signature = _signature(model)
-    cached = _CACHE.get(model)
     if cached is not None and cached[0] == signature:
         return cached[1]
     graph = _build(model)
-    _CACHE[model] = (signature, graph)
+    with _CACHE_LOCK:
+        _CACHE[model] = (signature, graph)
     return graph

@@ -3,7 +3,10 @@
 Methods that attach their rules to modules cannot see a function a model calls between modules
 (LRP on a chain) or one that stands in for a module (a functional ReLU under guided backprop);
 :class:`OperationGuard` refuses such calls with an :class:`~.graph.UnsupportedLayerError`
-naming the function and the module that ran last.
+naming the function and the module that ran last. The guard is a torch function mode, which
+PyTorch keeps per thread: it is entered by the guarded model's own forward pre-hook and left by
+its forward hook (on a private view of the caller's model, see :mod:`.private`), so it sees the
+calls of that forward pass only, never another thread's.
 """
 from __future__ import annotations
 

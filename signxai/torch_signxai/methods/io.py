@@ -7,6 +7,8 @@ tensor back into a numpy array of the caller's shape.
 """
 from __future__ import annotations
 
+import itertools
+
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -58,7 +60,7 @@ def in_layout_of(tensor: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
 
 def model_placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     """The device and floating dtype of a model's parameters (CPU/float32 for a parameter-free one)."""
-    for tensor in list(model.parameters()) + list(model.buffers()):
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
         if tensor.is_floating_point():
             return tensor.device, tensor.dtype
     return torch.device("cpu"), torch.get_default_dtype()

@@ -19,7 +19,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["channels_last_max_pool", "MIN_ENTRIES"]
+__all__ = ["channels_last_max_pool", "install_channels_last_max_pool", "MIN_ENTRIES"]
 
 #: inputs with at least this many entries take the channels-last kernel; below it the row-major
 #: kernel is as fast and the layout copies cost more than they save (crossover measured at
@@ -61,10 +61,10 @@ def _forward(module: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:
                             _pairs(module.dilation), module.ceil_mode)
 
 
-@contextmanager
-def channels_last_max_pool(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, ``nn.MaxPool2d`` modules of ``model`` pool large CPU inputs with the
-    channels-last kernel (see the module docstring); afterwards every module is as it was.
+def install_channels_last_max_pool(model: nn.Module) -> list[nn.Module]:
+    """Make the ``nn.MaxPool2d`` modules of ``model`` pool large CPU inputs with the channels-last
+    kernel (see the module docstring), for good: for a model of one's own (a private view). Returns
+    the modules changed.
 
     A module is left alone when it returns indices, is scripted, or already carries a
     ``forward`` of its own on the instance.
@@ -72,9 +72,17 @@ def channels_last_max_pool(model: nn.Module) -> Iterator[nn.Module]:
     patched = [module for module in model.modules()
                if type(module) is nn.MaxPool2d and not module.return_indices
                and "forward" not in module.__dict__]
+    for module in patched:
+        module.forward = partial(_forward, module)
+    return patched
+
+
+@contextmanager
+def channels_last_max_pool(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, as :func:`install_channels_last_max_pool`; afterwards every module is as
+    it was."""
+    patched = install_channels_last_max_pool(model)
     try:
-        for module in patched:
-            module.forward = partial(_forward, module)
         yield model
     finally:
         for module in patched:

@@ -94,6 +94,13 @@ class LRPComposite(Composite):
         super().remove()
         self.trace.pending = None
 
+    def reset(self) -> None:
+        """Forget what one explanation left (the trace, tensors a hook kept, unmatched calls of a
+        failed forward pass) while staying registered, for the next explanation."""
+        self.trace.clear()
+        for hook in list(self.hook_refs):
+            hook.remove()  # a hook's own state only; its module handles stay in self.handles
+
     def _record(self, module: nn.Module, input, output) -> None:
         self.trace.leaves.append(module)
 
