@@ -287,6 +287,8 @@ def native_check(model: nn.Module, x: np.ndarray) -> str:
 def run_job(name: str, dtype: str, methods: tuple[str, ...] = METHODS) -> JobResult:
     """Build ``name`` and run the twin check and the harness on it in ``dtype`` (TensorFlow must
     be in graph mode: :func:`parity.harness.graph_mode`)."""
+    import tensorflow as tf
+
     from .harness import run_model
     from .twin import to_keras
 
@@ -302,8 +304,10 @@ def run_job(name: str, dtype: str, methods: tuple[str, ...] = METHODS) -> JobRes
         twin = to_keras(converted, entry.input_shape, dtype=dtype, check=False)
         result.twin_error = twin.verify(rtol=math.inf)
         result.input_layer_hidden = twin.hidden_reason or ""
+        del twin
     except Exception as error:
         result.twin_failure = _describe(error)
+    tf.keras.backend.clear_session()  # free the twin before the harness builds its own
     if not result.twin_failure:
         # the reference-side identities need iNNvestigate's input-layer rules, which a hidden
         # input layer (a ZeroPadding2D in front of the first conv) loses; its rows say so
@@ -430,6 +434,10 @@ def report(results: dict[tuple[str, str], JobResult], methods: tuple[str, ...], 
                         _fmt(v.allowed)] if v else ["—"] * 4)
             status = row.status if row.status != "FAIL" else "**FAIL**"
             detail.append(f"| {name} | {row.method} | {status} | {' | '.join(numbers)} | {_cell(row.note)} |")
+    sizes: dict[str, list[str]] = {}
+    for name in dict.fromkeys(model for model, _ in results):
+        sizes.setdefault(ZOO[name].why_size, []).append(f"{name} {ZOO[name].size}")
+    model_lines += ["", "Input sizes: " + "; ".join(f"{', '.join(names)}: {why}" for why, names in sizes.items())]
     vit_ok = vit.startswith("UnsupportedLayerError")
     all_ok &= vit_ok
     lines = ["# Model zoo: torchvision architectures against iNNvestigate", ""]
