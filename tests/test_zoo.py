@@ -107,12 +107,26 @@ def test_method_rows_name_each_outcome():
     assert rows["e"].status == "n/a" and "iNNvestigate cannot analyse" in rows["e"].note
 
 
-def test_a_model_the_twin_cannot_build_is_a_row_per_method_saying_so():
+def test_a_model_the_twin_cannot_build_is_a_row_saying_so():
     failed = zoo.JobResult("m", "float32", 1.0, twin_failure="UnsupportedLayerError: channel shuffle")
     other = zoo.JobResult("m", "float64", 1.0, twin_failure="UnsupportedLayerError: channel shuffle")
     rows = zoo.method_rows(failed, other, ("a", "b"))
-    assert [(r.method, r.status) for r in rows] == [("a", "n/a"), ("b", "n/a")]
-    assert all("channel shuffle" in r.note for r in rows)
+    assert [(r.method, r.status) for r in rows] == [("all 2 methods", "n/a")]
+    assert "channel shuffle" in rows[0].note
+
+
+def test_a_model_the_harness_cannot_run_is_a_failing_row():
+    ok = zoo.JobResult("m", "float32", 1.0, run=_run("float32"))
+    crashed = zoo.JobResult("m", "float64", 1.0, error="FailedPreconditionError: no variable")
+    rows = zoo.method_rows(ok, crashed, ("a",))
+    assert [(r.method, r.status, r.note) for r in rows] == [
+        ("all 1 methods", "FAIL", "FailedPreconditionError: no variable")]
+
+
+def test_a_long_error_keeps_its_first_and_last_lines():
+    error = RuntimeError("Graph execution error:\n\n  trace line\n  another\nCould not find variable bn/moving_mean")
+    assert zoo._describe(error) == ("RuntimeError: Graph execution error: [...] Could not find variable "
+                                    "bn/moving_mean")
 
 
 def test_native_check_names_the_error_of_an_attention_model():
