@@ -496,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
-    print(f"zoo: {'all rows pass' if ok else 'FAILING rows'}; report in {args.out}")
+    print(f"zoo: {'no failing row' if ok else 'FAILING rows'} ({text.split('- rows: ')[1].split(' (')[0]}); "
+          f"report in {args.out}")
     return 0 if ok else 1
 
 
