@@ -331,18 +331,23 @@ def _worker_init() -> None:
     graph_mode()
 
 
-def run_jobs(jobs: list[tuple[str, str]], methods: tuple[str, ...], workers: int) -> list[JobResult]:
-    """Run ``(model, dtype)`` jobs, each in a fresh process (a TensorFlow graph of a large model
-    is not worth keeping), ``workers`` at a time, in the order of ``jobs``."""
+def run_jobs(jobs: list[tuple[str, str]], methods: tuple[str, ...]) -> list[JobResult]:
+    """Run ``(model, dtype)`` jobs one after the other, each in a fresh process (a TensorFlow
+    graph of a large model is not worth keeping, and a process killed for its memory takes only
+    its own job with it), in the order of ``jobs``."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                             max_tasks_per_child=1) as pool:
-        futures = [pool.submit(run_job, name, dtype, methods) for name, dtype in jobs]
-        results = []
-        for (name, dtype), future in zip(jobs, futures):
-            results.append(future.result())
-            print(f"[zoo] {name} {dtype}: {results[-1].seconds:.0f} s", flush=True)
-        return results
+    results = []
+    for name, dtype in jobs:
+        started = time.perf_counter()
+        with ProcessPoolExecutor(1, mp_context=context, initializer=_worker_init) as pool:
+            try:
+                result = pool.submit(run_job, name, dtype, methods).result()
+            except Exception as error:  # the worker died (out of memory, a crash in TensorFlow)
+                result = JobResult(name, dtype, time.perf_counter() - started,
+                                   error=f"the {dtype} job's process failed: {_describe(error)}")
+        results.append(result)
+        print(f"[zoo] {name} {dtype}: {result.seconds:.0f} s", flush=True)
+    return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,7 +399,9 @@ def method_rows(result32: JobResult, result64: JobResult, methods: tuple[str, ..
 def _twin_cell(result: JobResult) -> tuple[str, bool]:
     if result.twin_failure:
         return f"cannot build: {result.twin_failure}", False
-    ok = result.twin_error is not None and result.twin_error <= TWIN_TOLERANCE
+    if result.twin_error is None:
+        return "not checked", False
+    ok = result.twin_error <= TWIN_TOLERANCE
     return f"{result.twin_error:.1e}" + ("" if ok else " **> 1e-5**"), ok
 
 
@@ -464,7 +471,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", nargs="*", choices=list(ZOO), help="zoo models (default: all)")
     parser.add_argument("--methods", nargs="*", help=f"method names (default: {len(METHODS)} of them)")
     parser.add_argument("--out", type=Path, default=Path("docs/zoo.md"), help="markdown report path")
-    parser.add_argument("--workers", type=int, default=1, help="processes at a time (default: 1)")
     return parser
 
 
@@ -473,10 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     methods = tuple(args.methods or METHODS)
     names = args.models or list(ZOO)
     started = time.time()
-    print(f"[zoo] {len(names)} models x 2 dtypes x {len(methods)} methods, {args.workers} at a time",
-          flush=True)
+    print(f"[zoo] {len(names)} models x 2 dtypes x {len(methods)} methods", flush=True)
     jobs = [(name, dtype) for name in names for dtype in ("float32", "float64")]
-    results = dict(zip(jobs, run_jobs(jobs, methods, args.workers)))
+    results = dict(zip(jobs, run_jobs(jobs, methods)))
     vit = native_check(vision_transformer(), zoo_inputs((3, 32, 32)))
     from importlib.metadata import version
 

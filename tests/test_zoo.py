@@ -155,3 +155,25 @@ def test_each_zoo_model_builds_calibrated_and_accepts_its_input(name):
     if entry.size % 2 and first.stride == (2, 2) and first.padding != (0, 0):
         # TF 'same' at stride 2 on an odd side pads (kernel - 1) / 2 on both sides
         assert first.padding[0] == (first.kernel_size[0] - 1) // 2
+
+
+def test_report_of_a_failed_job_and_a_passing_one():
+    ref = np.ones((2, 3, 4, 4))
+    run32 = _run("float32", ours={"a": ref}, references={"a": ref})
+    run64 = _run("float64", ours={"a": ref}, references={"a": ref})
+    results = {
+        ("resnet18", "float32"): zoo.JobResult("resnet18", "float32", 2.0, run=run32, twin_error=1e-7, native="yes"),
+        ("resnet18", "float64"): zoo.JobResult("resnet18", "float64", 3.0, run=run64, twin_error=1e-15),
+        ("vgg16", "float32"): zoo.JobResult("vgg16", "float32", 1.0, twin_error=2e-7, native="yes"),
+        ("vgg16", "float64"): zoo.JobResult("vgg16", "float64", 1.0, error="the float64 job's process failed: x"),
+    }
+    text, ok = zoo.report(results, ("a",), "UnsupportedLayerError: attention", {"runtime": "1 s"})
+    assert not ok
+    assert "| resnet18 | 65x65 | 1.0e-07 | 1.0e-15 | yes | 1 / 0 / 0 | 5 |" in text
+    assert "| vgg16 | 224x224 | 2.0e-07 | not checked | yes | 0 / 1 / 0 | 2 |" in text
+    assert "rows: 1 pass, 1 FAIL, 0 n/a" in text
+    ok_text, ok = zoo.report({k: v for k, v in results.items() if k[0] == "resnet18"}, ("a",),
+                             "UnsupportedLayerError: attention", {})
+    assert ok
+    _, not_refused = zoo.report({k: v for k, v in results.items() if k[0] == "resnet18"}, ("a",), "yes", {})
+    assert not not_refused
