@@ -480,26 +480,31 @@ def main(argv: list[str] | None = None) -> int:
     names = args.models or list(ZOO)
     started = time.time()
     print(f"[zoo] {len(names)} models x 2 dtypes x {len(methods)} methods", flush=True)
-    jobs = [(name, dtype) for name in names for dtype in ("float32", "float64")]
-    results = dict(zip(jobs, run_jobs(jobs, methods)))
-    vit = native_check(vision_transformer(), zoo_inputs((3, 32, 32)))
     from importlib.metadata import version
 
     import tensorflow as tf
     import torchvision
-    context = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python -m parity.zoo " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "versions": f"torch {torch.__version__}, torchvision {torchvision.__version__}, tensorflow "
-                    f"{tf.__version__}, innvestigate {version('innvestigate')}, numpy {np.__version__}, "
-                    f"python {platform.python_version()}",
-        "models": f"torchvision, weights=None, seed {SEED}; BatchNorm statistics from 4 random batches "
-                  f"of 8; {BATCH} standard-normal inputs per model",
-        "runtime": f"{time.time() - started:.0f} s",
-    }
-    text, ok = report(results, methods, vit, context)
+
+    vit = native_check(vision_transformer(), zoo_inputs((3, 32, 32)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    results: dict[tuple[str, str], JobResult] = {}
+    for index, name in enumerate(names):
+        jobs = [(name, "float32"), (name, "float64")]
+        results.update(zip(jobs, run_jobs(jobs, methods)))
+        context = {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": "python -m parity.zoo " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "versions": f"torch {torch.__version__}, torchvision {torchvision.__version__}, tensorflow "
+                        f"{tf.__version__}, innvestigate {version('innvestigate')}, numpy {np.__version__}, "
+                        f"python {platform.python_version()}",
+            "models": f"torchvision, weights=None, seed {SEED}; BatchNorm statistics from 4 random "
+                      f"batches of 8; {BATCH} standard-normal inputs per model",
+            "runtime": f"{time.time() - started:.0f} s"
+                       + ("" if index + 1 == len(names) else f" (partial: {index + 1} of {len(names)} models)"),
+        }
+        # rewritten after every model, so a long run that is stopped keeps what it compared
+        text, ok = report(results, methods, vit, context)
+        args.out.write_text(text)
     print(text)
     print(f"zoo: {'no failing row' if ok else 'FAILING rows'} ({text.split('- rows: ')[1].split(' (')[0]}); "
           f"report in {args.out}")
