@@ -46,12 +46,18 @@ def small_cnn(seed: int = 0) -> nn.Module:
     ).eval()
 
 
-def vgg16(seed: int = 0) -> nn.Module:
-    """torchvision's VGG16 with random initialisation (``weights=None``: nothing is downloaded),
-    eval mode, float32. Its ReLUs are ``inplace=True`` as torchvision builds them."""
+def torchvision_model(name: str, seed: int = 0) -> nn.Module:
+    """torchvision's architecture ``name`` (``torchvision.models.get_model``) with seeded random
+    initialisation (``weights=None``: nothing is downloaded), eval mode, float32, built as
+    torchvision builds it (in-place ReLUs included; BatchNorm keeps its initial statistics)."""
     import torchvision
     torch.manual_seed(seed)
-    return torchvision.models.vgg16(weights=None).eval()
+    return torchvision.models.get_model(name, weights=None).eval()
+
+
+def vgg16(seed: int = 0) -> nn.Module:
+    """torchvision's VGG16 (:func:`torchvision_model`); its ReLUs are ``inplace=True``."""
+    return torchvision_model("vgg16", seed)
 
 
 def vgg_style(size: int, seed: int = 0) -> nn.Module:
