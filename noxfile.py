@@ -38,6 +38,14 @@ def parity(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def zoo(session: nox.Session) -> None:
+    """torchvision's architectures (random init) against iNNvestigate on Keras twins; writes
+    docs/zoo.md with the run time. Heavy (CPU hours); not part of .ci/run."""
+    session.install("-e", ".[parity,test]")
+    session.run("python", "-m", "parity.zoo", *session.posargs, env=ENV)
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks (ratios measured in one process); not part of the test gate."""
     session.install("-e", ".[parity,test]")

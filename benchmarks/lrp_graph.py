@@ -52,18 +52,10 @@ def speed(name: str, batch: int, rounds: int) -> list[dict]:
     methods = [PLAIN, "gradient", *SPEED_TARGETS]
     medians = B.median_seconds({m: (lambda m=m: explain(m, model, x, targets)) for m in methods},
                                warmup=1, runs=rounds)
-    plain, ours = medians[PLAIN], medians["gradient"]
-    rows = []
-    for method, seconds in medians.items():
-        target = SPEED_TARGETS.get(method)
-        worst = max(seconds / plain, seconds / ours)
-        rows.append({"config": f"{name} b{batch}", "method": method, "ms": seconds * 1e3,
-                     "ratio": seconds / plain, "ratio_ours": seconds / ours,
-                     "target": f"<= {target}" if target else "",
-                     "verdict": ("met" if worst <= target else "MISSED") if target else ""})
+    plain = medians[PLAIN]
     print(f"{name} batch {batch}: " + ", ".join(f"{m} {s / plain:.2f}x" for m, s in medians.items()),
           flush=True)
-    return rows
+    return B.ratio_rows(f"{name} b{batch}", medians, PLAIN, "gradient", SPEED_TARGETS)
 
 
 def memory_child(name: str, method: str, batch: int) -> None:

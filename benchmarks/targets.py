@@ -68,14 +68,9 @@ def lrp_vs_gradient(rounds: int) -> list[dict]:
         for name in [*LRP_TARGETS, *LRP_OTHERS]:
             fns[name] = (lambda name=name: calculate_relevancemaps(name, x, model))
         medians = B.median_seconds(fns, warmup=1, runs=rounds)
-        base, ours = medians["gradient (autograd)"], medians["gradient"]
-        for name, seconds in medians.items():
-            target = LRP_TARGETS.get(name)
-            worst = max(seconds / base, seconds / ours)
-            rows.append({"config": f"VGG16 b{batch} {size}px", "method": name, "ms": seconds * 1e3,
-                         "ratio": seconds / base, "ratio_ours": seconds / ours,
-                         "target": f"<= {target}" if target else "",
-                         "verdict": ("met" if worst <= target else "MISSED") if target else ""})
+        base = medians["gradient (autograd)"]
+        rows += B.ratio_rows(f"VGG16 b{batch} {size}px", medians, "gradient (autograd)", "gradient",
+                             LRP_TARGETS)
         print(f"VGG16 batch {batch} at {size}px: " + ", ".join(f"{n} {s / base:.2f}x" for n, s in medians.items()),
               flush=True)
     return rows

@@ -12,7 +12,7 @@ for float32 and float64, each in a fresh process:
 * (float32 only) whether the library's PyTorch-native API explains the model with
   ``lrp_epsilon_0_1``.
 
-Each method row is judged by the parity gate (:func:`judge`): float64 maps within 1e-10 of each
+Each method row is judged by the parity gate (:func:`parity.compare.judge`): float64 maps within 1e-10 of each
 other, and our float32 map no less accurate against iNNvestigate's float64 map than allowed by
 iNNvestigate's own float32 error. A model the twin cannot build, or a method iNNvestigate
 cannot analyse, is a row saying so with the error; nothing is skipped silently. A small vision
@@ -45,8 +45,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .compare import FLOAT32_FLOOR, FORMULA_TOLERANCE, ROUNDING_FACTOR, Verdict, judge
+
 __all__ = ["ZooModel", "ZOO", "METHODS", "build", "calibrate_batchnorm", "zoo_inputs", "judge",
-           "Verdict", "run_job", "method_rows", "main"]
+           "run_job", "method_rows", "main"]
 
 #: largest relative forward error of a Keras twin (relative to the largest |logit|)
 TWIN_TOLERANCE = 1e-5
@@ -185,61 +187,6 @@ def vision_transformer() -> nn.Module:
     torch.manual_seed(SEED)
     return VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16,
                              mlp_dim=32, num_classes=10).eval()
-
-
-# ---------------------------------------------------------------------------------------------
-# the gate
-#
-# PLACEHOLDER: the lead is landing this criterion as ``parity.compare.judge`` (issue 11). Once it
-# is there, delete ``relative_error``, ``Verdict``, ``judge`` and the three constants below and
-# import them: ``from .compare import FORMULA_TOLERANCE, Verdict, judge``.
-
-#: largest relative error between the two frameworks' float64 maps (formula identity)
-FORMULA_TOLERANCE = 1e-10
-#: smallest float32 error that is always allowed
-FLOAT32_FLOOR = 1e-4
-#: how many times iNNvestigate's own float32 error our float32 error may be
-ROUNDING_FACTOR = 4.0
-
-
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    """``max |actual - expected| / max |expected|`` in float64 (the absolute error where
-    ``expected`` is all zero)."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    if actual.shape != expected.shape:
-        raise ValueError(f"shape mismatch: {actual.shape} against {expected.shape}")
-    diff = float(np.max(np.abs(actual - expected)))
-    scale = float(np.max(np.abs(expected)))
-    return diff / scale if scale > 0 else diff
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One row judged by the gate (PLACEHOLDER, see above)."""
-
-    float64_error: float
-    ours_float32_error: float
-    reference_float32_error: float
-    allowed: float
-    passed: bool
-    reason: str
-
-
-def judge(ours32: np.ndarray, reference32: np.ndarray, ours64: np.ndarray,
-          reference64: np.ndarray) -> Verdict:
-    """The parity gate (PLACEHOLDER, see above): float64 maps within :data:`FORMULA_TOLERANCE`,
-    and ``relative_error(ours32, reference64) <= max(FLOAT32_FLOOR, ROUNDING_FACTOR *
-    relative_error(reference32, reference64))``."""
-    e64 = relative_error(ours64, reference64)
-    ours = relative_error(ours32, reference64)
-    ref = relative_error(reference32, reference64)
-    allowed = max(FLOAT32_FLOOR, ROUNDING_FACTOR * ref)
-    reason = ""
-    if not e64 <= FORMULA_TOLERANCE:
-        reason = f"float64 maps differ by {e64:.2e} > {FORMULA_TOLERANCE:.0e}: a formula difference"
-    elif not ours <= allowed:
-        reason = f"float32 error {ours:.2e} > allowed {allowed:.2e} (iNNvestigate's own {ref:.2e})"
-    return Verdict(e64, ours, ref, allowed, not reason, reason)
 
 
 # ---------------------------------------------------------------------------------------------

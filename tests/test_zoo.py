@@ -65,26 +65,6 @@ def test_inputs_are_seeded_and_batched():
     np.testing.assert_array_equal(a, b)
 
 
-def test_judge_formula():
-    ref64 = np.array([[1.0, -2.0, 4.0]])
-    ours64 = ref64 + np.array([[0.0, 0.0, 4e-11]])  # 1e-11 relative
-    ref32 = ref64 + np.array([[1e-3, 0.0, 0.0]])  # iNNvestigate's float32: 2.5e-4 relative
-    good = ref64 + np.array([[0.0, 3.9e-3, 0.0]])  # 9.75e-4 <= 4 * 2.5e-4
-    bad = ref64 + np.array([[0.0, 4.4e-3, 0.0]])  # 1.1e-3 > 1e-3
-    verdict = zoo.judge(good, ref32, ours64, ref64)
-    assert verdict.passed and verdict.reason == ""
-    assert verdict.float64_error == pytest.approx(1e-11)
-    assert verdict.reference_float32_error == pytest.approx(2.5e-4)
-    assert verdict.allowed == pytest.approx(1e-3)
-    assert verdict.ours_float32_error == pytest.approx(9.75e-4)
-    failed = zoo.judge(bad, ref32, ours64, ref64)
-    assert not failed.passed and "float32 error" in failed.reason
-    formula = zoo.judge(good, ref32, ref64 * (1 + 1e-9), ref64)
-    assert not formula.passed and "formula" in formula.reason
-    # the floor: a reference that rounds to 1e-7 still allows 1e-4
-    assert zoo.judge(ref64 * (1 + 9e-5), ref64 * (1 + 1e-7), ref64, ref64).passed
-
-
 def _run(dtype, ours=None, references=None, errors=None, unavailable=None):
     x = np.zeros((2, 3, 4, 4), dtype)
     return ModelRun("m", dtype, x, np.zeros(2, int), ours=ours or {}, references=references or {},
@@ -132,7 +112,8 @@ def test_a_long_error_keeps_its_first_and_last_lines():
 def test_native_check_names_the_error_of_an_attention_model():
     text = zoo.native_check(zoo.vision_transformer(), zoo.zoo_inputs((3, 32, 32)))
     assert text.startswith("UnsupportedLayerError")
-    assert "LayerNorm" in text or "attention" in text.lower()
+    # it names the first construct of the transformer that LRP has no rule for
+    assert any(word in text for word in ("class_token", "LayerNorm", "MultiheadAttention"))
 
 
 def test_native_check_accepts_a_chain():

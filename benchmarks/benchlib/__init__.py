@@ -113,6 +113,22 @@ def median_seconds(fns: dict[str, Callable[[], object]], warmup: int, runs: int,
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def ratio_rows(config: str, medians: dict[str, float], plain: str, ours: str,
+               targets: dict[str, float]) -> list[dict[str, object]]:
+    """Table rows of one configuration's median times: each method's ratio to the plain autograd
+    gradient (``medians[plain]``) and to our gradient (``medians[ours]``), and, for a method with
+    a target ratio, whether the larger of the two meets it."""
+    rows = []
+    for method, seconds in medians.items():
+        target = targets.get(method)
+        worst = max(seconds / medians[plain], seconds / medians[ours])
+        rows.append({"config": config, "method": method, "ms": seconds * 1e3,
+                     "ratio": seconds / medians[plain], "ratio_ours": seconds / medians[ours],
+                     "target": f"<= {target}" if target else "",
+                     "verdict": ("met" if worst <= target else "MISSED") if target else ""})
+    return rows
+
+
 def header(what: str) -> str:
     """One line naming the machine, the versions and the thread count."""
     from importlib.metadata import version
