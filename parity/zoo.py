@@ -47,7 +47,7 @@ from torch import nn
 
 from .compare import FLOAT32_FLOOR, FORMULA_TOLERANCE, ROUNDING_FACTOR, Verdict, judge
 
-__all__ = ["ZooModel", "ZOO", "METHODS", "build", "calibrate_batchnorm", "zoo_inputs", "judge",
+__all__ = ["ZooModel", "ZOO", "METHODS", "build", "calibrate_batchnorm", "zoo_inputs",
            "run_job", "method_rows", "main"]
 
 #: largest relative forward error of a Keras twin (relative to the largest |logit|)
