@@ -3,7 +3,7 @@
 :func:`reference_map` turns a :class:`~signxai.torch_signxai.methods.grammar.MethodSpec` into the
 iNNvestigate analyzer (and parameters) that defines it, runs it on a fresh Keras twin and returns
 the map in the PyTorch layout. Where iNNvestigate 2.1.2 has no analyzer or rule for a method, the
-reference is written here from the formula in ``METHODS.md``, against iNNvestigate's own rule
+reference is written here from the method's formula (the grammar's rule table), against iNNvestigate's own rule
 interface (SIGN, std_x epsilon, gamma) or in plain TensorFlow (DeepLIFT, Grad-CAM), and never with
 code from the PyTorch implementation.
 

@@ -34,7 +34,8 @@ def run_method(method: str, model: nn.Module, x: Any, kwargs: dict[str, Any], *,
         One input, a batch, or (None) decided from the input's rank.
     batchnorm : str
         ``'exact'`` (PyTorch's affine map) or ``'innvestigate'`` (iNNvestigate 2.1.2's
-        linearisation, METHODS.md trap 11) for BatchNorm layers under LRP.
+        linearisation: kernel ``gamma / sqrt(var**2 + eps)``, bias ``beta - mean / sqrt(var**2 + eps)``)
+        for BatchNorm layers under LRP.
     """
     kwargs = dict(kwargs)
     given = [key for key in _TARGET_KEYS if key in kwargs]

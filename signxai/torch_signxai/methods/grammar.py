@@ -3,7 +3,7 @@
 A name such as ``lrpsign_epsilon_0_25_std_x_mu_0_5`` or ``smoothgrad_x_sign_mu_neg_0_5`` is
 parsed into a :class:`MethodSpec`; every public entry point runs through :func:`parse`.
 
-Grammar (see ``METHODS.md``)::
+Grammar::
 
     name      := base [ "_x_input" ] [ "_x_sign" [ "_mu" [ "_" number ] ] ]
     base      := gradient-family | grad-cam | lrp

@@ -1,9 +1,10 @@
 """TensorFlow-compatible API: ``calculate_relevancemap(method_name, x, model_no_softmax, **kwargs)``.
 
 Gives, for a PyTorch model, the numbers iNNvestigate 2.1.2 gives for the same method on a Keras
-twin of the model (see METHODS.md). That includes iNNvestigate's own BatchNorm linearisation
-under LRP (kernel ``gamma / sqrt(var**2 + eps)``, bias ``beta - mean / sqrt(var**2 + eps)``,
-trap 11), which is not BatchNorm's true affine map: it is what a TensorFlow user's maps contain.
+twin of the model (the README's "What the parity gate checks"). That includes iNNvestigate's
+own BatchNorm linearisation under LRP (kernel ``gamma / sqrt(var**2 + eps)``, bias
+``beta - mean / sqrt(var**2 + eps)``), which is not BatchNorm's true affine map: it is what a
+TensorFlow user's maps contain.
 The PyTorch-native API (:func:`signxai.torch_signxai.calculate_relevancemap`) uses the true map.
 """
 from __future__ import annotations
@@ -24,7 +25,8 @@ def calculate_relevancemap(method_name: str, x: Any, model_no_softmax: nn.Module
     Parameters
     ----------
     method_name : str
-        Name of the explanation method, e.g. ``'lrp_epsilon_0_1'`` (see METHODS.md's grammar).
+        Name of the explanation method, e.g. ``'lrp_epsilon_0_1'`` (the grammar of
+        :mod:`signxai.torch_signxai.methods.grammar`).
     x : numpy.ndarray or torch.Tensor
         One input, channels-first as the model takes it, with or without a batch axis of 1.
     model_no_softmax : torch.nn.Module

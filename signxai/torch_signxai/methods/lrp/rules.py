@@ -9,7 +9,7 @@ e.g. the input gradient of a convolution, else by autograd). Rules whose denomin
 layer's own output (:attr:`Rule.reuses_output`) accept it as ``z=`` instead of recomputing it
 (the composite hands over the output of the forward pass). Where iNNvestigate divides, it
 uses its safe divide, which only replaces exact zeros in the denominator (by 1e-7); Zennit's
-``+-1e-6`` stabiliser is not used (METHODS.md traps 3, 5, 7).
+``+-1e-6`` stabiliser is not used: visible where activations are small.
 """
 from __future__ import annotations
 
