@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-from .cache import CACHE_ENV, default_folder
+from .cli import add_run_options, backend_of, cache_of
 from .compare import FORMULA_TOLERANCE, relative_error
-from .harness import ModelRun, graph_mode, run_all
+from .harness import ModelRun, graph_mode
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,11 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-float64", action="store_true",
                         help="float32 only: compare the float32 maps directly (quicker, not the gate)")
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for the report files")
-    parser.add_argument("--workers", type=int, default=2, help="processes (default: 2)")
-    parser.add_argument("--cache", type=Path, default=default_folder(), metavar="DIR",
-                        help=f"folder of the reference cache (default: ${CACHE_ENV}, else "
-                             f"~/.cache/signxai/parity; see parity/cache.py)")
-    parser.add_argument("--no-cache", action="store_true", help="compute every reference live")
+    add_run_options(parser, workers=2)
     return parser
 
 
@@ -61,41 +56,26 @@ def _stored_note(run: ModelRun) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     graph_mode()
-    from fixtures.models import FIXTURES
+    from .pipeline import check, fixture_subjects, publish
+    from .report import terminal_summary
 
-    from .report import (rows_from, run_context, terminal_summary, write_figure, write_json,
-                         write_markdown)
-
-    started = time.time()
-    names = args.models or list(FIXTURES)
-    dtypes = ["float32"] if args.no_float64 else ["float32", "float64"]
-    print(f"[parity] {len(names)} models x {len(dtypes)} dtypes in {args.workers} processes", flush=True)
-    cache = None if args.no_cache else args.cache
-    results = run_all([(f, d) for f in names for d in dtypes], args.methods, args.workers, progress=True,
-                      cache=cache)
-    by_job = {(r.label, r.dtype): r for r in results}
-    rows, runs, stored = [], [], {}
-    for fixture in names:
-        run = by_job[(fixture, "float32")]
-        runs.append(run)
-        rows += rows_from(run, by_job.get((fixture, "float64")))
-        stored[fixture] = "; ".join(_stored_note(by_job[(fixture, d)]) for d in dtypes)
-    hits, computed = sum(r.cached for r in results), sum(r.computed for r in results)
-    context = {**run_context(started),
-               "reference cache": f"{cache} ({hits} maps from the cache, {computed} computed)" if cache
-               else "off (every reference computed live)",
-               "stored fixture references vs live": " / ".join(f"{k}: {v}" for k, v in stored.items())}
-    args.out.mkdir(parents=True, exist_ok=True)
+    subjects = fixture_subjects(args.models)
+    backend = backend_of(args)
+    dtypes = 1 if args.no_float64 else 2
+    print(f"[parity] {len(subjects)} models x {dtypes} dtypes on {backend.describe()}", flush=True)
+    outcome = check(subjects, args.methods, float64=not args.no_float64, backend=backend,
+                    cache=cache_of(args), progress=True)
+    stored = {label: "; ".join(_stored_note(run) for (name, _), run in outcome.by_job.items() if name == label)
+              for label in (s.label for s in subjects)}
+    outcome.context["stored fixture references vs live"] = " / ".join(f"{k}: {v}" for k, v in stored.items())
     report = args.out / "parity-report.md"
-    write_markdown(report, rows, context)
-    write_json(args.out / "parity-report.json", rows, context)
-    write_figure(args.out / "parity-figure.png", runs, rows)
+    publish(outcome, out=args.out, json_path=args.out / "parity-report.json")
     for fixture, note in stored.items():
         if "DIFFER" in note:
             print(f"[parity] {fixture}: stored references {note}", flush=True)
-    print(f"[parity] references: {hits} from the cache, {computed} computed; {context['runtime']}", flush=True)
-    print(terminal_summary(rows, report.resolve()), flush=True)
-    return 0 if all(r.passed for r in rows) else 1
+    print(f"[parity] references: {outcome.context['reference cache']}; {outcome.context['runtime']}", flush=True)
+    print(terminal_summary(outcome.rows, report.resolve()), flush=True)
+    return 0 if outcome.passed else 1
 
 
 if __name__ == "__main__":

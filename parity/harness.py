@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -17,9 +15,8 @@ from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps
 
 from .cache import ReferenceCache, twin_digest
 from .cases import Case, cases
-from .progress import ProgressBar
 
-__all__ = ["graph_mode", "ModelRun", "run_model", "run_fixture", "run_all", "merge_runs", "model_kind",
+__all__ = ["graph_mode", "ModelRun", "run_model", "run_fixture", "merge_runs", "model_kind", "base_key",
            "IDENTITY_TOLERANCE"]
 
 #: the trap-10 identities (lrp_z == gradient_x_input, lrpsign_z == gradient_x_sign on ReLU nets)
@@ -154,7 +151,7 @@ def run_model(label: str, model: torch.nn.Module, x: np.ndarray, input_shape: tu
                 except Exception as error:  # our failure is a failing row of the report
                     run.errors[case.method] = f"signxai: {type(error).__name__}: {error}"
             base = dataclasses.replace(case.spec, post=())
-            key = _base_key(base)
+            key = base_key(base)
             try:
                 if key not in bases:
                     bases[key] = cached(_spec_fields(base), lambda: reference_map(base, twin.fresh, x, targets,
@@ -175,38 +172,11 @@ def _spec_fields(spec) -> dict[str, Any]:
     return {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "name"}
 
 
-def _base_key(spec) -> tuple:
+def base_key(spec) -> tuple:
     """What identifies a map before post-multipliers. The noise is left out: the harness draws it
     from a fixed seed, so it is the same for every name with the same sample count and level."""
     params = tuple(sorted((k, repr(v)) for k, v in spec.params.items() if k not in ("noise", "post_mu")))
     return spec.family, spec.rule, spec.input_rule, params
-
-
-def _worker_init() -> None:
-    graph_mode()
-
-
-#: methods per task of :func:`run_all` (a few minutes of work at most, so the processes stay busy
-#: to the end and the progress bar moves)
-GROUP_ROWS = 12
-
-
-def _method_groups(fixture: str, names: list[str] | None) -> tuple[list[list[str]], dict[str, str]]:
-    """The applicable method names of ``fixture`` in groups of about :data:`GROUP_ROWS`, and the
-    names that do not apply with their reasons. Names that share a map before post-multipliers
-    (``lrp_z``, ``lrp_z_x_input``) share a group, so that map is computed once."""
-    from fixtures.models import load_inputs, load_model
-
-    chosen, skipped = cases(fixture, *model_kind(load_model(fixture)), load_inputs(fixture), names)
-    by_base: dict[tuple, list[str]] = {}
-    for case in chosen:
-        by_base.setdefault(_base_key(dataclasses.replace(case.spec, post=())), []).append(case.method)
-    groups: list[list[str]] = [[]]
-    for methods in by_base.values():
-        if len(groups[-1]) >= GROUP_ROWS:
-            groups.append([])
-        groups[-1] += methods
-    return groups, skipped
 
 
 def merge_runs(parts: list[ModelRun]) -> ModelRun:
@@ -217,50 +187,14 @@ def merge_runs(parts: list[ModelRun]) -> ModelRun:
     for part in parts:
         if (part.label, part.dtype) != (first.label, first.dtype) or not np.array_equal(part.targets, first.targets):
             raise ValueError(f"cannot merge a run of {part.label} {part.dtype} into {first.label} {first.dtype}")
+        rows = set(part.ours) | set(part.references) | set(part.errors) | set(part.unavailable)
+        seen = set(merged.ours) | set(merged.references) | set(merged.errors) | set(merged.unavailable)
+        if rows & seen:
+            raise ValueError(f"rows {sorted(rows & seen)} of {part.label} {part.dtype} are in two runs")
         for name in ("ours", "references", "unavailable", "errors", "skipped", "identities"):
             getattr(merged, name).update(getattr(part, name))
         merged.cached += part.cached
         merged.computed += part.computed
-    return merged
-
-
-def run_all(jobs: list[tuple[str, str]], names: list[str] | None = None, workers: int = 2,
-            ours: bool = True, progress: bool = False, cache: Path | None = None) -> list[ModelRun]:
-    """Run ``(fixture, dtype)`` jobs, returning one merged run per job in the order of ``jobs``.
-
-    Each job is split into tasks of :func:`_method_groups` (the first of a job also checks the
-    reference identities); with ``workers > 1`` the tasks run in that many processes, each with
-    its own TensorFlow graph. ``progress`` draws a bar over the rows on stderr; ``cache`` is the
-    folder of the reference cache (:mod:`parity.cache`; None: every reference computed live).
-    """
-    plans = {fixture: _method_groups(fixture, names) for fixture in dict.fromkeys(f for f, _ in jobs)}
-    tasks = [(job, group, index == 0) for job in jobs for index, group in enumerate(plans[job[0]][0])]
-    bar = ProgressBar(sum(len(group) for _, group, _ in tasks)) if progress else None
-
-    def done(job: tuple[str, str], rows: int) -> None:
-        if bar is not None:
-            bar.step(" ".join(job), rows)
-
-    parts: dict[tuple[str, str], list[ModelRun]] = {job: [] for job in jobs}
-    if workers <= 1:
-        for (fixture, dtype), group, check in tasks:
-            parts[(fixture, dtype)].append(run_fixture(fixture, dtype, group, ours=ours, identities=check,
-                                                       cache=cache))
-            done((fixture, dtype), len(group))
-    else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-            futures = {pool.submit(run_fixture, fixture, dtype, group, ours=ours, identities=check, cache=cache):
-                       ((fixture, dtype), group) for (fixture, dtype), group, check in tasks}
-            for future in as_completed(futures):
-                job, group = futures[future]
-                parts[job].append(future.result())
-                done(job, len(group))
-    if bar is not None:
-        bar.close()
-    merged = [merge_runs(parts[job]) for job in jobs]
-    for run in merged:
-        run.skipped = dict(plans[run.label][1])
     return merged
 
 

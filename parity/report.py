@@ -18,7 +18,7 @@ from .compare import CRITERION, FLAG_ABOVE, FLOAT32_FLOOR, compare, judge
 from .harness import ModelRun
 
 __all__ = ["Row", "rows_from", "run_context", "write_markdown", "write_json", "write_figure", "summary",
-           "model_summaries", "terminal_summary"]
+           "model_summaries", "terminal_summary", "format_table"]
 
 #: rows per model drawn in the figure (the ones closest to failing)
 FIGURE_ROWS = 2
@@ -296,3 +296,32 @@ def write_figure(path: Path, runs: list[ModelRun], rows: list[Row]) -> None:
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def format_table(records: list[dict]) -> str:
+    """The per-method table of row records: the float32 error the gate judges (against
+    iNNvestigate's float64 map when float64 ran, else against its float32 map), the allowed
+    error, the float64 error and whether the row passes (with the reason when it does not).
+
+    Parameters
+    ----------
+    records : list of dict
+        Rows as dicts with the fields of :class:`parity.report.Row` (``parity.report.write_json``'s
+        ``rows``, where NaN is None).
+
+    Returns
+    -------
+    str
+        An aligned plain-text table, one line per row after a header.
+    """
+    def shown(value: float | None) -> str:
+        return "-" if value is None else "nan" if math.isnan(value) else f"{value:.2e}"
+
+    width = max([len("method"), *(len(r["method"]) for r in records)])
+    lines = [f"{'method':<{width}}  {'f32 error':>9}  {'allowed':>8}  {'f64 error':>9}  pass"]
+    for r in records:
+        gated = r["ours_f32_error"] if r["ours_f32_error"] is not None else r["rel_error"]
+        note = f"  {r['note']}" if r["note"] and not r["passed"] else ""
+        lines.append(f"{r['method']:<{width}}  {shown(gated):>9}  {r['tolerance']:>8.1e}  "
+                     f"{shown(r['rel_error_f64']):>9}  {'yes' if r['passed'] else 'NO'}{note}")
+    return "\n".join(lines)

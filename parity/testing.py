@@ -26,14 +26,14 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .cli import format_table
+from .cache import default_folder
+from .report import format_table
 
 __all__ = ["assert_parity"]
 
@@ -42,7 +42,8 @@ _STDERR_LINES = 20
 
 
 def assert_parity(model: torch.nn.Module, x: Any, methods: list[str] | None = None, rtol: float = 1e-4,
-                  input_shape: tuple[int, ...] | None = None, float64: bool = True) -> list[dict]:
+                  input_shape: tuple[int, ...] | None = None, float64: bool = True,
+                  cache: Path | str | bool = True) -> list[dict]:
     """Assert that signxai's maps of ``model`` equal iNNvestigate's on its Keras twin.
 
     Parameters
@@ -62,6 +63,9 @@ def assert_parity(model: torch.nn.Module, x: Any, methods: list[str] | None = No
     float64 : bool
         Judge rows by the full gate, both frameworks also computing in float64 (default); False
         compares the float32 maps directly against ``rtol`` (about half the time).
+    cache : pathlib.Path, str or bool
+        The reference cache (:mod:`parity.cache`): True for its default folder (``$SIGNXAI_PARITY_CACHE``,
+        else ``~/.cache/signxai/parity``), a folder, or False to compute every reference live.
 
     Returns
     -------
@@ -80,7 +84,9 @@ def assert_parity(model: torch.nn.Module, x: Any, methods: list[str] | None = No
         rejects, the parity extra missing); the message quotes the child process.
     """
     x = _batch(x, input_shape)
-    request = {"methods": methods, "rtol": rtol, "float64": float64, "label": type(model).__name__}
+    folder_of_cache = default_folder() if cache is True else Path(cache) if cache else None
+    request = {"methods": methods, "rtol": rtol, "float64": float64, "label": type(model).__name__,
+               "cache": str(folder_of_cache) if folder_of_cache else None}
     with tempfile.TemporaryDirectory(prefix="signxai-parity-") as folder:
         folder = Path(folder)
         env = _child_env(model)
@@ -150,10 +156,9 @@ def _child(folder: Path) -> int:
     int
         0 when the result was written, 2 when the check could not run (one line on stderr).
     """
-    from .cli import UsageError, compare_model, require_parity_extra, write_reports
-    from .report import run_context
+    from .fanout import Backend
+    from .pipeline import Subject, UsageError, check, publish, require_parity_extra
 
-    started = time.time()
     request = json.loads((folder / "request.json").read_text())
     try:
         require_parity_extra()
@@ -162,13 +167,14 @@ def _child(folder: Path) -> int:
         graph_mode()
         # a whole module, pickled by the caller's process moments ago
         model = torch.load(folder / "model.pt", map_location="cpu", weights_only=False).eval()
-        rows, run = compare_model(model, np.load(folder / "x.npy"), request["methods"],
-                                  label=request["label"], tolerance=request["rtol"],
-                                  float64=request["float64"])
+        outcome = check([Subject(request["label"], model, np.load(folder / "x.npy"))], request["methods"],
+                        tolerance=request["rtol"], float64=request["float64"], backend=Backend(workers=1),
+                        cache=Path(request["cache"]) if request["cache"] else None,
+                        context={"options": request})
     except UsageError as error:
         print(f"assert_parity: {error}", file=sys.stderr)
         return 2
-    write_reports(rows, run, {"options": request, **run_context(started)}, json_path=folder / "result.json")
+    publish(outcome, json_path=folder / "result.json")
     return 0
 
 

@@ -117,6 +117,8 @@ def test_merge_runs_joins_method_groups_and_refuses_other_models():
     assert sorted(merged.references) == ["a", "b"] and (merged.cached, merged.computed) == (1, 2)
     with pytest.raises(ValueError, match="cannot merge"):
         merge_runs([first, _run("float32", {}, label="other")])
+    with pytest.raises(ValueError, match=r"rows \['a'\] .* are in two runs"):
+        merge_runs([first, second, _run("float32", {"a": (REF64, REF64)})])
 
 
 class _FakeKeras:
