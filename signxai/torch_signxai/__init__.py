@@ -3,6 +3,7 @@ iNNvestigate on TensorFlow.
 
 PyTorch-native API: :func:`calculate_relevancemap` / :func:`calculate_relevancemaps`.
 TensorFlow-compatible API: :mod:`signxai.torch_signxai.methods.wrappers`.
+Whole datasets into a resumable zarr store, locally or on Ray: :func:`explain_dataset`.
 """
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from .dataset import explain_dataset
 from .methods.api import run_method
 from .utils import NoSoftmaxWrapper, remove_softmax
 
-__all__ = ["calculate_relevancemap", "calculate_relevancemaps", "remove_softmax", "NoSoftmaxWrapper"]
+__all__ = ["calculate_relevancemap", "calculate_relevancemaps", "remove_softmax", "NoSoftmaxWrapper",
+           "explain_dataset"]
 
 
 def calculate_relevancemap(model: nn.Module, input_tensor: Any, method: str = "gradients", **kwargs: Any) -> np.ndarray:
