@@ -1,5 +1,7 @@
 """Sessions: `nox -s tests` (fast suite, no TensorFlow), `nox -s parity` (the cross-framework
-harness on the bundled fixtures, then the TensorFlow test suite), `nox -s bench` (benchmarks).
+harness on the bundled fixtures, then the TensorFlow test suite), `nox -s ray` (the harness and
+dataset explanations on a local Ray cluster), `nox -s zoo` (torchvision's architectures),
+`nox -s bench` (benchmarks).
 
 pytest's exit code 5 ("no tests collected") fails a session like any other non-zero code:
 an empty run is a broken run.
@@ -19,8 +21,9 @@ ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0"}
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The default test suite: library, fixtures and stored references, without TensorFlow."""
-    session.install("-e", ".[test]")
-    session.run("pytest", "-m", "not tf and not slow", "-p", "no:cacheprovider", *session.posargs, env=ENV)
+    session.install("-e", ".[test,dataset]")
+    session.run("pytest", "-m", "not tf and not slow and not ray", "-p", "no:cacheprovider", *session.posargs,
+                env=ENV)
 
 
 @nox.session(python=PYTHON)
@@ -38,6 +41,15 @@ def parity(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def ray(session: nox.Session) -> None:
+    """The Ray tests on a local cluster (127.0.0.1, no dashboard): the harness fanned out over
+    Ray equals one process, a killed worker is retried, dataset explanations on Ray Data equal
+    a local run. Not part of .ci/run. pyarrow < 21 keeps NumPy 1.x, which TensorFlow 2.14 needs."""
+    session.install("-e", ".[parity,test,dataset,ray]", "pyarrow<21")
+    session.run("pytest", "-m", "ray", "-p", "no:cacheprovider", "tests/on_ray", *session.posargs, env=ENV)
+
+
+@nox.session(python=PYTHON)
 def zoo(session: nox.Session) -> None:
     """torchvision's architectures (random init) against iNNvestigate on Keras twins; writes
     docs/zoo.md with the run time. Heavy (CPU hours); not part of .ci/run."""
@@ -48,6 +60,6 @@ def zoo(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks (ratios measured in one process); not part of the test gate."""
-    session.install("-e", ".[parity,test]")
+    session.install("-e", ".[parity,test,dataset,ray]", "pyarrow<21")
     for script in sorted(Path("benchmarks").glob("*.py")):
         session.run("python", str(script), env=ENV)
