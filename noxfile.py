@@ -20,23 +20,28 @@ ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0"}
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The default test suite: library, fixtures and stored references, without TensorFlow."""
-    session.install("-e", ".[test,dataset]")
+    """The test suite: the library, fixtures and stored references without TensorFlow (posargs
+    go to this run), then, in a pytest process of its own (TensorFlow's graph mode must not
+    leak into the other tests), the TensorFlow tests: twin, references, the CLI and
+    assert_parity, the Hypothesis parity suite. Prints its wall time."""
+    started = time.time()
+    session.install("-e", ".[parity,test,dataset]")
     session.run("pytest", "-m", "not tf and not slow and not ray", "-p", "no:cacheprovider", *session.posargs,
                 env=ENV)
+    session.run("pytest", "-m", "tf and not slow", "-p", "no:cacheprovider", "tests/parity",
+                "tests/test_parity_helper.py", env=ENV)
+    session.log(f"nox -s tests took {time.time() - started:.0f} s (install included)")
 
 
 @nox.session(python=PYTHON)
 def parity(session: nox.Session) -> None:
-    """Run iNNvestigate on Keras twins of the fixture models (references whose inputs did not
-    change come from the reference cache), judge every row by the parity gate, write
-    parity-report.md, parity-report.json and parity-figure.png, print the summary; then the
-    TensorFlow tests (twin, reference, Hypothesis parity suite). Prints its wall time."""
+    """The main job: iNNvestigate on Keras twins of the fixture models (references whose inputs
+    did not change come from the reference cache), every row judged by the parity gate;
+    writes parity-report.md, parity-report.json and parity-figure.png and prints the summary
+    and its wall time."""
     started = time.time()
     session.install("-e", ".[parity,test]")
     session.run("python", "-m", "parity", *session.posargs, env=ENV)
-    session.run("pytest", "-m", "tf", "-p", "no:cacheprovider", "tests/parity", "tests/test_parity_helper.py",
-                env=ENV)
     session.log(f"nox -s parity took {time.time() - started:.0f} s (install included)")
 
 

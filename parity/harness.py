@@ -132,7 +132,8 @@ def run_model(label: str, model: torch.nn.Module, x: np.ndarray, input_shape: tu
                        has_batchnorm=any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
                                          for m in model.modules()))
         chosen, run.skipped = cases(label, kind, last_conv, x, names)
-        digest = twin_digest(twin.keras_model) if cache.folder is not None else ""
+        # the digest of a model built as every reference builds its own (twin.fresh)
+        digest = twin_digest(twin.fresh()) if cache.folder is not None else ""
         twin_options = {"input_layer_hidden": twin.input_layer_hidden, "layer_names": twin.layer_names}
 
         def cached(what: Any, compute: Callable[[], Any]) -> Any:

@@ -76,6 +76,9 @@ from innvestigate.analyzer.relevance_based.relevance_analyzer import (
 
 from signxai.torch_signxai.methods.lrp.table import INPUT_RULES
 
+from .compare import relative_error
+from .twin import to_channels_first, to_channels_last
+
 if TYPE_CHECKING:
     from signxai.torch_signxai.methods.grammar import MethodSpec
 
@@ -232,14 +235,6 @@ def _floatx() -> np.dtype:
     return np.dtype(keras.backend.floatx())
 
 
-def _to_channels_last(a: np.ndarray) -> np.ndarray:
-    return np.moveaxis(a, 1, -1) if a.ndim > 2 else a
-
-
-def _to_channels_first(a: np.ndarray) -> np.ndarray:
-    return np.moveaxis(a, -1, 1) if a.ndim > 2 else a
-
-
 def _sign(x: np.ndarray, mu: float) -> np.ndarray:
     return np.where(x >= mu, 1, -1).astype(x.dtype)
 
@@ -360,7 +355,7 @@ def _reference_input(spec: MethodSpec, x: np.ndarray) -> np.ndarray | None:
 
 def _integrated_gradients(spec, factory, x, x_cl, targets) -> np.ndarray:
     ref = _reference_input(spec, x)
-    ref_cl = 0 if ref is None else _to_channels_last(ref[None])[0]
+    ref_cl = 0 if ref is None else to_channels_last(ref[None])[0]
     steps = int(spec.params["steps"])
     analyzer = _build(spec.name, lambda: IntegratedGradients(
         factory(), steps=steps, reference_inputs=ref_cl, neuron_selection_mode="index"))
@@ -382,7 +377,7 @@ def _noise_gradients(spec, factory, x, targets) -> np.ndarray:
                          f"got {noise.shape}")
     samples = noise.shape[0]
     noisy = (x[None] + noise).reshape((samples * x.shape[0],) + x.shape[1:])
-    grads = _simple("gradient", factory, _to_channels_last(noisy), np.tile(targets, samples))
+    grads = _simple("gradient", factory, to_channels_last(noisy), np.tile(targets, samples))
     return grads.reshape((samples,) + x.shape[:1] + grads.shape[1:])
 
 
@@ -434,7 +429,7 @@ def _install_rescale(model: keras.Model, n: int) -> None:
 def _deeplift(spec, factory, x, x_cl, targets) -> np.ndarray:
     ref = _reference_input(spec, x)
     ref_cl = (np.zeros_like(x_cl) if ref is None
-              else np.broadcast_to(_to_channels_last(ref[None]), x_cl.shape).astype(x_cl.dtype))
+              else np.broadcast_to(to_channels_last(ref[None]), x_cl.shape).astype(x_cl.dtype))
     n = x_cl.shape[0]
     model = factory()
     _install_rescale(model, n)
@@ -667,7 +662,7 @@ def reference_map(spec: MethodSpec, keras_model_factory: Callable[[], keras.Mode
             f"{spec.input_rule!r} input-layer rule (METHODS trap 12)")
     x, targets = _inputs(x, targets)
     dtype = x.dtype
-    x_cl = np.ascontiguousarray(_to_channels_last(x))
+    x_cl = to_channels_last(x)
 
     if family in _SIMPLE_ANALYZERS:
         rmap = _simple(family, keras_model_factory, x_cl, targets)
@@ -688,17 +683,11 @@ def reference_map(spec: MethodSpec, keras_model_factory: Callable[[], keras.Mode
     else:
         raise ValueError(f"{spec.name}: unknown method family {family!r}")
 
-    rmap = _to_channels_first(np.asarray(rmap, dtype=dtype))
+    rmap = to_channels_first(np.asarray(rmap, dtype=dtype))
     if rmap.shape != x.shape:
         raise AssertionError(f"{spec.name}: reference map has shape {rmap.shape}, "
                              f"input {x.shape}")
     return apply_post(spec, rmap, x)
-
-
-def _relative_gap(a: np.ndarray, b: np.ndarray) -> float:
-    scale = max(float(np.max(np.abs(a))), float(np.max(np.abs(b))))
-    gap = float(np.max(np.abs(a - b)))
-    return gap / scale if scale > 0 else gap
 
 
 def check_identities(keras_model_factory: Callable[[], keras.Model], x: np.ndarray,
@@ -717,7 +706,7 @@ def check_identities(keras_model_factory: Callable[[], keras.Model], x: np.ndarr
         ``'lrpsign_z_vs_gradient_x_sign'`` and ``'lrp_z_vs_lrpsign_z_x_abs'``.
     """
     x, targets = _inputs(x, targets)
-    x_cl = np.ascontiguousarray(_to_channels_last(x))
+    x_cl = to_channels_last(x)
     models = {}
     for name in ("lrp_z", "lrpsign_z"):
         models[name] = model = keras_model_factory()
@@ -739,7 +728,7 @@ def check_identities(keras_model_factory: Callable[[], keras.Model], x: np.ndarr
     grad = _simple("gradient", keras_model_factory, x_cl, targets)
     sign = _sign(x_cl, 0.0)
     return {
-        "lrp_z_vs_gradient_x_input": _relative_gap(lrp_z, grad * x_cl),
-        "lrpsign_z_vs_gradient_x_sign": _relative_gap(lrpsign_z, grad * sign),
-        "lrp_z_vs_lrpsign_z_x_abs": _relative_gap(lrp_z, lrpsign_z * x_cl * sign),
+        "lrp_z_vs_gradient_x_input": relative_error(lrp_z, grad * x_cl),
+        "lrpsign_z_vs_gradient_x_sign": relative_error(lrpsign_z, grad * sign),
+        "lrp_z_vs_lrpsign_z_x_abs": relative_error(lrp_z, lrpsign_z * x_cl * sign),
     }

@@ -99,6 +99,8 @@ from signxai.torch_signxai.methods.graph import (
     model_graph,
 )
 
+from .compare import relative_error
+
 __all__ = [
     "Twin",
     "TwinMismatchError",
@@ -1487,19 +1489,10 @@ def _keras_to_torch_layout(
     return out
 
 
-def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    """Largest absolute difference over the largest absolute expected value."""
-    if actual.shape != expected.shape:
-        return math.inf
-    scale = float(np.max(np.abs(expected), initial=0.0))
-    diff = float(np.max(np.abs(actual - expected), initial=0.0))
-    return diff / scale if scale > 0 else diff
-
-
 def _checkpoint_error(
     checkpoint: _Checkpoint, keras_act: np.ndarray, torch_acts: dict[str, Any]
 ) -> float:
     """Relative error of a Keras activation against the PyTorch node it stands for."""
     expected = torch_acts[checkpoint.node].numpy()
     actual = _keras_to_torch_layout(keras_act, checkpoint.layout, checkpoint.perm)
-    return _relative_error(actual, expected)
+    return relative_error(actual, expected) if actual.shape == expected.shape else math.inf

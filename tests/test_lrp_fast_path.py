@@ -42,6 +42,7 @@ from signxai.torch_signxai.methods.lrp.views import (  # noqa: E402
 from signxai.torch_signxai.methods.lrp.rules import (  # noqa: E402
     Affine, AlphaBetaRule, EpsilonRule, SignRule, ZRule)
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps  # noqa: E402
+from parity.compare import relative_error  # noqa: E402
 
 #: methods whose hidden or input rule takes the fast path, and some that do not
 METHODS = ["lrp_z", "lrp_epsilon_0_1", "lrp_epsilon_0_25_std_x", "lrpsign_epsilon_0_1", "lrpsign_z",
@@ -50,11 +51,6 @@ METHODS = ["lrp_z", "lrp_epsilon_0_1", "lrp_epsilon_0_25_std_x", "lrpsign_epsilo
            "lrpsign_epsilon_0_25_std_x"]
 
 TOLERANCE = 1e-12
-
-
-def _relative_error(got: np.ndarray, expected: np.ndarray) -> float:
-    scale = max(float(np.abs(expected).max()), 1e-300)
-    return float(np.abs(got - expected).max()) / scale
 
 
 def _general(name: str, model: nn.Module, x: np.ndarray, targets) -> np.ndarray:
@@ -146,8 +142,8 @@ def test_fast_path_equals_general_path_and_reference(chain, name):
     targets = [0, 3, 1]
     fast = calculate_relevancemaps(name, x, model, neuron_selection=targets)
     general = _general(name, model, x, targets)
-    assert _relative_error(fast, general) <= TOLERANCE
-    assert _relative_error(general, _reference(name, model, x, targets)) <= 1e-10
+    assert relative_error(fast, general) <= TOLERANCE
+    assert relative_error(general, _reference(name, model, x, targets)) <= 1e-10
 
 
 def test_fast_path_equals_general_path_on_every_method_of_one_model():
@@ -160,7 +156,7 @@ def test_fast_path_equals_general_path_on_every_method_of_one_model():
                            "lrp_sequential_composite_a", "lrp_sequential_composite_b", "lrp_flat"]:
         fast = calculate_relevancemaps(name, x, model, neuron_selection=1)
         general = _general(name, model, x, 1)
-        assert _relative_error(fast, general) <= TOLERANCE, name
+        assert relative_error(fast, general) <= TOLERANCE, name
         np.testing.assert_array_equal(np.isnan(fast), np.isnan(general))
 
 
@@ -171,7 +167,7 @@ def _compare(model: nn.Module, x: np.ndarray, names, targets=0) -> None:
     for name in names:
         fast = calculate_relevancemaps(name, x, model, neuron_selection=targets)
         general = _general(name, model, x, targets)
-        assert _relative_error(fast, general) <= TOLERANCE, name
+        assert relative_error(fast, general) <= TOLERANCE, name
 
 
 def test_relu_premise_fails_behind_a_sigmoid():
@@ -232,7 +228,7 @@ def test_float32_fast_path_matches_general_path():
     for name in ["lrp_epsilon_0_1", "lrp_z", "lrpsign_epsilon_0_1", "lrp_alpha_1_beta_0"]:
         fast = calculate_relevancemaps(name, x, model)
         general = _general(name, model, x, None)
-        assert _relative_error(fast, general) <= 1e-6, name
+        assert relative_error(fast, general) <= 1e-6, name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +288,7 @@ def test_alpha_beta_shortcut_for_nonnegative_inputs(alpha, beta, bias):
     r = torch.randn(2, 4, 6, 6, dtype=torch.float64)
     rule = AlphaBetaRule(alpha, beta, bias)
     expected = rule.relevance(full, x, r)
-    assert _relative_error(rule.relevance(fast, x, r).numpy(), expected.numpy()) <= TOLERANCE
+    assert relative_error(rule.relevance(fast, x, r).numpy(), expected.numpy()) <= TOLERANCE
 
 
 @pytest.mark.parametrize("rule", [ZRule(), EpsilonRule(0.1), SignRule(0.0)])
@@ -364,7 +360,7 @@ def test_dense_weights_modified_in_row_blocks(rule, signed):
     x = x if signed else x.clamp(min=0)
     r = torch.randn(4, 11, dtype=torch.float64)
     expected = rule.relevance(whole, x, r)
-    assert _relative_error(rule.relevance(blocks, x, r).numpy(), expected.numpy()) <= TOLERANCE
+    assert relative_error(rule.relevance(blocks, x, r).numpy(), expected.numpy()) <= TOLERANCE
 
 
 def test_vgg_sized_dense_layer_gets_row_blocks():
@@ -414,7 +410,7 @@ def test_channels_last_batch_matches_the_default_layout(name, kwargs):
     got = calculate_relevancemaps(name, _channels_last(x), model, **kwargs)
     assert got.flags["C_CONTIGUOUS"]
     expected = calculate_relevancemaps(name, x, model, **kwargs)
-    assert _relative_error(got, expected) <= 1e-5
+    assert relative_error(got, expected) <= 1e-5
 
 
 def test_model_that_views_its_features_runs_in_the_default_layout():

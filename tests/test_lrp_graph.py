@@ -14,12 +14,9 @@ from torch import nn
 from signxai.torch_signxai import calculate_relevancemap, calculate_relevancemaps
 from signxai.torch_signxai.methods.graph import UnsupportedLayerError
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps as tf_relevancemaps
+from parity.compare import relative_error
 
 TOL = 1e-11  # float64 formula identities: a few hundred roundings of order 1e-16 each
-
-
-def _rel(got, expected) -> float:
-    return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-300))
 
 
 # ------------------------------------------------------------------ formulas (plain torch)
@@ -154,9 +151,9 @@ def test_every_node_kind_against_the_formulas(gate, name, rule):
     got = calculate_relevancemaps(model, x, method=name, target_class=[1, 3])
     expected = np.stack([reference_rescat(model, torch.from_numpy(x[i:i + 1]), t, rule)[0].numpy()
                          for i, t in enumerate([1, 3])])
-    assert _rel(got, expected) < TOL
+    assert relative_error(got, expected) < TOL
     # the TF-compatible API gives the same map on a model without BatchNorm
-    assert _rel(tf_relevancemaps(name, x, model, neuron_selection=[1, 3]), expected) < TOL
+    assert relative_error(tf_relevancemaps(name, x, model, neuron_selection=[1, 3]), expected) < TOL
 
 
 def test_sums_and_average_pooling_keep_the_z_rule_under_another_analyzer():
@@ -165,9 +162,9 @@ def test_sums_and_average_pooling_keep_the_z_rule_under_another_analyzer():
     x = torch.from_numpy(_x()[:1])
     got = calculate_relevancemap(model, x[0].numpy(), method="lrp_epsilon_1", target_class=0)
     right = reference_rescat(model, x, 0, lambda layer, v, r: eps_rule(layer, v, r, 1.0))[0].numpy()
-    assert _rel(got, right) < TOL
+    assert relative_error(got, right) < TOL
     wrong = calculate_relevancemap(model, x[0].numpy(), method="gradient_x_input", target_class=0)
-    assert _rel(got, wrong) > 1e-3
+    assert relative_error(got, wrong) > 1e-3
 
 
 def test_z_rule_is_gradient_times_input_on_relu_graphs_with_sums_and_concatenations():
@@ -175,7 +172,7 @@ def test_z_rule_is_gradient_times_input_on_relu_graphs_with_sums_and_concatenati
     x = _x((3, 2, 6, 6), 4)
     z = calculate_relevancemaps(model, x, method="lrp_z", target_class=[0, 1, 2])
     gxi = calculate_relevancemaps(model, x, method="gradient_x_input", target_class=[0, 1, 2])
-    assert _rel(z, gxi) < 1e-10
+    assert relative_error(z, gxi) < 1e-10
 
 
 def test_z_rule_conserves_the_logit_without_biases():
@@ -218,7 +215,7 @@ def test_relevance_from_several_consumers_is_summed():
     r_yy = r_y + rule(model.b, y, r_b) + rule(model.c, y, r_c)
     expected = rule(model.a, x, r_yy)[0].numpy()
     got = calculate_relevancemap(model, x[0].numpy(), method="lrp_epsilon_0_01", target_class=2)
-    assert _rel(got, expected) < TOL
+    assert relative_error(got, expected) < TOL
 
 
 class Depthwise(nn.Module):
@@ -258,7 +255,7 @@ def test_depthwise_grouped_and_transposed_convolutions_and_relu6():
     r = rule(model.dw, h0, r)
     expected = rule(model.conv, x, r)[0].numpy()
     got = calculate_relevancemap(model, x[0].numpy(), method="lrp_epsilon_0_1", target_class=0)
-    assert _rel(got, expected) < TOL
+    assert relative_error(got, expected) < TOL
 
 
 class TwoInputLayers(nn.Module):
@@ -295,7 +292,7 @@ def test_input_layers_are_graph_positions():
     expected = (z_rule(model.a, x, r[:, :2]) + z_rule(model.b, x, r[:, 2:4])
                 + grad_map(lambda v: F.pad(v, (1, 1, 1, 1)), x, r_pad))[0].numpy()
     got = calculate_relevancemap(model, x[0].numpy(), method="lrpz_epsilon_0_1", target_class=1)
-    assert _rel(got, expected) < TOL
+    assert relative_error(got, expected) < TOL
 
 
 def test_deep_taylor_takes_the_gradient_of_sums_and_refuses_gates():
@@ -387,7 +384,7 @@ def test_squeezenet_lrp_z_is_gradient_times_input():
     x = np.random.default_rng(0).normal(size=(3, 64, 64))
     z = calculate_relevancemap(model, x, method="lrp_z", target_class=7)
     gxi = calculate_relevancemap(model, x, method="gradient_x_input", target_class=7)
-    assert _rel(z, gxi) < 1e-10
+    assert relative_error(z, gxi) < 1e-10
     assert np.isfinite(calculate_relevancemap(model, x, method="lrp_epsilon_0_1")).all()
 
 
@@ -430,6 +427,6 @@ def test_python_sum_of_tensors_is_a_z_rule_sum_and_a_shape_constant_is_refused()
     x = _x((2, 4), 16)
     z = calculate_relevancemaps(SumOfBranches(), x, method="lrp_z", target_class=[0, 1])
     gxi = calculate_relevancemaps(SumOfBranches(), x, method="gradient_x_input", target_class=[0, 1])
-    assert _rel(z, gxi) < 1e-10
+    assert relative_error(z, gxi) < 1e-10
     with pytest.raises(UnsupportedLayerError, match="adds a constant"):
         calculate_relevancemaps(SumOfBranches(shape_term=True), x, method="lrp_z")

@@ -2,6 +2,9 @@
 on maps made up for the purpose (no TensorFlow)."""
 from __future__ import annotations
 
+import multiprocessing
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -194,3 +197,19 @@ def test_cache_stores_identity_records_and_never_an_exception(tmp_path, environm
     with pytest.raises(RuntimeError):
         cache.get_or_compute("cd34", fails)
     assert not (tmp_path / "cd").exists() or not list((tmp_path / "cd").iterdir())
+
+
+def _fill(folder: str) -> list[bytes]:
+    """Read or compute 40 entries of the cache in ``folder`` (run by two processes at once)."""
+    cache = ReferenceCache(Path(folder))
+    return [cache.get_or_compute(f"{i:064x}", lambda i=i: np.full(4096, i, np.float32)).tobytes()
+            for i in range(40)]
+
+
+def test_two_runs_sharing_a_cache_folder_see_whole_entries(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        results = pool.map(_fill, [str(tmp_path)] * 2)
+    expected = [np.full(4096, i, np.float32).tobytes() for i in range(40)]
+    assert results == [expected, expected]
+    assert len(list(tmp_path.rglob("*.npz"))) == 40 and not list(tmp_path.rglob("*.tmp"))

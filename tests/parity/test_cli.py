@@ -57,7 +57,7 @@ def test_passing_model_writes_report_figure_and_json(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0
     assert "parity: 4/4 passed" in captured.out
-    assert "8/8 float64 lrpsign_z" in captured.err
+    assert "8/8 user_models:small_cnn float64" in captured.err
     assert (out / "parity-figure.png").stat().st_size > 0
     assert "| user_models:small_cnn | lrpsign_z |" in (out / "parity-report.md").read_text()
     data = json.loads(record.read_text())
