@@ -263,10 +263,12 @@ def test_input_mu_only_with_the_lrpsign_prefix(name):
 
 
 @pytest.mark.parametrize("prefix", sorted(set(PREFIX_INPUT_RULE) - {"lrp"}))
-def test_deep_taylor_takes_no_input_layer_rule(prefix):
+def test_deep_taylor_takes_an_input_layer_rule(prefix):
+    """iNNvestigate's BoundedDeepTaylor is DeepTaylor with the Z-box rule at the input layer; the
+    other prefixes put their rule there the same way."""
     assert parse("lrp_deep_taylor").input_rule is None
-    with pytest.raises(ValueError, match="deep_taylor"):
-        parse(f"{prefix}_deep_taylor" + ("_VGG16ILSVRC" if prefix == "zblrp" else ""))
+    spec = parse(f"{prefix}_deep_taylor" + ("_VGG16ILSVRC" if prefix == "zblrp" else ""))
+    assert (spec.rule, spec.input_rule) == ("deep_taylor", PREFIX_INPUT_RULE[prefix])
 
 
 def test_grad_cam_presets_and_layer_name():
