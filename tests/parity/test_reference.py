@@ -356,8 +356,8 @@ def rule_z(layer, x, r, f=identity, bias=True):
     return x * ((r / safe(z)) @ layer.matrix(f).T)
 
 
-def rule_epsilon(layer, x, r, eps):
-    z = x @ layer.matrix() + layer.bias_vector()
+def rule_epsilon(layer, x, r, eps, bias=True):
+    z = x @ layer.matrix() + (layer.bias_vector() if bias else 0)
     eps = np.asarray(eps).reshape(-1, 1) if np.ndim(eps) else eps
     return x * ((r / (z + np.where(z >= 0, 1.0, -1.0) * eps)) @ layer.matrix().T)
 
@@ -417,11 +417,14 @@ def rule_zbox(layer, x, r, low, high):
 def hidden_rule(name, **p):
     """Backward of one kernel/BN layer for an LRP rule name, in matrix form."""
     table = {
-        "z": lambda L, x, r: rule_z(L, x, r),
-        "epsilon": lambda L, x, r: rule_epsilon(L, x, r, p.get("epsilon")),
-        "std_x": lambda L, x, r: rule_epsilon(L, x, r, p.get("stdfactor", 0) * x.std(axis=1)),
-        "alpha_beta": lambda L, x, r: rule_alpha_beta(L, x, r, p.get("alpha"), p.get("beta")),
+        "z": lambda L, x, r: rule_z(L, x, r, bias=p.get("bias", True)),
+        "epsilon": lambda L, x, r: rule_epsilon(L, x, r, p.get("epsilon"), p.get("bias", True)),
+        "std_x": lambda L, x, r: rule_epsilon(L, x, r, p.get("stdfactor", 0) * x.std(axis=1),
+                                              p.get("bias", True)),
+        "alpha_beta": lambda L, x, r: rule_alpha_beta(L, x, r, p.get("alpha"), p.get("beta"),
+                                                      p.get("bias", True)),
         "z_plus": lambda L, x, r: rule_alpha_beta(L, x, r, 1, 0, bias=False),
+        "z_plus_fast": lambda L, x, r: rule_z(L, x, r, f=pos, bias=False),
         "gamma": lambda L, x, r: rule_gamma(L, x, r, p.get("gamma")),
         "flat": lambda L, x, r: rule_unweighted(L, x, r, np.ones_like),
         "w_square": lambda L, x, r: rule_unweighted(L, x, r, np.square),
@@ -567,6 +570,12 @@ HIDDEN_RULES = {
     "lrp_gamma": ("gamma", {"gamma": 0.5}),
     "lrp_flat": ("flat", {}),
     "lrp_w_square": ("w_square", {}),
+    # bias-free variants (iNNvestigate's bias=False: IgnoreBias analyzers) and ZPlusFast
+    "lrp_z_ib": ("z", {"bias": False}),
+    "lrp_epsilon_0_1_ib": ("epsilon", {"epsilon": 0.1, "bias": False}),
+    "lrp_epsilon_0_5_std_x_ib": ("std_x", {"stdfactor": 0.5, "bias": False}),
+    "lrp_alpha_2_beta_1_ib": ("alpha_beta", {"alpha": 2, "beta": 1, "bias": False}),
+    "lrp_z_plus_fast": ("z_plus_fast", {}),
 }
 
 

@@ -288,12 +288,15 @@ def parse(name: str, **kwargs: Any) -> MethodSpec:
     Parameters
     ----------
     name : str
-        A method name, e.g. ``'lrp_epsilon_0_1'``, ``'smoothgrad_x_sign_mu_0_5'``.
+        A method name, e.g. ``'lrp_epsilon_0_1'``, ``'smoothgrad_x_sign_mu_0_5'``, or an alias
+        such as iNNvestigate's ``'lrp.epsilon'`` (see :func:`.catalog.list_methods`).
     **kwargs
         Method parameters that fill or override those the name carries (``epsilon``, ``mu``,
-        ``stdfactor``, ``alpha``, ``beta``, ``gamma``, ``low``, ``high``, ``steps``,
+        ``stdfactor``, ``alpha``, ``beta``, ``gamma``, ``bias``, ``low``, ``high``, ``steps``,
         ``noise_level``, ``num_samples``, ``seed``, ``noise``, ``reference``, ``layer_name``,
-        ``batch_size``).
+        ``batch_size``, ``stddev``), or their iNNvestigate spellings (``augment_by_n``,
+        ``noise_scale``, ``reference_inputs``). For an alpha-beta rule, one of ``alpha`` and
+        ``beta`` is enough: the other follows from ``alpha - beta = 1``.
 
     Returns
     -------
