@@ -1040,3 +1040,51 @@ def test_standalone_keras_relu_layers(floatx):
     for name in ("gradient", "deeplift_method", "guided_backprop", "lrp_z", "lrp_epsilon_0_1"):
         assert_close(reference_map(parse(name), standalone, x, TARGETS_MLP),
                      reference_map(parse(name), fused, x, TARGETS_MLP), floatx, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# iNNvestigate's own analyzer names
+# ---------------------------------------------------------------------------------------------
+
+#: keywords both sides get: the ones a name needs, and iNNvestigate's integrated-gradients steps
+#: (the signxai name keeps its own default of 50)
+NAME_KWARGS = {"deep_taylor.bounded": {"low": -2.5, "high": 3.0}, "lrp.alpha_beta": {"alpha": 2},
+               "integrated_gradients": {"steps": 64}}
+#: names whose maps are random (their noise is iNNvestigate's own draw): compared by parameters
+RANDOM_NAMES = {"random", "smoothgrad"}
+
+
+def _innvestigate_names():
+    import innvestigate.analyzer as ia
+    return sorted(set(ia.analyzers) - RANDOM_NAMES)
+
+
+def test_random_innvestigate_names_have_its_noise_parameters():
+    """Random: the input plus N(0, 1) noise (stddev=1); SmoothGrad: 64 samples of N(0, 1) noise
+    when given iNNvestigate's defaults in its keyword spellings."""
+    import innvestigate.analyzer as ia
+    assert RANDOM_NAMES <= set(ia.analyzers)
+    assert (parse("random").family, parse("random").params["stddev"]) == ("input", 1.0)
+    smooth = parse("smoothgrad", augment_by_n=64, noise_scale=1.0)
+    assert (smooth.family, smooth.params["num_samples"], smooth.params["noise_level"]) == ("smoothgrad", 64, 1.0)
+
+
+@pytest.mark.parametrize("name", _innvestigate_names())
+def test_every_create_analyzer_name_computes_what_create_analyzer_does(name, floatx):
+    """``parse(name)`` through the harness equals ``innvestigate.create_analyzer(name)`` itself
+    (so the alias table means what iNNvestigate's names mean); the names without a meaning for
+    a PyTorch model are refused with the reason."""
+    import innvestigate.analyzer as ia
+    kwargs = NAME_KWARGS.get(name, {})
+    try:
+        spec = parse(name, **kwargs)
+    except ValueError as err:
+        assert "is not supported" in str(err), err
+        assert name in ("lrp", "lrp.sequential_preset_b_flat_until_idx")
+        return
+    net = mlp(floatx)
+    x = cast(mlp_input(), floatx)
+    analyzer = ia.create_analyzer(name, net.factory()(), neuron_selection_mode="index", **kwargs)
+    expected = to_cf(np.asarray(analyzer.analyze(to_cl(x), neuron_selection=TARGETS_MLP)))
+    got = reference_map(spec, net.factory(), x, TARGETS_MLP)
+    assert_close(got, expected, floatx, name)
