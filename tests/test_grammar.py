@@ -578,3 +578,31 @@ def test_typos_of_listed_names_suggest_only_valid_names(name, data):
         if "Closest valid names:" in message:
             for suggestion in message.split("Closest valid names:")[1].strip().rstrip(".").split(", "):
                 parse(suggestion)
+
+
+@pytest.mark.parametrize("name, rule, params", [
+    ("lrp_z_ib", "z", {"bias": False}),
+    ("lrp_epsilon_0_1_ib", "epsilon", {"epsilon": 0.1, "bias": False}),
+    ("lrp_epsilon_0_25_std_x_ib", "epsilon_std_x", {"stdfactor": 0.25, "bias": False}),
+    ("lrp_alpha_2_beta_1_ib", "alpha_beta", {"alpha": 2.0, "beta": 1.0, "bias": False}),
+    ("lrpsign_z_ib_mu_0_5", "z", {"bias": False, "mu": 0.5}),
+    ("zblrp_epsilon_0_1_ib_VGG16ILSVRC", "epsilon", {"epsilon": 0.1, "bias": False, "low": VGG_BOUNDS[0]}),
+    ("lrp_z", "z", {"bias": True}),
+])
+def test_ib_suffix_names_the_bias_free_rule(name, rule, params):
+    spec = parse(name)
+    assert spec.rule == rule
+    assert {key: spec.params[key] for key in params} == params
+
+
+@pytest.mark.parametrize("name", ["lrp_z_plus_ib", "lrp_gamma_ib", "lrp_flat_ib", "lrp_w_square_ib",
+                                  "lrp_deep_taylor_ib", "lrp_sequential_composite_a_ib"])
+def test_ib_suffix_only_on_rules_with_a_bias(name):
+    with pytest.raises(ValueError, match="ignore bias"):
+        parse(name)
+
+
+@pytest.mark.parametrize("name", ["lrpsign_z_mu_0_5_ib", "lrp_z_ib_ib", "lrp_ib_z", "lrp_z_IB"])
+def test_ib_suffix_in_the_wrong_place_is_unknown(name):
+    with pytest.raises(ValueError, match="Unknown method name"):
+        parse(name)

@@ -21,8 +21,9 @@ as ``z = W x``, as iNNvestigate's ``IgnoreBias`` analyzers and its rules' ``bias
 
 Whole-name aliases (:data:`.aliases.ALIASES`) are other spellings of a name: the seed API's short
 forms and every ``innvestigate.create_analyzer`` name (``lrp.epsilon``, ``lrp.alpha_2_beta_1_IB``,
-``deep_taylor.bounded``, ``input``, ``random``, ...), each meaning what its iNNvestigate analyzer
-computes. Explicit keyword arguments (``epsilon=``, ``mu=``, ``stdfactor=``, ``low=``, ``high=``,
+``deep_taylor.bounded``, ``random``, ...), each meaning what its iNNvestigate analyzer computes;
+the few iNNvestigate names without a meaning for a PyTorch model are refused with the reason
+(:data:`.aliases.REFUSED`). Explicit keyword arguments (``epsilon=``, ``mu=``, ``stdfactor=``, ``low=``, ``high=``,
 ``bias=``, and iNNvestigate's ``augment_by_n=``, ``noise_scale=``, ``reference_inputs=``, ...) fill
 or override the parameters a name carries.
 """
@@ -43,7 +44,7 @@ from .aliases import ALIASES, REFUSED
 from .lrp.table import HIDDEN_RULES, INPUT_RULES, PREFIXES
 
 __all__ = ["MethodSpec", "parse", "format_number", "known_names", "LRP_PREFIXES", "LRP_RULES",
-           "FAMILY_PARAMS"]
+           "FAMILY_PARAMS", "SIMPLE_BASES", "GRADCAM_PRESETS"]
 
 _NUMBER = r"(?:neg_)?\d+(?:_\d+)?"
 
@@ -94,6 +95,7 @@ _KWARG_ALIASES = MappingProxyType({
     "last_conv_layer_name": "layer_name",
 })
 
+#: names of the methods without a syntax of their own -> their family
 SIMPLE_BASES = MappingProxyType({
     "gradient": "gradient",
     "guided_backprop": "guided_backprop",
