@@ -154,3 +154,16 @@ def test_input_is_the_input_and_random_adds_seeded_unit_gaussian_noise():
     np.testing.assert_array_equal(noise, calculate_relevancemaps("random", big, model, seed=1))
     half = calculate_relevancemaps("random", big, model, seed=1, stddev=0.5)
     np.testing.assert_allclose(half, noise * 0.5, rtol=1e-12)
+
+
+def test_every_innvestigate_name_that_resolves_alone_is_in_the_parity_session():
+    """The live harness compares them (parity/innvestigate_names.txt; random is skipped there as
+    a random baseline); the session's names are unique and all parse."""
+    from parity.cases import session_names
+
+    names = session_names()
+    assert len(names) == len(set(names))
+    for name in names:
+        parse(name)
+    missing = [name for name in ACCEPTED if name not in NEEDS and name not in names]
+    assert missing == [], missing

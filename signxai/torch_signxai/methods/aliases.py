@@ -12,7 +12,9 @@ Two iNNvestigate names are spelled like signxai names and keep signxai's default
 ``integrated_gradients`` (signxai: 50 steps; iNNvestigate: ``steps=64``) and ``smoothgrad``
 (signxai: 50 samples, noise standard deviation 0.2; iNNvestigate: ``augment_by_n=64``,
 ``noise_scale=1``). Pass iNNvestigate's values as keywords (both of its keyword names are
-accepted) to compute its defaults.
+accepted) to compute its defaults. iNNvestigate 2.1.2's SmoothGrad ignores its ``noise_scale``
+(its ``GaussianSmoother`` builds ``AddGaussianNoise()`` with the default standard deviation 1), so
+its noise is always N(0, 1); here ``noise_scale`` / ``noise_level`` is the standard deviation used.
 """
 from __future__ import annotations
 
