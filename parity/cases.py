@@ -14,10 +14,13 @@ import numpy as np
 
 from signxai.torch_signxai.methods.grammar import MethodSpec, parse
 
-__all__ = ["Case", "method_names", "not_applicable", "method_kwargs", "NOISE_SEED"]
+__all__ = ["Case", "method_names", "session_names", "not_applicable", "method_kwargs", "NOISE_SEED"]
 
 #: the method names that must resolve (a copy of shared/method_names.txt; a test keeps them equal)
 METHOD_NAMES_FILE = Path(__file__).with_name("method_names.txt")
+#: names added since: iNNvestigate's analyzer names, the bias-free rules, ZPlusFast and Deep Taylor
+#: with input rules; the live harness compares them with the names of METHOD_NAMES_FILE
+EXTRA_NAMES_FILE = Path(__file__).with_name("innvestigate_names.txt")
 #: seed of the smoothgrad / vargrad noise both frameworks receive
 NOISE_SEED = 1234
 
@@ -26,6 +29,12 @@ def method_names(path: Path = METHOD_NAMES_FILE) -> list[str]:
     """The method names of ``path`` (one a line; ``#`` comments and ``[section]`` lines skipped)."""
     lines = (line.strip() for line in path.read_text().splitlines())
     return [line for line in lines if line and not line.startswith(("#", "["))]
+
+
+def session_names() -> list[str]:
+    """Every name the parity session compares: :data:`METHOD_NAMES_FILE`'s, then
+    :data:`EXTRA_NAMES_FILE`'s."""
+    return method_names() + method_names(EXTRA_NAMES_FILE)
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,7 @@ class Case:
 
 def not_applicable(spec: MethodSpec, kind: str, gradcam_layer: str | None) -> str | None:
     """Why ``spec`` cannot be compared on a fixture of ``kind`` ('mlp', 'cnn', 'cnn1d'), or None."""
-    if spec.family == "random_uniform":
+    if spec.family == "random_uniform" or (spec.family == "input" and spec.params["stddev"]):
         return "random baseline: nothing to compare"
     if spec.family in ("grad_cam", "guided_grad_cam"):
         if gradcam_layer is None:
@@ -67,7 +76,7 @@ def cases(fixture: str, kind: str, gradcam_layer: str | None, x: np.ndarray,
           names: list[str] | None = None) -> tuple[list[Case], dict[str, str]]:
     """The comparisons of one fixture, and the skipped names with their reasons."""
     chosen, skipped = [], {}
-    for name in names if names is not None else method_names():
+    for name in names if names is not None else session_names():
         spec = parse(name)
         reason = not_applicable(spec, kind, gradcam_layer)
         if reason:

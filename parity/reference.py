@@ -10,6 +10,8 @@ code from the PyTorch implementation.
 Mapping (spec -> reference)
 ---------------------------
 ==========================  ===============================================================
+``input``                   ``Input`` (the input itself; with ``stddev > 0``, iNNvestigate's
+                            ``Random``, noise: nothing to compare)
 ``gradient``                ``Gradient`` (seeds the backward pass with 1, postprocess None)
 ``guided_backprop``         ``GuidedBackprop`` (starts from the selected logit's value)
 ``deconvnet``               ``Deconvnet`` (starts from the selected logit's value)
@@ -20,16 +22,18 @@ Mapping (spec -> reference)
 ``deeplift``                own TF: rescale rule at every activation, gradient elsewhere
 ``grad_cam``                own TF: ReLU(sum_k w_k A_k), / max, bilinear/linear half-pixel resize
 ``guided_grad_cam``         ``GuidedBackprop`` times the Grad-CAM map
-``lrp`` rule ``z``          ``LRPZ``
-``epsilon``                 ``LRPEpsilon(epsilon=E)``
-``epsilon_std_x``           ``LRP`` with :class:`StdxEpsilonRule` (hidden layers and BN)
-``alpha_beta``              ``LRPAlphaBeta(alpha, beta, bias=True)``
+``lrp`` rule ``z``          ``LRPZ`` (``bias=False``: ``LRP`` with ``ZRule(bias=False)``)
+``epsilon``                 ``LRPEpsilon(epsilon=E, bias=B)``
+``epsilon_std_x``           ``LRP`` with :class:`StdxEpsilonRule` (hidden layers and BN, ``bias=B``)
+``alpha_beta``              ``LRPAlphaBeta(alpha, beta, bias=B)``
 ``z_plus``                  ``LRPZPlus`` (alpha 1, beta 0, bias ignored)
+``z_plus_fast``             ``LRPZPlusFast``
 ``gamma``                   ``LRP`` with :class:`GammaRule` (hidden layers and BN)
 ``flat`` / ``w_square``     ``LRPFlat`` / ``LRPWSquare``
-``sequential_composite_a``  ``LRPSequentialPresetA(epsilon=0.1)``
-``sequential_composite_b``  ``LRPSequentialPresetB(epsilon=0.1)``
-``deep_taylor``             ``DeepTaylor`` (``BoundedDeepTaylor`` for the zbox input rule)
+``sequential_composite_a``  ``LRPSequentialPresetA(epsilon=E)`` (E = 0.1 unless given)
+``sequential_composite_b``  ``LRPSequentialPresetB(epsilon=E)``
+``deep_taylor``             ``DeepTaylor`` (``BoundedDeepTaylor`` for the zbox input rule, another
+                            input rule the same way)
 input rule ``z``            ``input_layer_rule='Z'``
 input rule ``sign``         ``input_layer_rule=`` :class:`SignRule` (with ``mu``)
 input rule ``w_square``     ``input_layer_rule='WSquare'``
@@ -62,6 +66,7 @@ from innvestigate.analyzer.gradient_based import (
     GuidedBackprop,
     IntegratedGradients,
 )
+from innvestigate.analyzer.misc import Input
 from innvestigate.analyzer.relevance_based.relevance_analyzer import (
     LRP,
     LRPZ,
@@ -72,6 +77,7 @@ from innvestigate.analyzer.relevance_based.relevance_analyzer import (
     LRPSequentialPresetB,
     LRPWSquare,
     LRPZPlus,
+    LRPZPlusFast,
 )
 
 from signxai.torch_signxai.methods.lrp.table import INPUT_RULES
@@ -94,9 +100,6 @@ __all__ = [
 ]
 
 klayers = keras.layers
-
-#: epsilon of the dense layers in iNNvestigate's sequential presets (their default, passed explicitly)
-SEQUENTIAL_PRESET_EPSILON = 0.1
 
 
 class ReferenceUnavailable(Exception):
@@ -317,7 +320,7 @@ def _run_exception_checks(analyzer, model: keras.Model, what: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 _SIMPLE_ANALYZERS = {"gradient": Gradient, "guided_backprop": GuidedBackprop,
-                     "deconvnet": Deconvnet}
+                     "deconvnet": Deconvnet, "input": Input}
 
 
 def _refuse_standalone_relu(model: keras.Model, what: str) -> None:
@@ -556,25 +559,28 @@ def _lrp_analyzer(spec: MethodSpec, model: keras.Model):
         return _DeepTaylorInputRule(model, _RULE_CLASSES.get(input_rule, input_rule), **kwargs)
     if input_rule is not None:
         kwargs["input_layer_rule"] = input_rule
+    bias = bool(params.get("bias", True))
     if rule == "z":
-        return LRPZ(model, **kwargs)
+        return LRPZ(model, **kwargs) if bias else _LRPRule(model, _proxy(rrule.ZRule, bias=False), **kwargs)
     if rule == "epsilon":
         epsilon = float(params["epsilon"])
         if not epsilon > 0:
             raise ReferenceUnavailable(f"{spec.name}: iNNvestigate's epsilon rule needs "
                                        f"epsilon > 0, got {epsilon}")
-        return LRPEpsilon(model, epsilon=epsilon, bias=True, **kwargs)
+        return LRPEpsilon(model, epsilon=epsilon, bias=bias, **kwargs)
     if rule == "epsilon_std_x":
-        return _LRPRule(model, _proxy(StdxEpsilonRule, stdfactor=float(params["stdfactor"])),
+        return _LRPRule(model, _proxy(StdxEpsilonRule, stdfactor=float(params["stdfactor"]), bias=bias),
                         **kwargs)
     if rule == "alpha_beta":
         try:
-            return LRPAlphaBeta(model, alpha=params["alpha"], beta=params["beta"], bias=True,
+            return LRPAlphaBeta(model, alpha=params["alpha"], beta=params["beta"], bias=bias,
                                 **kwargs)
         except ValueError as err:  # iNNvestigate checks alpha - beta == 1 exactly
             raise ReferenceUnavailable(f"{spec.name}: {err}") from err
     if rule == "z_plus":
         return LRPZPlus(model, **kwargs)
+    if rule == "z_plus_fast":
+        return LRPZPlusFast(model, **kwargs)
     if rule == "gamma":
         return _LRPRule(model, _proxy(GammaRule, gamma=float(params["gamma"])), **kwargs)
     if rule == "flat":
@@ -582,9 +588,9 @@ def _lrp_analyzer(spec: MethodSpec, model: keras.Model):
     if rule == "w_square":
         return LRPWSquare(model, **kwargs)
     if rule == "sequential_composite_a":
-        return LRPSequentialPresetA(model, epsilon=SEQUENTIAL_PRESET_EPSILON, **kwargs)
+        return LRPSequentialPresetA(model, epsilon=float(params["epsilon"]), **kwargs)
     if rule == "sequential_composite_b":
-        return LRPSequentialPresetB(model, epsilon=SEQUENTIAL_PRESET_EPSILON, **kwargs)
+        return LRPSequentialPresetB(model, epsilon=float(params["epsilon"]), **kwargs)
     raise ValueError(f"{spec.name}: unknown LRP rule {rule!r}")
 
 
@@ -649,12 +655,12 @@ def reference_map(spec: MethodSpec, keras_model_factory: Callable[[], keras.Mode
     Raises
     ------
     ReferenceUnavailable
-        For ``random_uniform``, for an input-layer rule that iNNvestigate would drop, for
+        For ``random_uniform`` and ``random`` (``input`` with ``stddev > 0``), for an input-layer rule that iNNvestigate would drop, for
         smoothgrad/vargrad without explicit noise, or where iNNvestigate refuses the model.
     """
     family = spec.family
-    if family == "random_uniform":
-        raise ReferenceUnavailable("random_uniform: a random map has no reference to compare")
+    if family == "random_uniform" or (family == "input" and spec.params["stddev"]):
+        raise ReferenceUnavailable(f"{spec.name}: a random map has no reference to compare")
     if spec.input_rule is not None and input_layer_hidden:
         raise ReferenceUnavailable(
             f"{spec.name}: the twin hides its input layer from iNNvestigate (e.g. explicit "

@@ -263,10 +263,12 @@ def test_input_mu_only_with_the_lrpsign_prefix(name):
 
 
 @pytest.mark.parametrize("prefix", sorted(set(PREFIX_INPUT_RULE) - {"lrp"}))
-def test_deep_taylor_takes_no_input_layer_rule(prefix):
+def test_deep_taylor_takes_an_input_layer_rule(prefix):
+    """iNNvestigate's BoundedDeepTaylor is DeepTaylor with the Z-box rule at the input layer; the
+    other prefixes put their rule there the same way."""
     assert parse("lrp_deep_taylor").input_rule is None
-    with pytest.raises(ValueError, match="deep_taylor"):
-        parse(f"{prefix}_deep_taylor" + ("_VGG16ILSVRC" if prefix == "zblrp" else ""))
+    spec = parse(f"{prefix}_deep_taylor" + ("_VGG16ILSVRC" if prefix == "zblrp" else ""))
+    assert (spec.rule, spec.input_rule) == ("deep_taylor", PREFIX_INPUT_RULE[prefix])
 
 
 def test_grad_cam_presets_and_layer_name():
@@ -576,3 +578,31 @@ def test_typos_of_listed_names_suggest_only_valid_names(name, data):
         if "Closest valid names:" in message:
             for suggestion in message.split("Closest valid names:")[1].strip().rstrip(".").split(", "):
                 parse(suggestion)
+
+
+@pytest.mark.parametrize("name, rule, params", [
+    ("lrp_z_ib", "z", {"bias": False}),
+    ("lrp_epsilon_0_1_ib", "epsilon", {"epsilon": 0.1, "bias": False}),
+    ("lrp_epsilon_0_25_std_x_ib", "epsilon_std_x", {"stdfactor": 0.25, "bias": False}),
+    ("lrp_alpha_2_beta_1_ib", "alpha_beta", {"alpha": 2.0, "beta": 1.0, "bias": False}),
+    ("lrpsign_z_ib_mu_0_5", "z", {"bias": False, "mu": 0.5}),
+    ("zblrp_epsilon_0_1_ib_VGG16ILSVRC", "epsilon", {"epsilon": 0.1, "bias": False, "low": VGG_BOUNDS[0]}),
+    ("lrp_z", "z", {"bias": True}),
+])
+def test_ib_suffix_names_the_bias_free_rule(name, rule, params):
+    spec = parse(name)
+    assert spec.rule == rule
+    assert {key: spec.params[key] for key in params} == params
+
+
+@pytest.mark.parametrize("name", ["lrp_z_plus_ib", "lrp_gamma_ib", "lrp_flat_ib", "lrp_w_square_ib",
+                                  "lrp_deep_taylor_ib", "lrp_sequential_composite_a_ib"])
+def test_ib_suffix_only_on_rules_with_a_bias(name):
+    with pytest.raises(ValueError, match="ignore bias"):
+        parse(name)
+
+
+@pytest.mark.parametrize("name", ["lrpsign_z_mu_0_5_ib", "lrp_z_ib_ib", "lrp_ib_z", "lrp_z_IB"])
+def test_ib_suffix_in_the_wrong_place_is_unknown(name):
+    with pytest.raises(ValueError, match="Unknown method name"):
+        parse(name)

@@ -107,18 +107,24 @@ def rule_z(bias: bool = True):
     return rule
 
 
-def rule_epsilon(eps: float):
+def rule_epsilon(eps: float, bias: bool = True):
     def rule(L, x, R):
-        z = L.M @ x + L.b
+        z = L.M @ x + (L.b if bias else 0.0)
         return x * (L.M.T @ (R / (z + eps * sign(z))))
     return rule
 
 
-def rule_std_x(factor: float):
+def rule_std_x(factor: float, bias: bool = True):
     """Epsilon = factor * population std (ddof 0) of this layer's input, this sample."""
     def rule(L, x, R):
-        return rule_epsilon(factor * float(np.sqrt(np.mean((x - x.mean()) ** 2))))(L, x, R)
+        return rule_epsilon(factor * float(np.sqrt(np.mean((x - x.mean()) ** 2))), bias)(L, x, R)
     return rule
+
+
+def rule_z_plus_fast(L, x, R):
+    """iNNvestigate's ZPlusFastRule: x * W+^T (R / W+ x), no bias, x as it is (negatives too)."""
+    Mp = pos(L.M)
+    return x * (Mp.T @ (R / safe(Mp @ x)))
 
 
 def rule_alpha_beta(alpha: float, beta: float, bias: bool = True):
@@ -659,6 +665,17 @@ API_METHODS = {
     "lrp_sequential_composite_a": Method(preset="a"),
     "lrp_sequential_composite_b": Method(preset="b"),
     "lrp_deep_taylor": Method(deep_taylor=True),
+    # bias-free variants (iNNvestigate's IgnoreBias analyzers, bias=False), Z+ fast, Deep Taylor
+    # with an input rule (BoundedDeepTaylor: the Z-box rule)
+    "lrp_z_ib": Method(rule_z(bias=False)),
+    "lrp_epsilon_0_1_ib": Method(rule_epsilon(0.1, bias=False)),
+    "lrp_epsilon_0_5_std_x_ib": Method(rule_std_x(0.5, bias=False)),
+    "lrp_alpha_1_beta_0_ib": Method(rule_alpha_beta(1, 0, bias=False)),
+    "lrp_alpha_2_beta_1_ib": Method(rule_alpha_beta(2, 1, bias=False)),
+    "lrpsign_epsilon_0_1_ib_mu_0_3": Method(rule_epsilon(0.1, bias=False), rule_sign(0.3)),
+    "lrp_z_plus_fast": Method(rule_z_plus_fast),
+    "zblrp_deep_taylor_VGG16ILSVRC": Method(input=rule_zbox(-123.68, 151.061), deep_taylor=True),
+    "w2lrp_deep_taylor": Method(input=rule_w_square, deep_taylor=True),
     "lrp_epsilon_0_1_x_input_x_sign": Method(rule_epsilon(0.1), post=("x_input", "x_sign")),
 }
 

@@ -21,7 +21,7 @@ def test_the_grammar_vocabulary_is_the_tables():
 @pytest.mark.parametrize("name", sorted(HIDDEN_RULES))
 def test_every_hidden_rule_plans(name):
     entry = HIDDEN_RULES[name]
-    params = {"epsilon": 0.1, "stdfactor": 0.25, "alpha": 2.0, "beta": 1.0, "gamma": 0.25}
+    params = {"epsilon": 0.1, "stdfactor": 0.25, "alpha": 2.0, "beta": 1.0, "gamma": 0.25, "bias": False}
     method = "lrp_epsilon_0_25_std_x" if name == "epsilon_std_x" else f"lrp_{name}"
     spec = parse(method, **{k: params[k] for k in entry.params if k != "stdfactor"})
     plan = plan_for(spec)

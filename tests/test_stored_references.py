@@ -17,7 +17,7 @@ import torch
 
 from fixtures.models import FIXTURES, load_inputs, load_model
 from fixtures.references import TARGETS_KEY, load_manifest, load_references
-from parity.cases import METHOD_NAMES_FILE, method_kwargs, method_names
+from parity.cases import METHOD_NAMES_FILE, method_kwargs, method_names, session_names
 from parity.compare import judge
 from signxai.torch_signxai.methods.grammar import parse
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps
@@ -65,10 +65,12 @@ def test_matches_stored_innvestigate_reference(loaded, fixture, method):
 def test_every_fixture_has_stored_references_for_its_applicable_names():
     manifest = load_manifest()
     assert set(manifest["fixtures"]) == set(FIXTURES)
-    names = set(method_names())
+    names, session = set(method_names()), set(session_names())
     for fixture, entry in manifest["fixtures"].items():
         covered = set(entry["methods"]) | set(entry["skipped"]) | set(entry["unavailable"])
-        assert covered == names, f"{fixture}: names without a stored reference or a reason"
+        # every listed name; the names added to the session since are stored once the references
+        # are regenerated (python -m fixtures.make_references)
+        assert names <= covered <= session, f"{fixture}: names without a stored reference or a reason"
         assert len(entry["methods"]) >= 100
         for key in ("tensorflow", "innvestigate", "numpy", "keras"):
             assert manifest["versions"][key]

@@ -356,8 +356,8 @@ def rule_z(layer, x, r, f=identity, bias=True):
     return x * ((r / safe(z)) @ layer.matrix(f).T)
 
 
-def rule_epsilon(layer, x, r, eps):
-    z = x @ layer.matrix() + layer.bias_vector()
+def rule_epsilon(layer, x, r, eps, bias=True):
+    z = x @ layer.matrix() + (layer.bias_vector() if bias else 0)
     eps = np.asarray(eps).reshape(-1, 1) if np.ndim(eps) else eps
     return x * ((r / (z + np.where(z >= 0, 1.0, -1.0) * eps)) @ layer.matrix().T)
 
@@ -417,11 +417,14 @@ def rule_zbox(layer, x, r, low, high):
 def hidden_rule(name, **p):
     """Backward of one kernel/BN layer for an LRP rule name, in matrix form."""
     table = {
-        "z": lambda L, x, r: rule_z(L, x, r),
-        "epsilon": lambda L, x, r: rule_epsilon(L, x, r, p.get("epsilon")),
-        "std_x": lambda L, x, r: rule_epsilon(L, x, r, p.get("stdfactor", 0) * x.std(axis=1)),
-        "alpha_beta": lambda L, x, r: rule_alpha_beta(L, x, r, p.get("alpha"), p.get("beta")),
+        "z": lambda L, x, r: rule_z(L, x, r, bias=p.get("bias", True)),
+        "epsilon": lambda L, x, r: rule_epsilon(L, x, r, p.get("epsilon"), p.get("bias", True)),
+        "std_x": lambda L, x, r: rule_epsilon(L, x, r, p.get("stdfactor", 0) * x.std(axis=1),
+                                              p.get("bias", True)),
+        "alpha_beta": lambda L, x, r: rule_alpha_beta(L, x, r, p.get("alpha"), p.get("beta"),
+                                                      p.get("bias", True)),
         "z_plus": lambda L, x, r: rule_alpha_beta(L, x, r, 1, 0, bias=False),
+        "z_plus_fast": lambda L, x, r: rule_z(L, x, r, f=pos, bias=False),
         "gamma": lambda L, x, r: rule_gamma(L, x, r, p.get("gamma")),
         "flat": lambda L, x, r: rule_unweighted(L, x, r, np.ones_like),
         "w_square": lambda L, x, r: rule_unweighted(L, x, r, np.square),
@@ -567,6 +570,12 @@ HIDDEN_RULES = {
     "lrp_gamma": ("gamma", {"gamma": 0.5}),
     "lrp_flat": ("flat", {}),
     "lrp_w_square": ("w_square", {}),
+    # bias-free variants (iNNvestigate's bias=False: IgnoreBias analyzers) and ZPlusFast
+    "lrp_z_ib": ("z", {"bias": False}),
+    "lrp_epsilon_0_1_ib": ("epsilon", {"epsilon": 0.1, "bias": False}),
+    "lrp_epsilon_0_5_std_x_ib": ("std_x", {"stdfactor": 0.5, "bias": False}),
+    "lrp_alpha_2_beta_1_ib": ("alpha_beta", {"alpha": 2, "beta": 1, "bias": False}),
+    "lrp_z_plus_fast": ("z_plus_fast", {}),
 }
 
 
@@ -1031,3 +1040,51 @@ def test_standalone_keras_relu_layers(floatx):
     for name in ("gradient", "deeplift_method", "guided_backprop", "lrp_z", "lrp_epsilon_0_1"):
         assert_close(reference_map(parse(name), standalone, x, TARGETS_MLP),
                      reference_map(parse(name), fused, x, TARGETS_MLP), floatx, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# iNNvestigate's own analyzer names
+# ---------------------------------------------------------------------------------------------
+
+#: keywords both sides get: the ones a name needs, and iNNvestigate's integrated-gradients steps
+#: (the signxai name keeps its own default of 50)
+NAME_KWARGS = {"deep_taylor.bounded": {"low": -2.5, "high": 3.0}, "lrp.alpha_beta": {"alpha": 2},
+               "integrated_gradients": {"steps": 64}}
+#: names whose maps are random (their noise is iNNvestigate's own draw): compared by parameters
+RANDOM_NAMES = {"random", "smoothgrad"}
+
+
+def _innvestigate_names():
+    import innvestigate.analyzer as ia
+    return sorted(set(ia.analyzers) - RANDOM_NAMES)
+
+
+def test_random_innvestigate_names_have_its_noise_parameters():
+    """Random: the input plus N(0, 1) noise (stddev=1); SmoothGrad: 64 samples of N(0, 1) noise
+    when given iNNvestigate's defaults in its keyword spellings."""
+    import innvestigate.analyzer as ia
+    assert RANDOM_NAMES <= set(ia.analyzers)
+    assert (parse("random").family, parse("random").params["stddev"]) == ("input", 1.0)
+    smooth = parse("smoothgrad", augment_by_n=64, noise_scale=1.0)
+    assert (smooth.family, smooth.params["num_samples"], smooth.params["noise_level"]) == ("smoothgrad", 64, 1.0)
+
+
+@pytest.mark.parametrize("name", _innvestigate_names())
+def test_every_create_analyzer_name_computes_what_create_analyzer_does(name, floatx):
+    """``parse(name)`` through the harness equals ``innvestigate.create_analyzer(name)`` itself
+    (so the alias table means what iNNvestigate's names mean); the names without a meaning for
+    a PyTorch model are refused with the reason."""
+    import innvestigate.analyzer as ia
+    kwargs = NAME_KWARGS.get(name, {})
+    try:
+        spec = parse(name, **kwargs)
+    except ValueError as err:
+        assert "is not supported" in str(err), err
+        assert name in ("lrp", "lrp.sequential_preset_b_flat_until_idx")
+        return
+    net = mlp(floatx)
+    x = cast(mlp_input(), floatx)
+    analyzer = ia.create_analyzer(name, net.factory()(), neuron_selection_mode="index", **kwargs)
+    expected = to_cf(np.asarray(analyzer.analyze(to_cl(x), neuron_selection=TARGETS_MLP)))
+    got = reference_map(spec, net.factory(), x, TARGETS_MLP)
+    assert_close(got, expected, floatx, name)

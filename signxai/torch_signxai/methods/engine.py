@@ -40,6 +40,7 @@ _FAMILIES: dict[str, Family] = {
     "integrated_gradients": _gradient.integrated_gradients,
     "deeplift": _gradient.deeplift,
     "random_uniform": _gradient.random_uniform,
+    "input": _gradient.input_map,
     "grad_cam": _gradcam.grad_cam,
     "guided_grad_cam": _gradcam.guided_grad_cam,
     "lrp": _lrp,

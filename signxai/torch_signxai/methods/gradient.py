@@ -25,7 +25,7 @@ from .targets import check_logits, output_seed, resolve_targets
 T = TypeVar("T")
 
 __all__ = ["attribute", "with_activation_modules", "guard_activations", "fixed_targets", "gradient", "guided_backprop", "deconvnet", "smoothgrad",
-           "vargrad", "integrated_gradients", "deeplift", "random_uniform"]
+           "vargrad", "integrated_gradients", "deeplift", "random_uniform", "input_map"]
 
 
 
@@ -175,11 +175,7 @@ def _noise_chunks(x: torch.Tensor, spec: MethodSpec) -> Callable[[int, int], tor
             raise ValueError(f"noise must have shape (num_samples, *input batch shape) = "
                              f"{(samples, *x.shape)}, got {tuple(noise.shape)}")
         return lambda start, stop: noise[start:stop]
-    generator = torch.Generator(device="cpu")
-    if spec["seed"] is not None:
-        generator.manual_seed(int(spec["seed"]))
-    else:
-        generator.seed()
+    generator = _generator(spec["seed"])
 
     def draw(start: int, stop: int) -> torch.Tensor:
         normal = torch.randn((stop - start, *x.shape), generator=generator, dtype=torch.float64)
@@ -292,17 +288,33 @@ def _deeplift(model: nn.Module, x: torch.Tensor, target: Any, reference: torch.T
     return grad * (x - reference)
 
 
+def _generator(seed) -> torch.Generator:
+    """A CPU generator seeded with ``seed`` (None: a fresh random seed)."""
+    generator = torch.Generator(device="cpu")
+    if seed is not None:
+        generator.manual_seed(int(seed))
+    else:
+        generator.seed()
+    return generator
+
+
 def random_uniform(model, x, target, spec: MethodSpec) -> torch.Tensor:
     """U(-1, 1) noise, seeded, one map shared across the channel axis (axis 1 of inputs of rank >= 3).
 
     The map does not depend on the model, but the model is run once so that its output and the
     target are validated as for every other method."""
     fixed_targets(model, x, target)
-    generator = torch.Generator(device="cpu")
-    if spec["seed"] is not None:
-        generator.manual_seed(int(spec["seed"]))
-    else:
-        generator.seed()
     shape = (x.shape[0], 1, *x.shape[2:]) if x.ndim >= 3 else tuple(x.shape)
-    values = torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1
+    values = torch.rand(shape, generator=_generator(spec["seed"]), dtype=torch.float64) * 2 - 1
     return values.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
+
+
+def input_map(model, x, target, spec: MethodSpec) -> torch.Tensor:
+    """The input itself (iNNvestigate's ``Input``), plus independent N(0, stddev**2) noise on every
+    value when ``stddev > 0`` (its ``Random``, seeded here); the model is run once, as for
+    :func:`random_uniform`."""
+    fixed_targets(model, x, target)
+    if not spec["stddev"]:
+        return x.detach().clone()
+    normal = torch.randn(tuple(x.shape), generator=_generator(spec["seed"]), dtype=torch.float64)
+    return x.detach() + (normal * spec["stddev"]).to(device=x.device, dtype=x.dtype)

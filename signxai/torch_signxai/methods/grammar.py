@@ -7,15 +7,25 @@ Grammar::
 
     name      := base [ "_x_input" ] [ "_x_sign" [ "_mu" [ "_" number ] ] ]
     base      := gradient-family | grad-cam | lrp
-    lrp       := prefix "_" rule [ "_mu_" number ] [ "_VGG16ILSVRC" ]
+    lrp       := prefix "_" rule [ "_ib" ] [ "_mu_" number ] [ "_VGG16ILSVRC" ]
     prefix    := "lrp" | "lrpz" | "lrpsign" | "w2lrp" | "flatlrp" | "zblrp"
-    rule      := "z" | "z_plus" | "epsilon" [ "_" number [ "_std_x" ] ] | "alpha_" number "_beta_" number
-               | "gamma" [ "_" number ] | "flat" | "w_square" | "sequential_composite_" ("a" | "b")
-               | "deep_taylor"
+    rule      := "z" | "z_plus" | "z_plus_fast" | "epsilon" [ "_" number [ "_std_x" ] ]
+               | "alpha_" number "_beta_" number | "gamma" [ "_" number ] | "flat" | "w_square"
+               | "sequential_composite_" ("a" | "b") | "deep_taylor"
     number    := [ "neg_" ] digits [ "_" digits ]        (``_`` between digits is a decimal point)
 
-Explicit keyword arguments (``epsilon=``, ``mu=``, ``stdfactor=``, ``low=``, ``high=``, ...) fill or
-override the parameters a name carries.
+``_ib`` ("ignore bias") names the bias-free variant of a rule that has a bias term (``z``,
+``epsilon``, ``epsilon_std_x``, ``alpha_beta``): its conv/dense layers (and BatchNorm) are taken
+as ``z = W x``, as iNNvestigate's ``IgnoreBias`` analyzers and its rules' ``bias=False`` do
+(``lrp_alpha_2_beta_1_ib`` is ``LRPAlpha2Beta1IgnoreBias``); the keyword ``bias=False`` is the same.
+
+Whole-name aliases (:data:`.aliases.ALIASES`) are other spellings of a name: the seed API's short
+forms and every ``innvestigate.create_analyzer`` name (``lrp.epsilon``, ``lrp.alpha_2_beta_1_IB``,
+``deep_taylor.bounded``, ``random``, ...), each meaning what its iNNvestigate analyzer computes;
+the few iNNvestigate names without a meaning for a PyTorch model are refused with the reason
+(:data:`.aliases.REFUSED`). Explicit keyword arguments (``epsilon=``, ``mu=``, ``stdfactor=``, ``low=``, ``high=``,
+``bias=``, and iNNvestigate's ``augment_by_n=``, ``noise_scale=``, ``reference_inputs=``, ...) fill
+or override the parameters a name carries.
 """
 from __future__ import annotations
 
@@ -30,9 +40,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .aliases import ALIASES, REFUSED
 from .lrp.table import HIDDEN_RULES, INPUT_RULES, PREFIXES
 
-__all__ = ["MethodSpec", "parse", "format_number", "known_names", "LRP_PREFIXES", "LRP_RULES"]
+__all__ = ["MethodSpec", "parse", "format_number", "known_names", "LRP_PREFIXES", "LRP_RULES",
+           "FAMILY_PARAMS", "SIMPLE_BASES", "GRADCAM_PRESETS"]
 
 _NUMBER = r"(?:neg_)?\d+(?:_\d+)?"
 
@@ -46,14 +58,14 @@ LRP_RULES: Mapping[str, tuple[str, ...]] = MappingProxyType(
 #: ImageNet (BGR, mean-subtracted) input range of the VGG16 presets
 _ZBOX_PRESETS = MappingProxyType({"VGG16ILSVRC": (-123.68, 151.061)})
 #: Grad-CAM presets: default layer of each known architecture (None: the last conv layer)
-_GRADCAM_PRESETS = MappingProxyType({
+GRADCAM_PRESETS = MappingProxyType({
     "VGG16ILSVRC": "features.28",
     "VGG16MITPL365": "features.28",
     "MNISTCNN": None,
 })
 
 #: parameters of each family, with defaults (None: no default, resolved by the engine)
-_FAMILY_PARAMS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+FAMILY_PARAMS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "gradient": {},
     "guided_backprop": {},
     "deconvnet": {},
@@ -64,18 +76,14 @@ _FAMILY_PARAMS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "integrated_gradients": {"steps": 50, "reference": None, "batch_size": 64},
     "deeplift": {"reference": None},
     "random_uniform": {"seed": None},
+    "input": {"stddev": 0.0, "seed": None},
     "grad_cam": {"layer_name": None},
     "guided_grad_cam": {"layer_name": None},
     "lrp": {},
 })
-#: defaults of LRP parameters (None: the name or a keyword must give it)
-_LRP_DEFAULTS = MappingProxyType({key: default for entry in (*HIDDEN_RULES.values(), *INPUT_RULES.values())
-                                  for key, default in entry.params.items() if default is not None})
 #: parameters every LRP method takes: the rule of the last conv/dense layer (a hidden-rule name
 #: such as ``'epsilon_0_1'``; None for the hidden rule)
 _LRP_COMMON = ("last_rule",)
-#: parameters of each LRP input-layer rule
-_INPUT_RULE_PARAMS = MappingProxyType({name: tuple(entry.params) for name, entry in INPUT_RULES.items()})
 
 #: keyword aliases accepted for a parameter
 _KWARG_ALIASES = MappingProxyType({
@@ -87,20 +95,8 @@ _KWARG_ALIASES = MappingProxyType({
     "last_conv_layer_name": "layer_name",
 })
 
-#: whole-name aliases: the seed's short forms and other spellings
-_NAME_ALIASES = MappingProxyType({
-    "gradients": "gradient",
-    "vanilla_gradient": "gradient",
-    "input_t_gradient": "gradient_x_input",
-    "input_x_gradient": "gradient_x_input",
-    "lrp_zplus": "lrp_z_plus",
-    "lrp_wsquare": "lrp_w_square",
-    "lrp_alphabeta": "lrp_alpha_beta",
-    "lrp_zbox": "zblrp_z",
-    "deep_taylor": "lrp_deep_taylor",
-})
-
-_SIMPLE_BASES = MappingProxyType({
+#: names of the methods without a syntax of their own -> their family
+SIMPLE_BASES = MappingProxyType({
     "gradient": "gradient",
     "guided_backprop": "guided_backprop",
     "deconvnet": "deconvnet",
@@ -110,6 +106,7 @@ _SIMPLE_BASES = MappingProxyType({
     "deeplift_method": "deeplift",
     "deeplift": "deeplift",
     "random_uniform": "random_uniform",
+    "input": "input",
 })
 
 _POST_RE = re.compile(
@@ -118,10 +115,10 @@ _GRADCAM_RE = re.compile(
     r"^(?P<guided>guided_)?grad_cam(?P<timeseries>_timeseries)?(?:_(?P<preset>[A-Za-z0-9]+))?$")
 _LRP_RE = re.compile(
     rf"^(?P<prefix>{'|'.join(LRP_PREFIXES)})_(?P<rule>"
-    rf"z_plus|z|epsilon(?:_(?P<eps>{_NUMBER})(?P<std_x>_std_x)?)?"
+    rf"z_plus_fast|z_plus|z|epsilon(?:_(?P<eps>{_NUMBER})(?P<std_x>_std_x)?)?"
     rf"|alpha_beta|alpha_(?P<alpha>{_NUMBER})_beta_(?P<beta>{_NUMBER})"
     rf"|gamma(?:_(?P<gamma>{_NUMBER}))?|flat|w_square|sequential_composite_[ab]|deep_taylor)"
-    rf"(?:_mu_(?P<mu>{_NUMBER}))?(?:_(?P<preset>VGG16ILSVRC))?$")
+    rf"(?P<ib>_ib)?(?:_mu_(?P<mu>{_NUMBER}))?(?:_(?P<preset>VGG16ILSVRC))?$")
 
 
 def _number(text: str) -> float:
@@ -149,7 +146,7 @@ class MethodSpec:
     family : str
         Which engine computes the map: ``'gradient'``, ``'guided_backprop'``, ``'deconvnet'``,
         ``'smoothgrad'``, ``'vargrad'``, ``'integrated_gradients'``, ``'deeplift'``,
-        ``'random_uniform'``, ``'grad_cam'``, ``'guided_grad_cam'`` or ``'lrp'``.
+        ``'random_uniform'``, ``'input'``, ``'grad_cam'``, ``'guided_grad_cam'`` or ``'lrp'``.
     rule : str or None
         The hidden-layer LRP rule (a key of :data:`LRP_RULES`), for the LRP family.
     input_rule : str or None
@@ -189,15 +186,16 @@ def known_names() -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _vocabulary() -> tuple[str, ...]:
-    bases = list(_SIMPLE_BASES) + ["grad_cam", "grad_cam_timeseries", "guided_grad_cam"]
-    bases += [f"grad_cam_{p}" for p in _GRADCAM_PRESETS] + [f"guided_grad_cam_{p}" for p in _GRADCAM_PRESETS]
-    rule_examples = ["z", "z_plus", "epsilon_0_1", "epsilon_0_1_std_x", "alpha_1_beta_0",
-                     "alpha_2_beta_1", "gamma", "flat", "w_square", "sequential_composite_a",
-                     "sequential_composite_b", "deep_taylor"]
+    bases = list(SIMPLE_BASES) + ["grad_cam", "grad_cam_timeseries", "guided_grad_cam"]
+    bases += [f"grad_cam_{p}" for p in GRADCAM_PRESETS] + [f"guided_grad_cam_{p}" for p in GRADCAM_PRESETS]
+    rule_examples = ["z", "z_ib", "z_plus", "z_plus_fast", "epsilon_0_1", "epsilon_0_1_ib",
+                     "epsilon_0_1_std_x", "alpha_1_beta_0", "alpha_2_beta_1", "alpha_2_beta_1_ib",
+                     "gamma", "flat", "w_square", "sequential_composite_a", "sequential_composite_b",
+                     "deep_taylor"]
     bases += [f"{prefix}_{rule}" + ("_VGG16ILSVRC" if LRP_PREFIXES[prefix] == "zbox" else "")
               for prefix in LRP_PREFIXES for rule in rule_examples]
     names = bases + [f"{n}{post}" for n in bases for post in ("_x_input", "_x_sign", "_x_input_x_sign")]
-    names += list(_NAME_ALIASES)
+    names += list(ALIASES)
     _BUILDING.vocabulary = True
     try:
         return tuple(name for name in names if _resolves(name))
@@ -231,17 +229,17 @@ def _unknown(name: str, why: str = "") -> ValueError:
 
 def _parse_base(base: str, full: str) -> tuple[str, str | None, str | None, dict[str, Any]]:
     """Parse the part of a name before its post-multipliers: (family, rule, input_rule, params)."""
-    if base in _SIMPLE_BASES:
-        return _SIMPLE_BASES[base], None, None, {}
+    if base in SIMPLE_BASES:
+        return SIMPLE_BASES[base], None, None, {}
     match = _GRADCAM_RE.match(base)
     if match:
         params: dict[str, Any] = {}
         preset = match["preset"]
         if preset is not None:
-            if preset not in _GRADCAM_PRESETS:
+            if preset not in GRADCAM_PRESETS:
                 raise _unknown(full, f"unknown Grad-CAM preset {preset!r} "
-                                     f"(known: {', '.join(_GRADCAM_PRESETS)})")
-            params["layer_name"] = _GRADCAM_PRESETS[preset]
+                                     f"(known: {', '.join(GRADCAM_PRESETS)})")
+            params["layer_name"] = GRADCAM_PRESETS[preset]
         if match["timeseries"]:
             params["timeseries"] = True
         return ("guided_grad_cam" if match["guided"] else "grad_cam"), None, None, params
@@ -268,6 +266,12 @@ def _parse_base(base: str, full: str) -> tuple[str, str | None, str | None, dict
         if match["gamma"] is not None:
             params["gamma"] = _number(match["gamma"])
         rule = "gamma"
+    if match["ib"]:
+        if "bias" not in LRP_RULES[rule]:
+            biased = ", ".join(name for name, keys in LRP_RULES.items() if "bias" in keys)
+            raise _unknown(full, f"'_ib' (ignore bias) only applies to rules with a bias term ({biased}); "
+                                 f"{rule} has no bias variant")
+        params["bias"] = False
     input_rule = LRP_PREFIXES[match["prefix"]]
     if match["mu"] is not None:
         if input_rule != "sign":
@@ -286,12 +290,15 @@ def parse(name: str, **kwargs: Any) -> MethodSpec:
     Parameters
     ----------
     name : str
-        A method name, e.g. ``'lrp_epsilon_0_1'``, ``'smoothgrad_x_sign_mu_0_5'``.
+        A method name, e.g. ``'lrp_epsilon_0_1'``, ``'smoothgrad_x_sign_mu_0_5'``, or an alias
+        such as iNNvestigate's ``'lrp.epsilon'`` (see :func:`.catalog.list_methods`).
     **kwargs
         Method parameters that fill or override those the name carries (``epsilon``, ``mu``,
-        ``stdfactor``, ``alpha``, ``beta``, ``gamma``, ``low``, ``high``, ``steps``,
+        ``stdfactor``, ``alpha``, ``beta``, ``gamma``, ``bias``, ``low``, ``high``, ``steps``,
         ``noise_level``, ``num_samples``, ``seed``, ``noise``, ``reference``, ``layer_name``,
-        ``batch_size``).
+        ``batch_size``, ``stddev``), or their iNNvestigate spellings (``augment_by_n``,
+        ``noise_scale``, ``reference_inputs``). For an alpha-beta rule, one of ``alpha`` and
+        ``beta`` is enough: the other follows from ``alpha - beta = 1``.
 
     Returns
     -------
@@ -305,7 +312,10 @@ def parse(name: str, **kwargs: Any) -> MethodSpec:
     """
     if not isinstance(name, str):
         raise TypeError(f"method name must be a str, got {type(name).__name__}")
-    canonical = _NAME_ALIASES.get(name, name)
+    if name in REFUSED:
+        raise ValueError(f"method {name!r} is not supported: {REFUSED[name]}")
+    alias = ALIASES.get(name)
+    canonical = name if alias is None else alias.means
     match = _POST_RE.match(canonical)
     if not match:
         raise _unknown(name)
@@ -320,15 +330,24 @@ def parse(name: str, **kwargs: Any) -> MethodSpec:
     if rule == "alpha_beta" and "alpha" not in params:
         params.update(alpha=1.0, beta=0.0)
 
-    merged = dict(_FAMILY_PARAMS[family])
+    merged = dict(FAMILY_PARAMS[family])
     if family == "lrp":
-        keys = LRP_RULES[rule] + _INPUT_RULE_PARAMS.get(input_rule, ()) + _LRP_COMMON
-        merged.update({key: _LRP_DEFAULTS.get(key) for key in keys})
+        merged.update(HIDDEN_RULES[rule].params)
+        merged.update(INPUT_RULES[input_rule].params if input_rule is not None else {})
+        merged.update(dict.fromkeys(_LRP_COMMON))
     merged.update(params)
+    if alias is not None:
+        merged.update(alias.defaults)
     if post_mu is not None:
         merged["post_mu"] = post_mu
+    kwargs = {_KWARG_ALIASES.get(key, key): value for key, value in kwargs.items()}
+    if rule == "alpha_beta" and ("alpha" in kwargs) != ("beta" in kwargs):
+        # one of them given: the other follows from alpha - beta = 1 (iNNvestigate infers it too)
+        if "alpha" in kwargs:
+            kwargs["beta"] = kwargs["alpha"] - 1
+        else:
+            kwargs["alpha"] = kwargs["beta"] + 1
     for key, value in kwargs.items():
-        key = _KWARG_ALIASES.get(key, key)
         if key == "mu" and input_rule != "sign" and post_mu is not None:
             key = "post_mu"
         if key not in merged:
@@ -345,9 +364,6 @@ def _check_params(name: str, family: str, rule: str | None, input_rule: str | No
                   params: dict[str, Any]) -> None:
     """Reject missing or out-of-range parameters with a message naming them."""
     if family == "lrp":
-        if rule == "deep_taylor" and input_rule is not None:
-            raise ValueError(f"method {name!r}: deep_taylor takes no input-layer rule "
-                             f"(iNNvestigate's DeepTaylor has none); use lrp_deep_taylor")
         if params["last_rule"] is not None:
             last = parse(f"lrp_{params['last_rule']}")
             if last.rule in ("sequential_composite_a", "sequential_composite_b", "deep_taylor"):
@@ -368,5 +384,7 @@ def _check_params(name: str, family: str, rule: str | None, input_rule: str | No
     for key in ("num_samples", "steps", "batch_size"):
         if key in params and (not isinstance(params[key], int) or params[key] < 1):
             raise ValueError(f"method {name!r}: {key} must be a positive int, got {params[key]!r}")
+    if "stddev" in params and not params["stddev"] >= 0:
+        raise ValueError(f"method {name!r}: stddev must be >= 0, got {params['stddev']!r}")
     if "noise_level" in params and not params["noise_level"] >= 0:
         raise ValueError(f"method {name!r}: noise_level must be >= 0, got {params['noise_level']!r}")

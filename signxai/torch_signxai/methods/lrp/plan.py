@@ -67,7 +67,8 @@ def plan_for(spec: MethodSpec) -> Plan:
     common = {"input": _input_rule(spec), "last": _hidden_rule(parse(f"lrp_{last}")) if last else None}
     if spec.rule in ("sequential_composite_a", "sequential_composite_b"):
         conv = AlphaBetaRule(1.0, 0.0) if spec.rule.endswith("a") else AlphaBetaRule(2.0, 1.0)
-        return Plan(dense=EpsilonRule(0.1), conv=conv, batchnorm=AlphaBetaX2m100Rule(), **common)
+        return Plan(dense=EpsilonRule(spec.params["epsilon"]), conv=conv, batchnorm=AlphaBetaX2m100Rule(),
+                    **common)
     if spec.rule == "deep_taylor":
         # iNNvestigate 2.1.2 chooses Z+ for a kernel layer that "contains an activation" and
         # W-square otherwise, but its test is hasattr(layer, "activation"), true for every Keras

@@ -196,15 +196,23 @@ class Rule:
 
 @dataclass(frozen=True)
 class ZRule(Rule):
-    """LRP-0 with the bias as a constant input: ``R_i = x_i sum_j w_ij R_j / z_j``."""
+    """LRP-0: ``R_i = x_i sum_j w_ij R_j / z_j`` with ``z = W x + b``; the bias is a constant
+    input when ``bias``, else dropped (``z = W x``: iNNvestigate's ``bias=False``). With
+    ``positive`` the weights (and bias) are their positive parts ``W+`` (``b+``); without the bias
+    that is iNNvestigate's ``ZPlusFastRule``, ``R_i = x_i sum_j w+_ij R_j / sum_i' w+_i'j x_i'``
+    on the inputs as they are, negative ones included."""
 
     bias: bool = True
+    positive: bool = False
 
     @property
     def reuses_output(self) -> bool:
-        return self.bias
+        return self.bias and not self.positive
 
     def relevance(self, layer, x, r, z=None, cut=False):
+        if self.positive:
+            modified = layer.with_weights(_positive)
+            return x * modified.transpose(safe_divide(r, modified(x, bias=self.bias)), x)
         if z is None or not self.bias:
             z = layer(x, bias=self.bias)
         return _times(x, layer, layer.transpose(safe_divide(r, z), x))
@@ -212,17 +220,24 @@ class ZRule(Rule):
 
 @dataclass(frozen=True)
 class EpsilonRule(Rule):
-    """LRP-epsilon: ``R_i = x_i sum_j w_ij R_j / (z_j + epsilon * sign(z_j))``, sign(0) = +1."""
+    """LRP-epsilon: ``R_i = x_i sum_j w_ij R_j / (z_j + epsilon * sign(z_j))``, sign(0) = +1,
+    ``z = W x + b`` (``z = W x`` without ``bias``: iNNvestigate's ``bias=False``)."""
 
     epsilon: float
-    reuses_output = True
+    bias: bool = True
+
+    @property
+    def reuses_output(self) -> bool:
+        return self.bias
 
     def stabiliser(self, x: torch.Tensor):
         return self.epsilon
 
     def relevance(self, layer, x, r, z=None, cut=False):
         epsilon = self.stabiliser(x)
-        if cut and z is not None:
+        if not self.bias:
+            z = _signed_stabilise(layer(x, bias=False), epsilon)
+        elif cut and z is not None:
             positive = bool((epsilon > 0).all()) if isinstance(epsilon, torch.Tensor) else epsilon > 0
             # a ReLU output has no negative entries (a NaN stays NaN either way): z + epsilon,
             # which is not zero at its zeros if epsilon > 0; else the true output is needed

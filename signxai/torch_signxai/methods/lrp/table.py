@@ -40,6 +40,8 @@ class RuleEntry:
         The seed API's analyzer-class spellings of it -> the method-name part they stand for.
     analyzer_defaults : Mapping
         Defaults the analyzer classes apply where method names have none.
+    syntax : str
+        How method names spell it, ``<number>`` standing for a grammar number ('': its name).
     """
 
     name: str
@@ -48,29 +50,36 @@ class RuleEntry:
     innvestigate: str = ""
     spellings: Mapping[str, str] = field(default_factory=dict)
     analyzer_defaults: Mapping[str, Any] = field(default_factory=dict)
+    syntax: str = ""
 
 
 def _table(*entries: RuleEntry) -> Mapping[str, RuleEntry]:
     return MappingProxyType({entry.name: entry for entry in entries})
 
 
-#: rules of the hidden conv/dense layers (and BatchNorm, where the analyzer has a BN rule)
+#: rules of the hidden conv/dense layers (and BatchNorm, where the analyzer has a BN rule); a rule
+#: with a ``bias`` parameter has a bias-free variant (method names: the ``_ib`` suffix)
 HIDDEN_RULES: Mapping[str, RuleEntry] = _table(
-    RuleEntry("z", {}, ZRule, "LRPZ", {"z": "z"}),
-    RuleEntry("epsilon", {"epsilon": None}, lambda epsilon: EpsilonRule(epsilon), "LRPEpsilon",
-              {"epsilon": "epsilon"}),
-    RuleEntry("epsilon_std_x", {"stdfactor": None}, lambda stdfactor: StdxEpsilonRule(stdfactor=stdfactor),
-              "harness:StdxEpsilonRule"),
-    RuleEntry("alpha_beta", {"alpha": None, "beta": None}, lambda alpha, beta: AlphaBetaRule(alpha, beta),
-              "LRPAlphaBeta", {"alphabeta": "alpha_beta", "alpha_beta": "alpha_beta",
-                               "alpha1beta0": "alpha_1_beta_0", "alpha2beta1": "alpha_2_beta_1"}),
+    RuleEntry("z", {"bias": True}, lambda bias: ZRule(bias=bias), "LRPZ", {"z": "z"}),
+    RuleEntry("epsilon", {"epsilon": None, "bias": True}, lambda epsilon, bias: EpsilonRule(epsilon, bias),
+              "LRPEpsilon", {"epsilon": "epsilon"}, syntax="epsilon[_<number>]"),
+    RuleEntry("epsilon_std_x", {"stdfactor": None, "bias": True},
+              lambda stdfactor, bias: StdxEpsilonRule(stdfactor=stdfactor, bias=bias),
+              "harness:StdxEpsilonRule", syntax="epsilon_<number>_std_x"),
+    RuleEntry("alpha_beta", {"alpha": None, "beta": None, "bias": True},
+              lambda alpha, beta, bias: AlphaBetaRule(alpha, beta, bias), "LRPAlphaBeta",
+              {"alphabeta": "alpha_beta", "alpha_beta": "alpha_beta",
+               "alpha1beta0": "alpha_1_beta_0", "alpha2beta1": "alpha_2_beta_1"},
+              syntax="alpha_<number>_beta_<number>"),
     RuleEntry("z_plus", {}, lambda: AlphaBetaRule(1.0, 0.0, bias=False), "LRPZPlus",
               {"zplus": "z_plus", "z_plus": "z_plus"}),
-    RuleEntry("gamma", {"gamma": 0.5}, lambda gamma: GammaRule(gamma), "harness:GammaRule", {"gamma": "gamma"}),
+    RuleEntry("z_plus_fast", {}, lambda: ZRule(bias=False, positive=True), "LRPZPlusFast"),
+    RuleEntry("gamma", {"gamma": 0.5}, lambda gamma: GammaRule(gamma), "harness:GammaRule", {"gamma": "gamma"},
+              syntax="gamma[_<number>]"),
     RuleEntry("flat", {}, FlatRule, "LRPFlat", {"flat": "flat"}),
     RuleEntry("w_square", {}, WSquareRule, "LRPWSquare", {"wsquare": "w_square", "w_square": "w_square"}),
-    RuleEntry("sequential_composite_a", innvestigate="LRPSequentialPresetA"),
-    RuleEntry("sequential_composite_b", innvestigate="LRPSequentialPresetB"),
+    RuleEntry("sequential_composite_a", {"epsilon": 0.1}, innvestigate="LRPSequentialPresetA"),
+    RuleEntry("sequential_composite_b", {"epsilon": 0.1}, innvestigate="LRPSequentialPresetB"),
     RuleEntry("deep_taylor", innvestigate="DeepTaylor"),
 )
 
