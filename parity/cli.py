@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
     parser.add_argument("--methods", metavar="NAMES",
                         help="comma-separated method names, e.g. gradient,lrp_z,lrpsign_epsilon_0_1 "
-                             "(default: every name of parity/method_names.txt that applies)")
+                             "(default: every name of the parity session that applies, parity.cases.session_names(); list them with --list-methods)")
     parser.add_argument("--tolerance", type=_tolerance, metavar="REL",
                         help=f"the float32 floor: a float32 error up to it always passes (default: "
                              f"{FLOAT32_FLOOR:g}, parity.compare.FLOAT32_FLOOR)")
@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, metavar="PATH",
                         help="write every row's metrics, the options and the versions used as JSON")
     add_run_options(parser, workers=1)
+    parser.add_argument("--list-methods", action="store_true",
+                        help="print every method name family with its parameters and defaults, and the "
+                             "iNNvestigate analyzer each matches, then exit (no model needed)")
     return parser
 
 
@@ -150,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         0 when every row passes, 1 when a row fails, 2 for a usage error.
     """
     try:
+        if _wants_method_list(argv):
+            from signxai.torch_signxai.methods import format_methods
+
+            print(format_methods())
+            return 0
         args = _parser().parse_args(argv)
         return _run(args)
     except SystemExit as done:  # --help
@@ -157,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"signxai-parity: error: {error}", file=sys.stderr)
         return 2
+
+
+def _wants_method_list(argv: list[str] | None) -> bool:
+    """Whether the arguments ask for ``--list-methods`` (which needs no model)."""
+    listing = argparse.ArgumentParser(add_help=False)
+    listing.add_argument("--list-methods", action="store_true")
+    return listing.parse_known_args(argv)[0].list_methods
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -103,7 +103,7 @@ def run_model(label: str, model: torch.nn.Module, x: np.ndarray, input_shape: tu
     dtype : {'float32', 'float64'}
         Both frameworks compute in this dtype (Keras ``floatx`` and ``model.double()``).
     names : list of str, optional
-        Method names (default: every name of ``method_names.txt``).
+        Method names (default: every name of :func:`parity.cases.session_names`).
     progress : callable, optional
         Called with each method name before it runs.
     ours : bool

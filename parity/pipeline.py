@@ -126,7 +126,7 @@ def run_jobs(subjects: list[Subject], dtypes: list[str], names: list[str] | None
     dtypes : list of {'float32', 'float64'}
         The dtypes both frameworks compute in.
     names : list of str, optional
-        Method names (default: every applicable name of ``parity/method_names.txt``).
+        Method names (default: every applicable name of :func:`parity.cases.session_names`).
     backend : parity.fanout.Backend
         Where the tasks run (default: two local processes).
     ours : bool
@@ -238,7 +238,7 @@ def check(subjects: list[Subject], names: list[str] | None = None, *, float64: b
     subjects : list of Subject
         The models and their inputs; the models are not modified.
     names : list of str, optional
-        Method names (default: every applicable name of ``parity/method_names.txt``).
+        Method names (default: every applicable name of :func:`parity.cases.session_names`).
     float64 : bool
         Also run float64 and judge rows by the full gate (default); False compares the float32
         maps directly against the floor.

@@ -54,7 +54,7 @@ def assert_parity(model: torch.nn.Module, x: Any, methods: list[str] | None = No
     x : numpy.ndarray or torch.Tensor
         Inputs, channels first, with a batch axis (or one input of ``input_shape``).
     methods : list of str, optional
-        Method names (default: every applicable name of ``parity/method_names.txt``).
+        Method names (default: every applicable name of :func:`parity.cases.session_names`).
     rtol : float
         The float32 floor of the parity gate (:mod:`parity.compare`): a float32 error (max |ours -
         reference| / max |reference|) up to it always passes.

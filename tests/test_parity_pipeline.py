@@ -90,3 +90,12 @@ def test_backend_says_where_it_runs():
     assert Backend(workers=2).describe() == "2 local processes"
     assert Backend(workers=3, ray="local").describe() == "Ray cluster 'local' (3 CPUs)"
     assert Task(0, "float32", ("a",), True).methods == ("a",)
+
+
+def test_list_methods_needs_no_model(capsys):
+    from parity.cli import main
+
+    assert main(["--list-methods"]) == 0
+    out = capsys.readouterr().out
+    assert "lrp_epsilon" in out.replace("<", "") or "epsilon" in out
+    assert "iNNvestigate: LRPEpsilon" in out
