@@ -97,5 +97,7 @@ def test_list_methods_needs_no_model(capsys):
 
     assert main(["--list-methods"]) == 0
     out = capsys.readouterr().out
-    assert "lrp_epsilon" in out.replace("<", "") or "epsilon" in out
-    assert "iNNvestigate: LRPEpsilon" in out
+    lines = out.splitlines()
+    assert any(line.lstrip().startswith("<prefix>_epsilon[_<number>][_ib]") and "LRPEpsilon" in line
+               for line in lines)
+    assert any(line.lstrip().startswith("lrp.epsilon ") for line in lines)
