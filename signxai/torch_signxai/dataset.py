@@ -77,8 +77,9 @@ class Job:
         targets = ("largest logit of each input" if self.targets is None
                    else "one per input (array 'targets')" if isinstance(self.targets, np.ndarray)
                    else int(self.targets))
-        return {"method": self.method, "params": _plain(self.params), "api": self.api, "targets": targets,
-                "batch_size": self.batch_size, "count": self.count, "model": fingerprint(model)}
+        record = {"method": self.method, "params": _plain(self.params), "api": self.api, "targets": targets,
+                  "batch_size": self.batch_size, "count": self.count, "model": fingerprint(model)}
+        return json.loads(json.dumps(record))  # as the store gives it back (tuples as lists)
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -231,6 +232,8 @@ def _open_store(path: Path, job: Job, model: nn.Module) -> Any:
     import zarr
 
     attributes = job.attributes(model)
+    if path.exists() and not (path / "zarr.json").exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ValueError(f"{path} exists and is not a zarr store: give a new or empty folder for the maps")
     if (path / "zarr.json").exists():
         group = zarr.open_group(str(path), mode="r+")
         held = {key: group.attrs.get(key) for key in _JOB_KEYS}
