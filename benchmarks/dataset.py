@@ -13,6 +13,7 @@ store is checked to equal the in-process maps bitwise.
 
 Run: ``.venv/bin/python benchmarks/dataset.py`` (``--images``, ``--batch``, ``--repeats``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,7 @@ from signxai.torch_signxai.cluster import connect  # noqa: E402
 from signxai.torch_signxai.dataset import explain_dataset  # noqa: E402
 
 METHOD = "lrp_epsilon_0_1"
-CONFIGS = {"in-process": {}, "Ray, 1 actor": {"ray": True, "workers": 1},
-           "Ray, 2 actors": {"ray": True, "workers": 2}}
+CONFIGS = {"in-process": {}, "Ray, 1 actor": {"ray": True, "workers": 1}, "Ray, 2 actors": {"ray": True, "workers": 2}}
 
 
 def main() -> int:
@@ -48,8 +48,16 @@ def main() -> int:
     connect("local", 3)
     folder = Path(tempfile.mkdtemp(prefix="signxai-bench-"))
     try:
-        explain_dataset(model, x[:args.batch * 2], METHOD, folder / "warm", batch_size=args.batch, ray=True,
-                        workers=2, progress=False)
+        explain_dataset(
+            model,
+            x[: args.batch * 2],
+            METHOD,
+            folder / "warm",
+            batch_size=args.batch,
+            ray=True,
+            workers=2,
+            progress=False,
+        )
         best: dict[str, float] = {}
         reference = None
         for repeat in range(args.repeats):
@@ -69,15 +77,24 @@ def main() -> int:
         shutil.rmtree(folder, ignore_errors=True)
     base, one, two = best["in-process"], best["Ray, 1 actor"], best["Ray, 2 actors"]
     print(B.header(f"explain_dataset {METHOD}, VGG-style 3x32x32, {args.images} images, batch {args.batch}"))
-    rows = [{"config": name, "seconds": seconds, "rate": args.images / seconds, "ratio": base / seconds}
-            for name, seconds in best.items()]
-    print(B.table([{**r, "seconds": f"{r['seconds']:.2f}", "rate": f"{r['rate']:.0f}",
-                    "ratio": f"{r['ratio']:.2f}x"} for r in rows],
-                  [("config", "run"), ("seconds", "best wall s"), ("rate", "images/s"),
-                   ("ratio", "speed vs in-process")]))
-    print(f"2 actors / 1 actor: {one / two:.2f}x (target >= 1.7x: {'met' if one / two >= 1.7 else 'MISSED'}); "
-          f"Ray 1 actor / in-process time: {one / base:.2f}x (target <= 1.15x: "
-          f"{'met' if one / base <= 1.15 else 'MISSED'})")
+    rows = [
+        {"config": name, "seconds": seconds, "rate": args.images / seconds, "ratio": base / seconds}
+        for name, seconds in best.items()
+    ]
+    print(
+        B.table(
+            [
+                {**r, "seconds": f"{r['seconds']:.2f}", "rate": f"{r['rate']:.0f}", "ratio": f"{r['ratio']:.2f}x"}
+                for r in rows
+            ],
+            [("config", "run"), ("seconds", "best wall s"), ("rate", "images/s"), ("ratio", "speed vs in-process")],
+        )
+    )
+    print(
+        f"2 actors / 1 actor: {one / two:.2f}x (target >= 1.7x: {'met' if one / two >= 1.7 else 'MISSED'}); "
+        f"Ray 1 actor / in-process time: {one / base:.2f}x (target <= 1.15x: "
+        f"{'met' if one / base <= 1.15 else 'MISSED'})"
+    )
     return 0
 
 

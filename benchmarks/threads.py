@@ -16,6 +16,7 @@ otherwise):
 
 Run: ``.venv/bin/python benchmarks/threads.py`` (``--rounds``, ``--calls``, ``--repeats``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,12 +78,21 @@ def main() -> None:
     print(B.header("threads") + f"; small CNN, batch 1, median of {args.rounds} rounds")
     medians = per_call(model, B.inputs(1, shape), args.rounds)
     plain = medians["plain gradient"]
-    rows = [{"call": name, "ms": seconds * 1e3, "ratio": seconds / plain,
-             "target": f"<= {TARGETS[name]}x" if name in TARGETS else "",
-             "met": ("yes" if seconds / plain <= TARGETS[name] else "**no**") if name in TARGETS else ""}
-            for name, seconds in medians.items()]
-    print(B.table(rows, [("call", "call"), ("ms", "ms"), ("ratio", "x plain gradient"), ("target", "target"),
-                         ("met", "met")]))
+    rows = [
+        {
+            "call": name,
+            "ms": seconds * 1e3,
+            "ratio": seconds / plain,
+            "target": f"<= {TARGETS[name]}x" if name in TARGETS else "",
+            "met": ("yes" if seconds / plain <= TARGETS[name] else "**no**") if name in TARGETS else "",
+        }
+        for name, seconds in medians.items()
+    ]
+    print(
+        B.table(
+            rows, [("call", "call"), ("ms", "ms"), ("ratio", "x plain gradient"), ("target", "target"), ("met", "met")]
+        )
+    )
 
     xs = [x.numpy() for x in B.inputs(args.calls // len(METHODS), shape)]
     jobs = [(index, method) for index in range(len(xs)) for method in METHODS]
@@ -96,12 +106,16 @@ def main() -> None:
                 reference = reference or maps
             elif any(not np.array_equal(maps[key], reference[key]) for key in reference):
                 raise SystemExit("a threaded map differs from the one-thread map of the same call")
-    rows = [{"threads": threads, "calls": len(jobs), "s": best[threads], "rate": len(jobs) / best[threads]}
-            for threads in (1, THREADS)]
+    rows = [
+        {"threads": threads, "calls": len(jobs), "s": best[threads], "rate": len(jobs) / best[threads]}
+        for threads in (1, THREADS)
+    ]
     print()
     print(B.table(rows, [("threads", "threads"), ("calls", "calls"), ("s", "best s"), ("rate", "calls/s")]))
-    print(f"\n{THREADS} threads / 1 thread throughput: {best[1] / best[THREADS]:.2f}x "
-          f"(every threaded map equal to the one-thread map)")
+    print(
+        f"\n{THREADS} threads / 1 thread throughput: {best[1] / best[THREADS]:.2f}x "
+        f"(every threaded map equal to the one-thread map)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """list_methods covers every family of the grammar's tables, with the tables' parameters."""
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """Model utilities: strip a trailing softmax so explanations start from logits."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -10,8 +11,14 @@ from torch.overrides import TorchFunctionMode
 __all__ = ["remove_softmax", "NoSoftmaxWrapper"]
 
 _SOFTMAX_FUNCTIONS = {
-    torch.softmax, torch.log_softmax, torch.nn.functional.softmax, torch.nn.functional.log_softmax,
-    torch.Tensor.softmax, torch.Tensor.log_softmax, torch.special.softmax, torch.special.log_softmax,
+    torch.softmax,
+    torch.log_softmax,
+    torch.nn.functional.softmax,
+    torch.nn.functional.log_softmax,
+    torch.Tensor.softmax,
+    torch.Tensor.log_softmax,
+    torch.special.softmax,
+    torch.special.log_softmax,
 }
 
 

@@ -3,6 +3,7 @@
 Every test in this folder gets the ``ray`` marker (``nox -s ray``); without Ray installed the
 folder is not collected, so the ray session then collects nothing and fails.
 """
+
 import importlib.util
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """The parity harness on a local Ray cluster gives bitwise the rows of one process, and a worker
 killed mid-run is retried by Ray without losing or duplicating a row."""
+
 import numpy as np
 import pytest
 
@@ -31,8 +32,7 @@ def _assert_same(runs, local):
 
 
 def test_ray_run_equals_one_process(cluster, local):
-    _assert_same(run_jobs(fixture_subjects(), ["float32"], METHODS, backend=Backend(workers=2, ray="local")),
-                 local)
+    _assert_same(run_jobs(fixture_subjects(), ["float32"], METHODS, backend=Backend(workers=2, ray="local")), local)
 
 
 def test_killed_worker_is_retried_without_lost_or_duplicate_rows(cluster, local):

@@ -7,6 +7,7 @@ once; its large max pooling runs through the faster kernel, :mod:`.pooling`), di
 implementation, applies the post-multipliers and returns numpy. Families that attach rules to
 modules read the model's graph (:mod:`.graph`, :mod:`.modular`) where fx can trace it.
 """
+
 from __future__ import annotations
 
 import re
@@ -47,8 +48,7 @@ _FAMILIES: dict[str, Family] = {
 }
 
 
-def explain(spec: MethodSpec | str, model: nn.Module, x: Any, target: Any = None, *,
-            single: bool | None) -> np.ndarray:
+def explain(spec: MethodSpec | str, model: nn.Module, x: Any, target: Any = None, *, single: bool | None) -> np.ndarray:
     """Compute the relevance map(s) of ``spec`` for ``model`` at ``x``.
 
     Parameters
@@ -90,7 +90,8 @@ def explain(spec: MethodSpec | str, model: nn.Module, x: Any, target: Any = None
         except RuntimeError as error:
             if isinstance(error, NotImplementedError) or not _SHAPE_WORDS.search(str(error)):
                 raise
-            raise ValueError(f"the model cannot take an input batch of shape "
-                             f"{tuple(batch.tensor.shape)}: {error}") from error
+            raise ValueError(
+                f"the model cannot take an input batch of shape {tuple(batch.tensor.shape)}: {error}"
+            ) from error
     relevance = apply_post(relevance, batch.tensor, spec.post, spec.params.get("post_mu", 0.0))
     return batch.output(relevance)

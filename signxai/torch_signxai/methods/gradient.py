@@ -5,6 +5,7 @@ Every function here has the engine's family signature ``(model, x, target, spec)
 ``x`` is a validated batch on the model's device, ``target`` the caller's raw target (resolved by
 :mod:`.targets`), and the result a tensor of ``x``'s shape.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
@@ -24,9 +25,21 @@ from .targets import check_logits, output_seed, resolve_targets
 
 T = TypeVar("T")
 
-__all__ = ["attribute", "with_activation_modules", "guard_activations", "fixed_targets", "gradient", "guided_backprop", "deconvnet", "smoothgrad",
-           "vargrad", "integrated_gradients", "deeplift", "random_uniform", "input_map"]
-
+__all__ = [
+    "attribute",
+    "with_activation_modules",
+    "guard_activations",
+    "fixed_targets",
+    "gradient",
+    "guided_backprop",
+    "deconvnet",
+    "smoothgrad",
+    "vargrad",
+    "integrated_gradients",
+    "deeplift",
+    "random_uniform",
+    "input_map",
+]
 
 
 def with_activation_modules(run: Callable[[nn.Module], T], model: nn.Module) -> T:
@@ -63,12 +76,20 @@ def guard_activations(model: nn.Module, method: str, relu_like: Optional[bool] =
     escape the method's modification (a functional ReLU between modules, or inside a layer of
     another kind)."""
     inside = _is_relu_like if relu_like else _is_activation
-    guard = OperationGuard(model, rejects=activation_functions(relu_like).__contains__, inside=inside,
-                           method=method, advice="an activation computed outside an activation module "
-                                                 "keeps its plain gradient; use an activation module "
-                                                 "(nn.ReLU, ...) there")
-    handles = [guard, model.register_forward_pre_hook(guard.start),
-               model.register_forward_hook(guard.stop, always_call=True)]
+    guard = OperationGuard(
+        model,
+        rejects=activation_functions(relu_like).__contains__,
+        inside=inside,
+        method=method,
+        advice="an activation computed outside an activation module "
+        "keeps its plain gradient; use an activation module "
+        "(nn.ReLU, ...) there",
+    )
+    handles = [
+        guard,
+        model.register_forward_pre_hook(guard.start),
+        model.register_forward_hook(guard.stop, always_call=True),
+    ]
     try:
         yield
     finally:
@@ -88,11 +109,19 @@ def _relu_method(model, x, target, hook: Hook, method: str) -> torch.Tensor:
     def run(module: nn.Module) -> torch.Tensor:
         with guard_activations(module, method, relu_like=True):
             return attribute(module, x, target, from_logit=True, composite=ActivationComposite(hook))
+
     return with_activation_modules(run, model)
 
 
-def attribute(model: nn.Module, x: torch.Tensor, target: Any, *, from_logit: bool = False,
-              positive_only: bool = False, composite: Composite | None = None) -> torch.Tensor:
+def attribute(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any,
+    *,
+    from_logit: bool = False,
+    positive_only: bool = False,
+    composite: Composite | None = None,
+) -> torch.Tensor:
     """One forward and one (possibly rule-modified) backward pass: d(seed . logits)/dx.
 
     Parameters
@@ -118,8 +147,7 @@ def attribute(model: nn.Module, x: torch.Tensor, target: Any, *, from_logit: boo
     context = composite.context(model) if composite is not None else nullcontext()
     with torch.enable_grad(), context:
         logits = check_logits(model(x.clone()))  # a private copy: the model may modify its input in place
-        seed = output_seed(logits, resolve_targets(target, logits), from_logit=from_logit,
-                           positive_only=positive_only)
+        seed = output_seed(logits, resolve_targets(target, logits), from_logit=from_logit, positive_only=positive_only)
         (grad,) = torch.autograd.grad(logits, x, grad_outputs=seed)
     return grad
 
@@ -172,14 +200,17 @@ def _noise_chunks(x: torch.Tensor, spec: MethodSpec) -> Callable[[int, int], tor
         if noise.ndim == x.ndim and x.shape[0] == 1:
             noise = noise.unsqueeze(1)
         if tuple(noise.shape) != (samples, *x.shape):
-            raise ValueError(f"noise must have shape (num_samples, *input batch shape) = "
-                             f"{(samples, *x.shape)}, got {tuple(noise.shape)}")
+            raise ValueError(
+                f"noise must have shape (num_samples, *input batch shape) = "
+                f"{(samples, *x.shape)}, got {tuple(noise.shape)}"
+            )
         return lambda start, stop: noise[start:stop]
     generator = _generator(spec["seed"])
 
     def draw(start: int, stop: int) -> torch.Tensor:
         normal = torch.randn((stop - start, *x.shape), generator=generator, dtype=torch.float64)
         return (normal * spec["noise_level"]).to(device=x.device, dtype=x.dtype)
+
     return draw
 
 
@@ -195,7 +226,7 @@ def _noisy_moments(model, x, target, spec: MethodSpec) -> tuple[torch.Tensor, to
         delta = chunk_mean - mean
         total = count + size
         mean = mean + delta * (size / total)
-        m2 = m2 + ((grads - chunk_mean) ** 2).sum(dim=0) + delta ** 2 * (count * size / total)
+        m2 = m2 + ((grads - chunk_mean) ** 2).sum(dim=0) + delta**2 * (count * size / total)
         count = total
     return mean, m2 / count
 

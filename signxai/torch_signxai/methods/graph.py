@@ -56,6 +56,7 @@ An activation with a Keras ``Activation`` spelling fuses into the kernel layer b
 Keras ``Conv2D(..., activation=...)``) when its input is that kernel node's output, possibly
 through eval-mode identities (dropout, ``nn.Identity``), and that output has no other consumer.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -74,9 +75,25 @@ from torch import nn
 from ..utils import NoSoftmaxWrapper
 from .private import is_view
 
-__all__ = ["UnsupportedLayerError", "Add", "Mean", "Kind", "Activation", "Node", "ModelGraph", "model_graph", "activation_of_module",
-           "kind_of_module", "KIND_NAMES", "KERNEL_KINDS", "ACTIVATIONS", "MODULE_KINDS",
-           "FUNCTION_KINDS", "METHOD_KINDS", "activation_functions"]
+__all__ = [
+    "UnsupportedLayerError",
+    "Add",
+    "Mean",
+    "Kind",
+    "Activation",
+    "Node",
+    "ModelGraph",
+    "model_graph",
+    "activation_of_module",
+    "kind_of_module",
+    "KIND_NAMES",
+    "KERNEL_KINDS",
+    "ACTIVATIONS",
+    "MODULE_KINDS",
+    "FUNCTION_KINDS",
+    "METHOD_KINDS",
+    "activation_functions",
+]
 
 
 class UnsupportedLayerError(NotImplementedError):
@@ -117,7 +134,8 @@ class Mean(nn.Module):
         if x.ndim < 3 or axes & {0, 1}:
             raise UnsupportedLayerError(
                 f"the mean at {self.label} runs over axes {sorted(axes)} of a rank-{x.ndim} tensor; "
-                f"only a mean over spatial axes (2 and up: global average pooling) is a layer with a rule")
+                f"only a mean over spatial axes (2 and up: global average pooling) is a layer with a rule"
+            )
         return x.mean(dim=self.dim, keepdim=self.keepdim)
 
 
@@ -131,31 +149,36 @@ class Kind:
 
 
 #: every kind, by name
-KINDS: Mapping[str, Kind] = MappingProxyType({kind.name: kind for kind in (
-    Kind("input", "none"),
-    Kind("output", "none"),
-    Kind("meta", "none"),               # shape arithmetic: x.size(0), x.shape, ...
-    Kind("conv", "rule"),
-    Kind("conv_transpose", "rule"),
-    Kind("linear", "rule"),
-    Kind("batchnorm", "batchnorm"),
-    Kind("add", "z"),
-    Kind("avg_pool", "z"),
-    Kind("mean", "z"),                  # mean over spatial axes (global average pooling)
-    Kind("concat", "gradient"),
-    Kind("gate", "gradient"),           # product of two tensors
-    Kind("max_pool", "gradient"),
-    Kind("upsample", "gradient"),
-    Kind("pad", "gradient"),
-    Kind("split", "gradient"),          # chunk/split into a tuple
-    Kind("getitem", "gradient"),        # an item of a split, or a slice
-    Kind("softmax", "gradient"),
-    Kind("reshape", "gradient", reshape=True),
-    Kind("identity", "gradient", reshape=True),   # dropout, nn.Identity: identities in eval mode
-    Kind("activation", "activation"),
-    Kind("attribute", "unsupported"),   # a parameter or buffer used outside its module
-    Kind("unknown", "unsupported"),
-)})
+KINDS: Mapping[str, Kind] = MappingProxyType(
+    {
+        kind.name: kind
+        for kind in (
+            Kind("input", "none"),
+            Kind("output", "none"),
+            Kind("meta", "none"),  # shape arithmetic: x.size(0), x.shape, ...
+            Kind("conv", "rule"),
+            Kind("conv_transpose", "rule"),
+            Kind("linear", "rule"),
+            Kind("batchnorm", "batchnorm"),
+            Kind("add", "z"),
+            Kind("avg_pool", "z"),
+            Kind("mean", "z"),  # mean over spatial axes (global average pooling)
+            Kind("concat", "gradient"),
+            Kind("gate", "gradient"),  # product of two tensors
+            Kind("max_pool", "gradient"),
+            Kind("upsample", "gradient"),
+            Kind("pad", "gradient"),
+            Kind("split", "gradient"),  # chunk/split into a tuple
+            Kind("getitem", "gradient"),  # an item of a split, or a slice
+            Kind("softmax", "gradient"),
+            Kind("reshape", "gradient", reshape=True),
+            Kind("identity", "gradient", reshape=True),  # dropout, nn.Identity: identities in eval mode
+            Kind("activation", "activation"),
+            Kind("attribute", "unsupported"),  # a parameter or buffer used outside its module
+            Kind("unknown", "unsupported"),
+        )
+    }
+)
 KIND_NAMES = tuple(KINDS)
 #: kinds of the layers that carry a kernel (the analyzer's rule applies to them)
 KERNEL_KINDS = frozenset({"conv", "conv_transpose", "linear"})
@@ -215,25 +238,27 @@ def _softplus(beta: float = 1.0, **_) -> tuple:
 #: ``Activation('swish')`` (EfficientNet); MobileNetV3 builds hard-swish from ``ReLU(6.)`` and
 #: operator layers iNNvestigate rejects, so hard-swish and hard-sigmoid have no spelling (their
 #: relevance is their gradient, as that composite's would be)
-ACTIVATIONS: Mapping[str, tuple[bool, Callable[..., tuple]]] = MappingProxyType({
-    "relu": (True, _keras_activation("relu")),
-    "relu6": (True, lambda **_: ("ReLU", {"max_value": 6.0})),
-    "silu": (False, _keras_activation("swish")),
-    "sigmoid": (False, _keras_activation("sigmoid")),
-    "tanh": (False, _keras_activation("tanh")),
-    "leaky_relu": (False, lambda negative_slope=0.01, **_: ("LeakyReLU", {"alpha": float(negative_slope)})),
-    "elu": (False, _elu),
-    "gelu": (False, _gelu),
-    "softplus": (False, _softplus),
-    "hardswish": (False, lambda **_: (None, {})),
-    "hardsigmoid": (False, lambda **_: (None, {})),
-    "selu": (False, _keras_activation("selu")),
-    "softsign": (False, _keras_activation("softsign")),
-    "prelu": (False, lambda **_: (None, {})),
-    "celu": (False, lambda **_: (None, {})),
-    "mish": (False, lambda **_: (None, {})),
-    "hardtanh": (False, lambda **_: (None, {})),
-})
+ACTIVATIONS: Mapping[str, tuple[bool, Callable[..., tuple]]] = MappingProxyType(
+    {
+        "relu": (True, _keras_activation("relu")),
+        "relu6": (True, lambda **_: ("ReLU", {"max_value": 6.0})),
+        "silu": (False, _keras_activation("swish")),
+        "sigmoid": (False, _keras_activation("sigmoid")),
+        "tanh": (False, _keras_activation("tanh")),
+        "leaky_relu": (False, lambda negative_slope=0.01, **_: ("LeakyReLU", {"alpha": float(negative_slope)})),
+        "elu": (False, _elu),
+        "gelu": (False, _gelu),
+        "softplus": (False, _softplus),
+        "hardswish": (False, lambda **_: (None, {})),
+        "hardsigmoid": (False, lambda **_: (None, {})),
+        "selu": (False, _keras_activation("selu")),
+        "softsign": (False, _keras_activation("softsign")),
+        "prelu": (False, lambda **_: (None, {})),
+        "celu": (False, lambda **_: (None, {})),
+        "mish": (False, lambda **_: (None, {})),
+        "hardtanh": (False, lambda **_: (None, {})),
+    }
+)
 
 
 def make_activation(name: str, **params: Any) -> Activation:
@@ -246,84 +271,181 @@ def make_activation(name: str, **params: Any) -> Activation:
 _KIND = KINDS.__getitem__
 
 #: module classes -> kind (subclasses match too; the most derived class listed wins)
-MODULE_KINDS: Mapping[type, Kind] = MappingProxyType({
-    **{cls: _KIND("conv") for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d)},
-    **{cls: _KIND("conv_transpose") for cls in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)},
-    nn.Linear: _KIND("linear"),
-    **{cls: _KIND("batchnorm") for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)},
-    **{cls: _KIND("avg_pool") for cls in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-                                          nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)},
-    **{cls: _KIND("max_pool") for cls in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
-                                          nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)},
-    **{cls: _KIND("upsample") for cls in (nn.Upsample, nn.UpsamplingNearest2d)},
-    **{cls: _KIND("pad") for cls in (nn.ZeroPad1d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d)},
-    **{cls: _KIND("reshape") for cls in (nn.Flatten, nn.Unflatten)},
-    **{cls: _KIND("identity") for cls in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-                                          nn.AlphaDropout, nn.Identity)},
-    **{cls: _KIND("softmax") for cls in (nn.Softmax, nn.LogSoftmax)},
-    Add: _KIND("add"),
-    Mean: _KIND("mean"),
-    **{cls: _KIND("activation") for cls in (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU,
-                                            nn.ELU, nn.GELU, nn.Softplus, nn.Hardswish, nn.Hardsigmoid,
-                                            nn.SELU, nn.Softsign, nn.PReLU, nn.CELU, nn.Mish, nn.Hardtanh)},
-})
+MODULE_KINDS: Mapping[type, Kind] = MappingProxyType(
+    {
+        **{cls: _KIND("conv") for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d)},
+        **{cls: _KIND("conv_transpose") for cls in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)},
+        nn.Linear: _KIND("linear"),
+        **{cls: _KIND("batchnorm") for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)},
+        **{
+            cls: _KIND("avg_pool")
+            for cls in (
+                nn.AvgPool1d,
+                nn.AvgPool2d,
+                nn.AvgPool3d,
+                nn.AdaptiveAvgPool1d,
+                nn.AdaptiveAvgPool2d,
+                nn.AdaptiveAvgPool3d,
+            )
+        },
+        **{
+            cls: _KIND("max_pool")
+            for cls in (
+                nn.MaxPool1d,
+                nn.MaxPool2d,
+                nn.MaxPool3d,
+                nn.AdaptiveMaxPool1d,
+                nn.AdaptiveMaxPool2d,
+                nn.AdaptiveMaxPool3d,
+            )
+        },
+        **{cls: _KIND("upsample") for cls in (nn.Upsample, nn.UpsamplingNearest2d)},
+        **{cls: _KIND("pad") for cls in (nn.ZeroPad1d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d)},
+        **{cls: _KIND("reshape") for cls in (nn.Flatten, nn.Unflatten)},
+        **{
+            cls: _KIND("identity")
+            for cls in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
+        },
+        **{cls: _KIND("softmax") for cls in (nn.Softmax, nn.LogSoftmax)},
+        Add: _KIND("add"),
+        Mean: _KIND("mean"),
+        **{
+            cls: _KIND("activation")
+            for cls in (
+                nn.ReLU,
+                nn.ReLU6,
+                nn.SiLU,
+                nn.Sigmoid,
+                nn.Tanh,
+                nn.LeakyReLU,
+                nn.ELU,
+                nn.GELU,
+                nn.Softplus,
+                nn.Hardswish,
+                nn.Hardsigmoid,
+                nn.SELU,
+                nn.Softsign,
+                nn.PReLU,
+                nn.CELU,
+                nn.Mish,
+                nn.Hardtanh,
+            )
+        },
+    }
+)
 
 #: functions (``call_function`` targets) -> kind
-FUNCTION_KINDS: Mapping[Any, Kind] = MappingProxyType({
-    **{fn: _KIND("add") for fn in (operator.add, operator.iadd, torch.add)},
-    **{fn: _KIND("gate") for fn in (operator.mul, operator.imul, torch.mul)},
-    **{fn: _KIND("concat") for fn in (torch.cat, torch.concat, torch.concatenate)},
-    **{fn: _KIND("reshape") for fn in (torch.flatten, torch.reshape, torch.permute, torch.transpose,
-                                       torch.squeeze, torch.unsqueeze)},
-    **{fn: _KIND("split") for fn in (torch.chunk, torch.split)},
-    operator.getitem: _KIND("getitem"),
-    builtins.getattr: _KIND("meta"),
-    **{fn: _KIND("avg_pool") for fn in (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
-                                        F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)},
-    **{fn: _KIND("max_pool") for fn in (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
-                                        F.adaptive_max_pool2d)},
-    torch.mean: _KIND("mean"),
-    F.interpolate: _KIND("upsample"),
-    F.pad: _KIND("pad"),
-    **{fn: _KIND("identity") for fn in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout)},
-    **{fn: _KIND("softmax") for fn in (F.softmax, torch.softmax, F.log_softmax, torch.log_softmax)},
-    **{fn: _KIND("activation") for fn in (F.relu, torch.relu, F.relu_, torch.relu_, F.relu6, F.silu,
-                                          torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.leaky_relu,
-                                          F.elu, F.gelu, F.softplus, F.hardswish, F.hardsigmoid)},
-})
+FUNCTION_KINDS: Mapping[Any, Kind] = MappingProxyType(
+    {
+        **{fn: _KIND("add") for fn in (operator.add, operator.iadd, torch.add)},
+        **{fn: _KIND("gate") for fn in (operator.mul, operator.imul, torch.mul)},
+        **{fn: _KIND("concat") for fn in (torch.cat, torch.concat, torch.concatenate)},
+        **{
+            fn: _KIND("reshape")
+            for fn in (torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze)
+        },
+        **{fn: _KIND("split") for fn in (torch.chunk, torch.split)},
+        operator.getitem: _KIND("getitem"),
+        builtins.getattr: _KIND("meta"),
+        **{
+            fn: _KIND("avg_pool")
+            for fn in (
+                F.avg_pool1d,
+                F.avg_pool2d,
+                F.avg_pool3d,
+                F.adaptive_avg_pool1d,
+                F.adaptive_avg_pool2d,
+                F.adaptive_avg_pool3d,
+            )
+        },
+        **{
+            fn: _KIND("max_pool")
+            for fn in (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d)
+        },
+        torch.mean: _KIND("mean"),
+        F.interpolate: _KIND("upsample"),
+        F.pad: _KIND("pad"),
+        **{fn: _KIND("identity") for fn in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout)},
+        **{fn: _KIND("softmax") for fn in (F.softmax, torch.softmax, F.log_softmax, torch.log_softmax)},
+        **{
+            fn: _KIND("activation")
+            for fn in (
+                F.relu,
+                torch.relu,
+                F.relu_,
+                torch.relu_,
+                F.relu6,
+                F.silu,
+                torch.sigmoid,
+                F.sigmoid,
+                torch.tanh,
+                F.tanh,
+                F.leaky_relu,
+                F.elu,
+                F.gelu,
+                F.softplus,
+                F.hardswish,
+                F.hardsigmoid,
+            )
+        },
+    }
+)
 
 #: tensor methods (``call_method`` targets) -> kind
-METHOD_KINDS: Mapping[str, Kind] = MappingProxyType({
-    **{name: _KIND("add") for name in ("add", "add_", "__add__", "__iadd__")},
-    **{name: _KIND("gate") for name in ("mul", "mul_")},
-    **{name: _KIND("reshape") for name in ("flatten", "view", "reshape", "permute", "transpose",
-                                           "squeeze", "unsqueeze", "contiguous")},
-    **{name: _KIND("split") for name in ("chunk", "split")},
-    **{name: _KIND("meta") for name in ("size", "dim", "numel")},
-    "mean": _KIND("mean"),
-    **{name: _KIND("softmax") for name in ("softmax", "log_softmax")},
-    **{name: _KIND("activation") for name in ("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_")},
-})
+METHOD_KINDS: Mapping[str, Kind] = MappingProxyType(
+    {
+        **{name: _KIND("add") for name in ("add", "add_", "__add__", "__iadd__")},
+        **{name: _KIND("gate") for name in ("mul", "mul_")},
+        **{
+            name: _KIND("reshape")
+            for name in ("flatten", "view", "reshape", "permute", "transpose", "squeeze", "unsqueeze", "contiguous")
+        },
+        **{name: _KIND("split") for name in ("chunk", "split")},
+        **{name: _KIND("meta") for name in ("size", "dim", "numel")},
+        "mean": _KIND("mean"),
+        **{name: _KIND("softmax") for name in ("softmax", "log_softmax")},
+        **{name: _KIND("activation") for name in ("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_")},
+    }
+)
 
 #: activation modules -> activation name and the attributes that are its parameters
-_MODULE_ACTIVATIONS: Mapping[type, tuple[str, tuple[str, ...]]] = MappingProxyType({
-    nn.ReLU: ("relu", ()), nn.ReLU6: ("relu6", ()), nn.SiLU: ("silu", ()), nn.Sigmoid: ("sigmoid", ()),
-    nn.Tanh: ("tanh", ()), nn.LeakyReLU: ("leaky_relu", ("negative_slope",)), nn.ELU: ("elu", ("alpha",)),
-    nn.GELU: ("gelu", ("approximate",)), nn.Softplus: ("softplus", ("beta",)),
-    nn.Hardswish: ("hardswish", ()), nn.Hardsigmoid: ("hardsigmoid", ()), nn.SELU: ("selu", ()),
-    nn.Softsign: ("softsign", ()), nn.PReLU: ("prelu", ()), nn.CELU: ("celu", ()), nn.Mish: ("mish", ()),
-    nn.Hardtanh: ("hardtanh", ()),
-})
+_MODULE_ACTIVATIONS: Mapping[type, tuple[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        nn.ReLU: ("relu", ()),
+        nn.ReLU6: ("relu6", ()),
+        nn.SiLU: ("silu", ()),
+        nn.Sigmoid: ("sigmoid", ()),
+        nn.Tanh: ("tanh", ()),
+        nn.LeakyReLU: ("leaky_relu", ("negative_slope",)),
+        nn.ELU: ("elu", ("alpha",)),
+        nn.GELU: ("gelu", ("approximate",)),
+        nn.Softplus: ("softplus", ("beta",)),
+        nn.Hardswish: ("hardswish", ()),
+        nn.Hardsigmoid: ("hardsigmoid", ()),
+        nn.SELU: ("selu", ()),
+        nn.Softsign: ("softsign", ()),
+        nn.PReLU: ("prelu", ()),
+        nn.CELU: ("celu", ()),
+        nn.Mish: ("mish", ()),
+        nn.Hardtanh: ("hardtanh", ()),
+    }
+)
 #: activation functions and methods -> activation name and (position, keyword) of its parameter
-_CALL_ACTIVATIONS: Mapping[Any, tuple[str, Optional[tuple[int, str]]]] = MappingProxyType({
-    **{fn: ("relu", None) for fn in (F.relu, torch.relu, F.relu_, torch.relu_, "relu", "relu_")},
-    F.relu6: ("relu6", None), F.silu: ("silu", None),
-    **{fn: ("sigmoid", None) for fn in (torch.sigmoid, F.sigmoid, "sigmoid", "sigmoid_")},
-    **{fn: ("tanh", None) for fn in (torch.tanh, F.tanh, "tanh", "tanh_")},
-    F.leaky_relu: ("leaky_relu", (1, "negative_slope")), F.elu: ("elu", (1, "alpha")),
-    F.gelu: ("gelu", (1, "approximate")), F.softplus: ("softplus", (1, "beta")),
-    F.hardswish: ("hardswish", None), F.hardsigmoid: ("hardsigmoid", None),
-})
+_CALL_ACTIVATIONS: Mapping[Any, tuple[str, Optional[tuple[int, str]]]] = MappingProxyType(
+    {
+        **{fn: ("relu", None) for fn in (F.relu, torch.relu, F.relu_, torch.relu_, "relu", "relu_")},
+        F.relu6: ("relu6", None),
+        F.silu: ("silu", None),
+        **{fn: ("sigmoid", None) for fn in (torch.sigmoid, F.sigmoid, "sigmoid", "sigmoid_")},
+        **{fn: ("tanh", None) for fn in (torch.tanh, F.tanh, "tanh", "tanh_")},
+        F.leaky_relu: ("leaky_relu", (1, "negative_slope")),
+        F.elu: ("elu", (1, "alpha")),
+        F.gelu: ("gelu", (1, "approximate")),
+        F.softplus: ("softplus", (1, "beta")),
+        F.hardswish: ("hardswish", None),
+        F.hardsigmoid: ("hardsigmoid", None),
+    }
+)
 #: functions of other packages, by (module, name): torchvision's stochastic depth is an identity
 #: in eval mode
 _EXTERNAL_KINDS = MappingProxyType({("torchvision.ops.stochastic_depth", "stochastic_depth"): _KIND("identity")})
@@ -522,12 +644,12 @@ def _build(model: nn.Module) -> Optional[ModelGraph]:
             kind = _kind_of_call(fx_node)
             activation = _activation_of_call(fx_node) if kind.name == "activation" else None
         inputs = _tensor_inputs(fx_node, meta)
-        if kind.name == "meta" or (fx_node.op not in ("placeholder", "get_attr", "output") and not inputs
-                                   and fx_node.all_input_nodes):
+        if kind.name == "meta" or (
+            fx_node.op not in ("placeholder", "get_attr", "output") and not inputs and fx_node.all_input_nodes
+        ):
             meta.add(fx_node.name)
             kind = KINDS["meta"]
-        nodes.append(Node(fx_node.name, fx_node.op, fx_node.target, kind, inputs, submodule, activation,
-                          fx=fx_node))
+        nodes.append(Node(fx_node.name, fx_node.op, fx_node.target, kind, inputs, submodule, activation, fx=fx_node))
     nodes = _with_fusion(nodes)
     return ModelGraph(tuple(nodes), module, _input_layers(nodes), _last_layers(nodes))
 
@@ -548,8 +670,12 @@ def _with_fusion(nodes: list[Node]) -> list[Node]:
             source = index[source.inputs[0]]
         if source.kind.name in KERNEL_KINDS and users[source.name] == 1 and source.name not in fused.values():
             fused[node.name] = source.name
-    return [Node(n.name, n.op, n.target, n.kind, n.inputs, n.module, n.activation, fused.get(n.name), n.fx)
-            if n.name in fused else n for n in nodes]
+    return [
+        Node(n.name, n.op, n.target, n.kind, n.inputs, n.module, n.activation, fused.get(n.name), n.fx)
+        if n.name in fused
+        else n
+        for n in nodes
+    ]
 
 
 def _input_layers(nodes: list[Node]) -> frozenset:
@@ -561,8 +687,11 @@ def _input_layers(nodes: list[Node]) -> frozenset:
             return True
         return node.kind.reshape and bool(node.inputs) and all(from_input(i) for i in node.inputs)
 
-    return frozenset(node.name for node in nodes if node.kind.name in KERNEL_KINDS and node.inputs
-                     and all(from_input(i) for i in node.inputs))
+    return frozenset(
+        node.name
+        for node in nodes
+        if node.kind.name in KERNEL_KINDS and node.inputs and all(from_input(i) for i in node.inputs)
+    )
 
 
 def _last_layers(nodes: list[Node]) -> frozenset:

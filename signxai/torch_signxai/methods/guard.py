@@ -8,6 +8,7 @@ PyTorch keeps per thread: it is entered by the guarded model's own forward pre-h
 its forward hook (on a private view of the caller's model, see :mod:`.private`), so it sees the
 calls of that forward pass only, never another thread's.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -47,8 +48,14 @@ class OperationGuard(TorchFunctionMode):
         ``inside(module) -> bool``: modules whose own forward may call anything.
     """
 
-    def __init__(self, model: nn.Module, rejects: Callable, advice: str, method: str,
-                 inside: Callable[[nn.Module], bool] = lambda m: next(m.children(), None) is None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        rejects: Callable,
+        advice: str,
+        method: str,
+        inside: Callable[[nn.Module], bool] = lambda m: next(m.children(), None) is None,
+    ) -> None:
         super().__init__()
         self.rejects, self.advice, self.method = rejects, advice, method
         self.depth = 0
@@ -73,8 +80,10 @@ class OperationGuard(TorchFunctionMode):
         if self.depth == 0 and self.rejects(func):
             after = f" after '{self.current}'" if self.current else ""
             raise GuardError(
-                func, f"{self.method} cannot explain the operation {getattr(func, '__qualname__', func)}{after} in the "
-                f"model's forward: {self.advice}")
+                func,
+                f"{self.method} cannot explain the operation {getattr(func, '__qualname__', func)}{after} in the "
+                f"model's forward: {self.advice}",
+            )
         return func(*args, **(kwargs or {}))
 
     def start(self, module, args) -> None:

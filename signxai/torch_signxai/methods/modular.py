@@ -17,6 +17,7 @@ function: its relevance is its gradient. The module shares the model's submodule
 (other than the 0 that Python's ``sum`` starts from) and operations outside the kinds table stay
 as they are: :attr:`Modular.unsupported` lists them for the families that must refuse.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -33,15 +34,26 @@ __all__ = ["Modular", "modular", "of_model"]
 
 #: functional average pooling -> module class taking the same arguments after the input
 _POOL_MODULES = {
-    F.avg_pool1d: nn.AvgPool1d, F.avg_pool2d: nn.AvgPool2d, F.avg_pool3d: nn.AvgPool3d,
-    F.adaptive_avg_pool1d: nn.AdaptiveAvgPool1d, F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d,
+    F.avg_pool1d: nn.AvgPool1d,
+    F.avg_pool2d: nn.AvgPool2d,
+    F.avg_pool3d: nn.AvgPool3d,
+    F.adaptive_avg_pool1d: nn.AdaptiveAvgPool1d,
+    F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d,
     F.adaptive_avg_pool3d: nn.AdaptiveAvgPool3d,
 }
 #: activation name -> module class taking the function's arguments after the input
 _ACTIVATION_MODULES = {
-    "relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
-    "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "gelu": nn.GELU, "softplus": nn.Softplus,
-    "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "silu": nn.SiLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+    "hardswish": nn.Hardswish,
+    "hardsigmoid": nn.Hardsigmoid,
 }
 
 
@@ -78,8 +90,12 @@ def _replacement(node: Node, fx_node: fx.Node) -> tuple[Optional[nn.Module], tup
         terms = [new for old, new in operands if isinstance(old, fx.Node) and old.name in node.inputs]
         constants = [old for old, _ in operands if not (isinstance(old, fx.Node) and old.name in node.inputs)]
         # Python's sum() starts from the constant 0, which adds nothing
-        if kwargs.get("alpha", 1) != 1 or len(operands) != 2 or not terms or any(
-                isinstance(c, fx.Node) or c != 0 for c in constants):
+        if (
+            kwargs.get("alpha", 1) != 1
+            or len(operands) != 2
+            or not terms
+            or any(isinstance(c, fx.Node) or c != 0 for c in constants)
+        ):
             return None, (), "adds a constant or a scaled term, which has no relevance rule"
         return (Add() if len(terms) == 2 else None), tuple(terms), None  # 0 + t is t itself
     if kind == "activation" and node.op != "call_module":
@@ -104,12 +120,13 @@ def _in_place(node: Node) -> bool:
     ``F.relu(x, inplace=True)``)."""
     target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
     return node.kind.name == "activation" and (
-        target.endswith("_") or node.fx.kwargs.get("inplace") is True or any(a is True for a in node.fx.args[1:]))
+        target.endswith("_") or node.fx.kwargs.get("inplace") is True or any(a is True for a in node.fx.args[1:])
+    )
 
 
 def _later_nodes(graph: fx.Graph, node: fx.Node) -> frozenset:
     nodes = list(graph.nodes)
-    return frozenset(nodes[nodes.index(node) + 1:])
+    return frozenset(nodes[nodes.index(node) + 1 :])
 
 
 def _reason(node: Node) -> Optional[str]:
@@ -138,8 +155,9 @@ def _build(graph: ModelGraph) -> Modular:
             owners.setdefault(node.module, []).append(node)
         elif node.op == "get_attr":
             root[node.target] = _attribute(graph.module, node.target)
-        module, terms, reason = (_replacement(node, new) if node.op in ("call_function", "call_method")
-                                 else (None, (), None))
+        module, terms, reason = (
+            _replacement(node, new) if node.op in ("call_function", "call_method") else (None, (), None)
+        )
         reason = reason or _reason(node)
         if reason is not None:
             unsupported.append((node, reason))

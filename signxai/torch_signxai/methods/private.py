@@ -23,6 +23,7 @@ model's :func:`signature` and the pool is rebuilt.
 Scripted modules (``torch.jit``) cannot be copied: a scripted model runs as it is, and must be in
 eval mode.
 """
+
 from __future__ import annotations
 
 import copy
@@ -66,10 +67,22 @@ def signature(model: nn.Module) -> tuple:
         if "training" in state:
             ids[keys.index("training")] = 0
         children, params, buffers = state["_modules"], state["_parameters"], state["_buffers"]
-        parts.append((id(module), keys, tuple(ids), tuple(children), tuple(map(id, children.values())),
-                      tuple(params), tuple(map(id, params.values())), _pointers(params),
-                      tuple(buffers), tuple(map(id, buffers.values())), _pointers(buffers),
-                      *(tuple(state.get(key, ())) for key in _HOOK_DICTS)))
+        parts.append(
+            (
+                id(module),
+                keys,
+                tuple(ids),
+                tuple(children),
+                tuple(map(id, children.values())),
+                tuple(params),
+                tuple(map(id, params.values())),
+                _pointers(params),
+                tuple(buffers),
+                tuple(map(id, buffers.values())),
+                _pointers(buffers),
+                *(tuple(state.get(key, ())) for key in _HOOK_DICTS),
+            )
+        )
         stack.extend(child for child in children.values() if child is not None)
     return tuple(parts)
 
@@ -210,8 +223,10 @@ def private_view(model: nn.Module, key: Hashable = None) -> Iterator[nn.Module]:
         view = None if scripted or not free else free.pop()
     if scripted:
         if any(module.training for module in model.modules()):
-            raise ValueError("a scripted (torch.jit) model cannot be copied into a private eval-mode view; "
-                             "call model.eval() before explaining it")
+            raise ValueError(
+                "a scripted (torch.jit) model cannot be copied into a private eval-mode view; "
+                "call model.eval() before explaining it"
+            )
         yield model
         return
     if view is None:

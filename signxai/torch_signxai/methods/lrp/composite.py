@@ -8,6 +8,7 @@ chain (a model fx cannot trace) they come from the order in which layers actuall
 input layer is the first conv/dense layer run, the last the last one run, and an activation
 fuses into the conv/dense layer that ran right before it.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -43,14 +44,14 @@ class LRPComposite(Composite):
         model runs as a chain in execution order.
     """
 
-    def __init__(self, plan: Plan, batchnorm: str, reuse_outputs: bool = True,
-                 modular: Optional[Modular] = None) -> None:
+    def __init__(
+        self, plan: Plan, batchnorm: str, reuse_outputs: bool = True, modular: Optional[Modular] = None
+    ) -> None:
         self.plan, self.trace, self.modular = plan, Trace(), modular
         #: graph mode: kernel module -> (is an input layer, is a last layer); activation -> fused
         self.positions: dict[nn.Module, tuple[bool, bool]] = {}
         self.fused: dict[nn.Module, bool] = {}
-        kernel_hook = RuleHook(kernel_view, self._kernel_rule, self.trace, self._kernel_rules,
-                               native=reuse_outputs)
+        kernel_hook = RuleHook(kernel_view, self._kernel_rule, self.trace, self._kernel_rules, native=reuse_outputs)
         norm_hook = RuleHook(lambda m: batchnorm_view(m, batchnorm), lambda m: plan.batchnorm, self.trace)
         pool_hook = RuleHook(pool_view, lambda m: plan.average_pool, self.trace, native=reuse_outputs)
         pass_hook, fused_pass, sum_hook = PassHook(self.trace), FusedPass(self._is_fused), SumHook()
@@ -70,6 +71,7 @@ class LRPComposite(Composite):
                     return None
                 return fused_pass if plan.deep_taylor else pass_hook
             return None
+
         super().__init__(module_map=module_map)
 
     def register(self, module: nn.Module) -> None:
@@ -112,8 +114,13 @@ class LRPComposite(Composite):
         for module, nodes in self.modular.nodes.items():
             kind = kind_of_module(module)
             if kind.name in KERNEL_KINDS:
-                found = {(n.name in graph.input_layers and plan.input is not None,
-                          n.name in graph.last_layers and plan.last is not None) for n in nodes}
+                found = {
+                    (
+                        n.name in graph.input_layers and plan.input is not None,
+                        n.name in graph.last_layers and plan.last is not None,
+                    )
+                    for n in nodes
+                }
                 what = "as an input or last layer and elsewhere"
             elif kind.name == "activation" and plan.deep_taylor:
                 found = {n.fused_into is not None for n in nodes}
@@ -123,7 +130,8 @@ class LRPComposite(Composite):
             if len(found) > 1:
                 raise UnsupportedLayerError(
                     f"LRP cannot explain {nodes[0].label}: the model calls this module {what}, where the "
-                    f"rules differ; give each call a module of its own")
+                    f"rules differ; give each call a module of its own"
+                )
             (self.positions if kind.name in KERNEL_KINDS else self.fused)[module] = found.pop()
 
     def _is_fused(self, module: nn.Module) -> bool:

@@ -4,6 +4,7 @@ On a private view of the model (:mod:`..private`, what the engine passes) the co
 method is registered once, when the view is first used for that method, and stays registered:
 the engine leases views under :func:`view_key`, so a view only ever serves one LRP method.
 """
+
 from __future__ import annotations
 
 from typing import Hashable

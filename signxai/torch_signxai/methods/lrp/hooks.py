@@ -12,6 +12,7 @@ relevance has been computed. :class:`PassHook` passes relevance through an activ
 :class:`FusedPass` does so only where the Keras twin fuses it (Deep Taylor), :class:`SumHook`
 applies the Z rule to a tensor sum.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -145,9 +146,14 @@ class RuleHook(Hook):
         so that a rule may take it instead of recomputing it.
     """
 
-    def __init__(self, view: Callable[[nn.Module], Affine], choose: Callable[[nn.Module], Rule],
-                 trace: Trace, candidates: Optional[Callable[[nn.Module], Iterable[Rule]]] = None,
-                 native: bool = False) -> None:
+    def __init__(
+        self,
+        view: Callable[[nn.Module], Affine],
+        choose: Callable[[nn.Module], Rule],
+        trace: Trace,
+        candidates: Optional[Callable[[nn.Module], Iterable[Rule]]] = None,
+        native: bool = False,
+    ) -> None:
         super().__init__()
         self.view, self.choose, self.trace = view, choose, trace
         self.candidates, self.native = candidates, native
@@ -169,8 +175,13 @@ class RuleHook(Hook):
         if kind_of_module(module).lrp == "rule":
             self.trace.kernels.append(module)
         x = input[0] if isinstance(input, tuple) else input
-        if not (self.active and torch.is_grad_enabled() and isinstance(output, torch.Tensor)
-                and isinstance(x, torch.Tensor) and x.requires_grad):
+        if not (
+            self.active
+            and torch.is_grad_enabled()
+            and isinstance(output, torch.Tensor)
+            and isinstance(x, torch.Tensor)
+            and x.requires_grad
+        ):
             return None
         slot = Slot(x.detach(), output.detach() if self._keeps_output(module) else None)
         result = _RelevanceStep.apply(x, output.detach(), partial(self._relevance, module, slot))
@@ -182,8 +193,10 @@ class RuleHook(Hook):
     def _relevance(self, module: nn.Module, slot: Slot, r: torch.Tensor) -> torch.Tensor:
         x = slot.x
         if x._version != slot.x_version:
-            raise RuntimeError(f"the input of layer '{type(module).__name__}' was modified in place "
-                               f"after the layer ran; LRP needs it unchanged")
+            raise RuntimeError(
+                f"the input of layer '{type(module).__name__}' was modified in place "
+                f"after the layer ran; LRP needs it unchanged"
+            )
         rule = self.choose(module)
         z = slot.output(r) if rule.reuses_output else None
         fused = slot.fused
@@ -212,8 +225,13 @@ class PassHook(Hook):
         return PassHook(self.trace)
 
     def register(self, module: nn.Module) -> RemovableHandleList:
-        return RemovableHandleList([RemovableHandle(self), module.register_forward_pre_hook(self.pre_forward),
-                                    module.register_forward_hook(self.post_forward)])
+        return RemovableHandleList(
+            [
+                RemovableHandle(self),
+                module.register_forward_pre_hook(self.pre_forward),
+                module.register_forward_hook(self.post_forward),
+            ]
+        )
 
     def _producer(self, module: nn.Module, x: torch.Tensor) -> Optional[Slot]:
         """The slot whose layer output ``x`` is, when ``module`` is a ReLU that may stand in."""
@@ -301,8 +319,12 @@ class SumHook(Hook):
         return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self.post_forward)])
 
     def post_forward(self, module, inputs, output):
-        if not (self.active and torch.is_grad_enabled() and isinstance(output, torch.Tensor)
-                and any(t.requires_grad for t in inputs)):
+        if not (
+            self.active
+            and torch.is_grad_enabled()
+            and isinstance(output, torch.Tensor)
+            and any(t.requires_grad for t in inputs)
+        ):
             return None
         terms = [t.detach() for t in inputs]
         z = output.detach()
@@ -310,9 +332,11 @@ class SumHook(Hook):
 
         def step(r: torch.Tensor) -> list:
             if [t._version for t in terms] != versions[0]:
-                raise RuntimeError("an input of a tensor sum was modified in place after the sum ran; "
-                                   "LRP needs it unchanged")
+                raise RuntimeError(
+                    "an input of a tensor sum was modified in place after the sum ran; LRP needs it unchanged"
+                )
             total = z if z._version == versions[1] else module(*terms)
             share = safe_divide(r, total)
             return [(t * share).sum_to_size(t.shape) for t in terms]
+
         return _SumStep.apply(step, z, *inputs)

@@ -1,5 +1,6 @@
 """The plan: which rule each kind of layer gets under one LRP method, following the iNNvestigate
 analyzer the method names."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -67,8 +68,7 @@ def plan_for(spec: MethodSpec) -> Plan:
     common = {"input": _input_rule(spec), "last": _hidden_rule(parse(f"lrp_{last}")) if last else None}
     if spec.rule in ("sequential_composite_a", "sequential_composite_b"):
         conv = AlphaBetaRule(1.0, 0.0) if spec.rule.endswith("a") else AlphaBetaRule(2.0, 1.0)
-        return Plan(dense=EpsilonRule(spec.params["epsilon"]), conv=conv, batchnorm=AlphaBetaX2m100Rule(),
-                    **common)
+        return Plan(dense=EpsilonRule(spec.params["epsilon"]), conv=conv, batchnorm=AlphaBetaX2m100Rule(), **common)
     if spec.rule == "deep_taylor":
         # iNNvestigate 2.1.2 chooses Z+ for a kernel layer that "contains an activation" and
         # W-square otherwise, but its test is hasattr(layer, "activation"), true for every Keras
@@ -77,7 +77,15 @@ def plan_for(spec: MethodSpec) -> Plan:
         # condition before it, "no kernel and only ReLU activations", holds for a BatchNormalization
         # layer (it has no activation at all), so BN gets its plain gradient (its true scale)
         z_plus = AlphaBetaRule(1.0, 0.0, bias=False)
-        return Plan(dense=z_plus, conv=z_plus, batchnorm=None,
-                    average_pool=None, add=None, gate=False, deep_taylor=True, **common)
+        return Plan(
+            dense=z_plus,
+            conv=z_plus,
+            batchnorm=None,
+            average_pool=None,
+            add=None,
+            gate=False,
+            deep_taylor=True,
+            **common,
+        )
     hidden = _hidden_rule(spec)
     return Plan(dense=hidden, conv=hidden, batchnorm=hidden, **common)

@@ -11,6 +11,7 @@ layer's own output (:attr:`Rule.reuses_output`) accept it as ``z=`` instead of r
 uses its safe divide, which only replaces exact zeros in the denominator (by 1e-7); Zennit's
 ``+-1e-6`` stabiliser is not used: visible where activations are small.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,9 +19,21 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["Affine", "safe_divide", "ZRule", "EpsilonRule", "StdxEpsilonRule", "AlphaBetaRule",
-           "AlphaBetaX2m100Rule", "GammaRule", "WSquareRule", "FlatRule", "ZBoxRule", "SignRule",
-           "Rule"]
+__all__ = [
+    "Affine",
+    "safe_divide",
+    "ZRule",
+    "EpsilonRule",
+    "StdxEpsilonRule",
+    "AlphaBetaRule",
+    "AlphaBetaX2m100Rule",
+    "GammaRule",
+    "WSquareRule",
+    "FlatRule",
+    "ZBoxRule",
+    "SignRule",
+    "Rule",
+]
 
 #: iNNvestigate's safe-divide constant (Keras' epsilon)
 SAFE_EPSILON = 1e-7
@@ -149,7 +162,7 @@ class _RowBlocks:
     def _blocks(self):
         weight, step = self.layer.weight, self.layer.row_block
         for start in range(0, weight.shape[0], step):
-            yield start, min(start + step, weight.shape[0]), self.weights(weight[start:start + step])
+            yield start, min(start + step, weight.shape[0]), self.weights(weight[start : start + step])
 
     def __call__(self, x: torch.Tensor, weights: Modifier = _keep, bias: bool = True) -> torch.Tensor:
         if weights is not _keep:
@@ -182,8 +195,9 @@ class Rule:
     #: whether :meth:`relevance` divides by ``layer(x)`` and accepts it as ``z``
     reuses_output = False
 
-    def relevance(self, layer: Affine, x: torch.Tensor, r: torch.Tensor,
-                  z: Optional[torch.Tensor] = None, cut: bool = False) -> torch.Tensor:
+    def relevance(
+        self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: Optional[torch.Tensor] = None, cut: bool = False
+    ) -> torch.Tensor:
         """Relevance at ``x``.
 
         ``z``: the layer's output ``layer(x)`` when known (for rules that :attr:`reuse
@@ -281,8 +295,7 @@ class AlphaBetaRule(Rule):
             return x_pos * modified(first).transpose(safe_divide(r, z), x_pos)
         z = modified(first)(x_pos, bias=self.bias) + modified(second)(x_neg, bias=self.bias)
         share = safe_divide(r, z)
-        return (x_pos * modified(first).transpose(share, x_pos)
-                + x_neg * modified(second).transpose(share, x_neg))
+        return x_pos * modified(first).transpose(share, x_pos) + x_neg * modified(second).transpose(share, x_neg)
 
     def relevance(self, layer, x, r, z=None, cut=False):
         cache: dict = {}
@@ -326,6 +339,7 @@ class GammaRule(Rule):
     def relevance(self, layer, x, r, z=None, cut=False):
         def weights(t):
             return t + self.gamma * _positive(t)
+
         modified = layer.with_weights(weights)
         return x * modified.transpose(safe_divide(r, modified(x)), x)
 
@@ -335,7 +349,7 @@ class WSquareRule(Rule):
     """W-square (Deep Taylor): ``R_i = sum_j w_ij^2 R_j / sum_i' w_i'j^2``; the bias is dropped."""
 
     def weights(self, t: torch.Tensor) -> torch.Tensor:
-        return t ** 2
+        return t**2
 
     def relevance(self, layer, x, r, z=None, cut=False):
         modified = layer.with_weights(self.weights)
@@ -363,8 +377,7 @@ class ZBoxRule(Rule):
         pos, neg = layer.with_weights(_positive), layer.with_weights(_negative)
         z = layer(x, bias=False) - pos(low, bias=False) - neg(high, bias=False)
         share = safe_divide(r, z)
-        return (x * layer.transpose(share, x) - low * pos.transpose(share, x)
-                - high * neg.transpose(share, x))
+        return x * layer.transpose(share, x) - low * pos.transpose(share, x) - high * neg.transpose(share, x)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ A view knows the layer's forward with modified parameters and, where a kernel co
 without a forward pass, its transpose ``W^T v`` (a convolution's input gradient, a dense layer's
 ``v @ W``); everything else transposes by autograd.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -19,8 +20,11 @@ from .rules import Affine
 
 __all__ = ["kernel_view", "batchnorm_view", "pool_view", "conv_adjoint", "linear_adjoint"]
 
-_CONV_TRANSPOSE = {nn.ConvTranspose1d: F.conv_transpose1d, nn.ConvTranspose2d: F.conv_transpose2d,
-                   nn.ConvTranspose3d: F.conv_transpose3d}
+_CONV_TRANSPOSE = {
+    nn.ConvTranspose1d: F.conv_transpose1d,
+    nn.ConvTranspose2d: F.conv_transpose2d,
+    nn.ConvTranspose3d: F.conv_transpose3d,
+}
 
 
 def linear_adjoint(v: torch.Tensor, like: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -39,8 +43,9 @@ def conv_adjoint(module: nn.Module) -> Optional[Callable]:
 
     def adjoint(v: torch.Tensor, like: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten.convolution_backward(
-            v, like, weight, None, stride, padding, dilation, False, output_padding, groups,
-            (True, False, False))[0]
+            v, like, weight, None, stride, padding, dilation, False, output_padding, groups, (True, False, False)
+        )[0]
+
     return adjoint
 
 
@@ -57,13 +62,17 @@ def kernel_view(module: nn.Module) -> Affine:
         return Affine(module.weight, module.bias, torch.nn.functional.linear, linear_adjoint, -1, rows)
     if isinstance(module, _ConvTransposeNd):
         if module.padding_mode != "zeros":
-            raise UnsupportedLayerError(f"{type(module).__name__} with padding_mode={module.padding_mode!r} "
-                                        f"has no relevance rule (only zero padding)")
+            raise UnsupportedLayerError(
+                f"{type(module).__name__} with padding_mode={module.padding_mode!r} "
+                f"has no relevance rule (only zero padding)"
+            )
         function = next(f for cls, f in _CONV_TRANSPOSE.items() if isinstance(module, cls))
 
         def apply(x, weight, bias):
-            return function(x, weight, bias, module.stride, module.padding, module.output_padding,
-                            module.groups, module.dilation)
+            return function(
+                x, weight, bias, module.stride, module.padding, module.output_padding, module.groups, module.dilation
+            )
+
         return Affine(module.weight, module.bias, apply, None, 1)  # its transpose by autograd
     return Affine(module.weight, module.bias, module._conv_forward, conv_adjoint(module), 1)
 
@@ -74,12 +83,13 @@ def batchnorm_view(module: nn.Module, mode: str) -> Affine:
     ``apply_mapping_to_fused_bn_layer`` builds), whose scale is ``gamma / sqrt(var**2 + eps)`` and shift ``beta - mean / sqrt(var**2 + eps)``."""
     mean, var = module.running_mean, module.running_var
     if mean is None or var is None:
-        raise UnsupportedLayerError(f"{type(module).__name__} without running statistics "
-                                    f"(track_running_stats=False) has no fixed affine map")
+        raise UnsupportedLayerError(
+            f"{type(module).__name__} without running statistics (track_running_stats=False) has no fixed affine map"
+        )
     gamma = module.weight if module.weight is not None else torch.ones_like(mean)
     beta = module.bias if module.bias is not None else torch.zeros_like(mean)
     if mode == "innvestigate":
-        root = torch.sqrt(var ** 2 + module.eps)
+        root = torch.sqrt(var**2 + module.eps)
         scale, shift = gamma / root, beta - mean / root
     else:
         root = torch.sqrt(var + module.eps)
@@ -92,6 +102,7 @@ def batchnorm_view(module: nn.Module, mode: str) -> Affine:
 
     def adjoint(v, like, weight):  # the input gradient of ``x * weight``
         return v * weight.view((1, -1) + (1,) * (v.ndim - 2))
+
     return Affine(scale.detach(), shift.detach(), apply, adjoint, 1)
 
 
