@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib as B  # noqa: E402
+
 from signxai.torch_signxai.cluster import connect  # noqa: E402
 from signxai.torch_signxai.dataset import explain_dataset  # noqa: E402
 

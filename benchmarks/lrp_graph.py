@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib as B  # noqa: E402
+
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps  # noqa: E402
 
 MODELS = ("resnet50", "densenet121")

@@ -34,6 +34,7 @@ from zennit.attribution import Gradient
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib as B  # noqa: E402
+
 from signxai.torch_signxai.methods.grammar import parse  # noqa: E402
 from signxai.torch_signxai.methods.lrp.composite import LRPComposite  # noqa: E402
 from signxai.torch_signxai.methods.lrp.plan import plan_for  # noqa: E402

@@ -139,6 +139,7 @@ def child(implementation: str, model_name: str, batch: int, runs: int, out: str,
             return lrp.attribute(x.clone(), target=targets).detach().numpy()
     elif implementation == "innvestigate":
         import tensorflow as tf
+
         from parity.harness import graph_mode
 
         graph_mode()

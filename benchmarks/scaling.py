@@ -45,6 +45,7 @@ def child(method: str, batch: int, size: int, what: str) -> None:
     import statistics
 
     import torch
+
     from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps
 
     torch.set_num_threads(B.THREADS)

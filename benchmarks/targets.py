@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib as B  # noqa: E402
+
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemap, calculate_relevancemaps  # noqa: E402
 
 LRP_TARGETS = {"lrp_epsilon_0_1": 1.3, "lrp_z": 1.3, "lrp_alpha_1_beta_0": 2.5}

@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib as B  # noqa: E402
+
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemap  # noqa: E402
 
 METHODS = ("gradient", "lrp_epsilon_0_1")

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .cache import default_folder
 from .cases import cases
 from .fanout import Backend, Subject, Task, execute
 from .progress import ProgressBar

@@ -49,16 +49,15 @@ model is built); everything runs in Keras' ``floatx`` (float32 or float64).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping
-
-import numpy as np
-import tensorflow as tf
-from tensorflow import keras
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import innvestigate.analyzer.relevance_based.relevance_rule as rrule
 import innvestigate.backend as ibackend
 import innvestigate.backend.checks as ichecks
 import innvestigate.backend.graph as igraph
+import numpy as np
+import tensorflow as tf
 from innvestigate.analyzer.base import NotAnalyzeableModelException
 from innvestigate.analyzer.deeptaylor import BoundedDeepTaylor, DeepTaylor
 from innvestigate.analyzer.gradient_based import (
@@ -80,6 +79,7 @@ from innvestigate.analyzer.relevance_based.relevance_analyzer import (
     LRPZPlus,
     LRPZPlusFast,
 )
+from tensorflow import keras
 
 from signxai.torch_signxai.methods.lrp.table import INPUT_RULES
 

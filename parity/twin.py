@@ -81,8 +81,9 @@ import contextlib
 import copy
 import math
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import tensorflow as tf

@@ -13,11 +13,10 @@ import zarr
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from signxai.torch_signxai import calculate_relevancemaps as native_relevancemaps
 from signxai.torch_signxai import dataset as dataset_module
 from signxai.torch_signxai.dataset import explain_dataset
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps
-from signxai.torch_signxai import calculate_relevancemaps as native_relevancemaps
-
 
 METHOD = "lrp_epsilon_0_1"
 BATCH = 8

@@ -23,14 +23,6 @@ for _path in (ROOT, Path(__file__).resolve().parent):  # fixtures/, and the shar
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from fixtures.models import load_inputs, load_model  # noqa: E402
-from signxai.torch_signxai import calculate_relevancemap as native_relevancemap  # noqa: E402
-from signxai.torch_signxai.methods.grammar import parse  # noqa: E402
-from signxai.torch_signxai.methods.lrp import UnsupportedLayerError  # noqa: E402
-from signxai.torch_signxai.methods.wrappers import (  # noqa: E402
-    calculate_relevancemap,
-    calculate_relevancemaps,
-)
 from test_lrp_rules import (  # noqa: E402
     API_METHODS,
     Method,
@@ -50,6 +42,15 @@ from test_lrp_rules import (  # noqa: E402
     rule_z,
     rule_z_plus,
     rule_zbox,
+)
+
+from fixtures.models import load_inputs, load_model  # noqa: E402
+from signxai.torch_signxai import calculate_relevancemap as native_relevancemap  # noqa: E402
+from signxai.torch_signxai.methods.grammar import parse  # noqa: E402
+from signxai.torch_signxai.methods.lrp import UnsupportedLayerError  # noqa: E402
+from signxai.torch_signxai.methods.wrappers import (  # noqa: E402
+    calculate_relevancemap,
+    calculate_relevancemaps,
 )
 
 METHOD_NAMES = Path(__file__).resolve().parents[2] / "shared" / "method_names.txt"

@@ -32,17 +32,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from parity.compare import relative_error  # noqa: E402
 from signxai.torch_signxai.methods.gradient import attribute  # noqa: E402
 from signxai.torch_signxai.methods.grammar import parse  # noqa: E402
 from signxai.torch_signxai.methods.lrp.composite import LRPComposite  # noqa: E402
 from signxai.torch_signxai.methods.lrp.plan import plan_for  # noqa: E402
-from signxai.torch_signxai.methods.private import private_view  # noqa: E402
-from signxai.torch_signxai.methods.lrp.views import (  # noqa: E402
-    batchnorm_view as _batchnorm_view,
-    conv_adjoint as _conv_adjoint,
-    kernel_view as _kernel_view,
-    pool_view as _pool_view,
-)
 from signxai.torch_signxai.methods.lrp.rules import (  # noqa: E402
     Affine,
     AlphaBetaRule,
@@ -50,8 +44,20 @@ from signxai.torch_signxai.methods.lrp.rules import (  # noqa: E402
     SignRule,
     ZRule,
 )
+from signxai.torch_signxai.methods.lrp.views import (  # noqa: E402
+    batchnorm_view as _batchnorm_view,
+)
+from signxai.torch_signxai.methods.lrp.views import (
+    conv_adjoint as _conv_adjoint,
+)
+from signxai.torch_signxai.methods.lrp.views import (
+    kernel_view as _kernel_view,
+)
+from signxai.torch_signxai.methods.lrp.views import (
+    pool_view as _pool_view,
+)
+from signxai.torch_signxai.methods.private import private_view  # noqa: E402
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps  # noqa: E402
-from parity.compare import relative_error  # noqa: E402
 
 #: methods whose hidden or input rule takes the fast path, and some that do not
 METHODS = [

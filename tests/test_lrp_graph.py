@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from parity.compare import relative_error
 from signxai.torch_signxai import calculate_relevancemap, calculate_relevancemaps
 from signxai.torch_signxai.methods.graph import UnsupportedLayerError
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps as tf_relevancemaps
-from parity.compare import relative_error
 
 TOL = 1e-11  # float64 formula identities: a few hundred roundings of order 1e-16 each
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Callable, Optional
+from functools import cache
 
 import numpy as np
 import pytest
@@ -95,7 +95,7 @@ class Linear:
     mask: np.ndarray
     kind: str
 
-    def modified(self, f: Callable[[np.ndarray], np.ndarray]) -> "Linear":
+    def modified(self, f: Callable[[np.ndarray], np.ndarray]) -> Linear:
         """The layer with ``f`` applied to every parameter (entries that are no connection stay 0)."""
         return Linear(np.where(self.mask, f(self.M), 0.0), f(self.b), self.mask, self.kind)
 
@@ -209,7 +209,7 @@ def _tuple(v, n):
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
 
-@lru_cache(maxsize=None)
+@cache
 def conv_index(
     in_shape: tuple, kernel_shape: tuple, stride: tuple, padding: tuple, dilation: tuple
 ) -> tuple[np.ndarray, tuple]:
@@ -235,7 +235,7 @@ def conv_index(
 
 
 def conv_linear(
-    kernel: np.ndarray, bias: Optional[np.ndarray], in_shape, stride, padding, dilation
+    kernel: np.ndarray, bias: np.ndarray | None, in_shape, stride, padding, dilation
 ) -> tuple[Linear, tuple]:
     """A convolution (zero padding, groups 1) as its unfolded matrix."""
     nd = kernel.ndim - 2
@@ -248,7 +248,7 @@ def conv_linear(
     return Linear(M, b, mask, "conv"), out_shape
 
 
-def _numpy(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().cpu().double().numpy().copy()
 
 
@@ -275,11 +275,11 @@ class Layer:
     'avgpool', 'identity'."""
 
     op: str
-    linear: Optional[Linear] = None
-    windows: Optional[list] = None
-    P: Optional[np.ndarray] = None
+    linear: Linear | None = None
+    windows: list | None = None
+    P: np.ndarray | None = None
     slope: float = 0.0
-    bn: Optional[dict] = None
+    bn: dict | None = None
     name: str = ""
 
 
@@ -393,9 +393,9 @@ class Method:
     preset: 'a' or 'b' (iNNvestigate's sequential presets); deep_taylor: iNNvestigate's DeepTaylor.
     """
 
-    hidden: Optional[Callable] = None
-    input: Optional[Callable] = None
-    preset: Optional[str] = None
+    hidden: Callable | None = None
+    input: Callable | None = None
+    preset: str | None = None
     deep_taylor: bool = False
     post: tuple = field(default=())
 
@@ -406,7 +406,7 @@ def reference(
     target: int,
     method: Method,
     bn: str = "innvestigate",
-    input_layer: Optional[int] = None,
+    input_layer: int | None = None,
 ) -> np.ndarray:
     """The relevance map of one sample (flat) for ``method``.
 

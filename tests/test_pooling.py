@@ -4,9 +4,9 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
-from torch.nn import functional as F
 
 from signxai.torch_signxai import calculate_relevancemaps
 from signxai.torch_signxai.methods import pooling

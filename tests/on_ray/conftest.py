@@ -29,9 +29,8 @@ def cluster():
     """A local Ray cluster, connected for the whole session."""
     import ray
 
-    from signxai.torch_signxai.cluster import connect
-
     from parity.determinism import ENVIRONMENT
+    from signxai.torch_signxai.cluster import connect
 
     connect("local", CPUS, dict(ENVIRONMENT))
     yield ray

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from killing import Killer
 from torch import nn
 
 from signxai.torch_signxai.dataset import explain_dataset
-
-from killing import Killer
 
 METHOD = "lrp_epsilon_0_1"
 

@@ -3,11 +3,10 @@ killed mid-run is retried by Ray without losing or duplicating a row."""
 
 import numpy as np
 import pytest
+from killing import Killer
 
 from parity.fanout import Backend
 from parity.pipeline import fixture_subjects, run_jobs
-
-from killing import Killer
 
 METHODS = ["gradient", "lrp_epsilon_0_1", "lrpsign_z", "guided_backprop", "smoothgrad", "grad_cam"]
 

@@ -11,11 +11,11 @@ import pytest
 import tensorflow as tf
 import torch
 import torch.nn.functional as F
+from graph_models import randomize_batchnorm
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from graph_models import randomize_batchnorm
 from parity import twin as twin_module
 from parity.twin import (
     Twin,

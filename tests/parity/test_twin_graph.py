@@ -8,17 +8,16 @@ import tensorflow as tf
 import torch
 import torch.nn.functional as F
 import torchvision
-from torch import nn
-
 from graph_models import (
     GRAPH_MODELS,
-    InvertedResidual,
     mobilenet_block,
     randomize_batchnorm,
     resnet_block,
 )
+from torch import nn
+
 from parity.reference import check_identities, reference_map
-from parity.twin import Twin, TwinMismatchError, UnsupportedLayerError, to_channels_last, to_keras
+from parity.twin import Twin, TwinMismatchError, UnsupportedLayerError, to_keras
 from signxai.torch_signxai.methods.grammar import parse
 
 pytestmark = pytest.mark.tf

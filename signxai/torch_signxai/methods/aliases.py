@@ -19,9 +19,10 @@ its noise is always N(0, 1); here ``noise_scale`` / ``noise_level`` is the stand
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["Alias", "ALIASES", "REFUSED", "SAME_NAME_DEFAULTS"]
 

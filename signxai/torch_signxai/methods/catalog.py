@@ -10,9 +10,10 @@ name; the parameters and defaults come from :data:`.grammar.FAMILY_PARAMS`, the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from . import grammar
 from .aliases import ALIASES, REFUSED, SAME_NAME_DEFAULTS

@@ -11,7 +11,8 @@ modules read the model's graph (:mod:`.graph`, :mod:`.modular`) where fx can tra
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,8 +21,9 @@ from torch import nn
 from . import gradcam as _gradcam
 from . import gradient as _gradient
 from .grammar import MethodSpec, parse
-from .lrp.family import lrp as _lrp, view_key as _lrp_view_key
 from .io import to_batch
+from .lrp.family import lrp as _lrp
+from .lrp.family import view_key as _lrp_view_key
 from .private import private_view
 from .signed import apply_post
 

@@ -8,8 +8,9 @@ Every function here has the engine's family signature ``(model, x, target, spec)
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -18,8 +19,8 @@ from zennit.rules import ReLUDeconvNet, ReLUGuidedBackprop
 
 from .grammar import MethodSpec
 from .graph import activation_functions, activation_of_module, kind_of_module
-from .io import as_tensor_like, in_layout_of
 from .guard import GuardError, OperationGuard
+from .io import as_tensor_like, in_layout_of
 from .modular import of_model
 from .targets import check_logits, output_seed, resolve_targets
 
@@ -70,7 +71,7 @@ def _is_relu_like(module: nn.Module) -> bool:
 
 
 @contextmanager
-def guard_activations(model: nn.Module, method: str, relu_like: Optional[bool] = None) -> Iterator[None]:
+def guard_activations(model: nn.Module, method: str, relu_like: bool | None = None) -> Iterator[None]:
     """Within the block, ``model``'s forward passes refuse activation functions (only ReLU-like
     ones: ``relu_like=True``) outside the matching activation modules: their backward would
     escape the method's modification (a functional ReLU between modules, or inside a layer of

@@ -63,9 +63,10 @@ import builtins
 import operator
 import threading
 import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -206,7 +207,7 @@ class Activation:
 
     name: str
     relu_like: bool
-    keras_layer: Optional[str]
+    keras_layer: str | None
     keras_config: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -431,7 +432,7 @@ _MODULE_ACTIVATIONS: Mapping[type, tuple[str, tuple[str, ...]]] = MappingProxyTy
     }
 )
 #: activation functions and methods -> activation name and (position, keyword) of its parameter
-_CALL_ACTIVATIONS: Mapping[Any, tuple[str, Optional[tuple[int, str]]]] = MappingProxyType(
+_CALL_ACTIVATIONS: Mapping[Any, tuple[str, tuple[int, str] | None]] = MappingProxyType(
     {
         **{fn: ("relu", None) for fn in (F.relu, torch.relu, F.relu_, torch.relu_, "relu", "relu_")},
         F.relu6: ("relu6", None),
@@ -451,7 +452,7 @@ _CALL_ACTIVATIONS: Mapping[Any, tuple[str, Optional[tuple[int, str]]]] = Mapping
 _EXTERNAL_KINDS = MappingProxyType({("torchvision.ops.stochastic_depth", "stochastic_depth"): _KIND("identity")})
 
 
-def activation_functions(relu_like: Optional[bool] = None) -> frozenset:
+def activation_functions(relu_like: bool | None = None) -> frozenset:
     """The activation functions and tensor methods (as ``torch.Tensor`` attributes, the way
     ``__torch_function__`` sees them) of the table; only the ReLU-like ones (``relu_like=True``)
     or only the others (``False``)."""
@@ -470,7 +471,7 @@ def kind_of_module(module: nn.Module) -> Kind:
     return KINDS["unknown"]
 
 
-def activation_of_module(module: nn.Module) -> Optional[Activation]:
+def activation_of_module(module: nn.Module) -> Activation | None:
     """The :class:`Activation` of an activation module, or None for any other module."""
     for cls in type(module).__mro__:
         if cls in _MODULE_ACTIVATIONS:
@@ -492,7 +493,7 @@ def _kind_of_call(node: fx.Node) -> Kind:
     return _EXTERNAL_KINDS.get(key, KINDS["unknown"])
 
 
-def _activation_of_call(node: fx.Node) -> Optional[Activation]:
+def _activation_of_call(node: fx.Node) -> Activation | None:
     entry = _CALL_ACTIVATIONS.get(node.target)
     if entry is None:
         return None
@@ -516,10 +517,10 @@ class Node:
     target: Any
     kind: Kind
     inputs: tuple[str, ...]
-    module: Optional[nn.Module] = None
-    activation: Optional[Activation] = None
-    fused_into: Optional[str] = None
-    fx: Optional[fx.Node] = field(default=None, repr=False)
+    module: nn.Module | None = None
+    activation: Activation | None = None
+    fused_into: str | None = None
+    fx: fx.Node | None = field(default=None, repr=False)
 
     @property
     def label(self) -> str:
@@ -594,7 +595,7 @@ class _Tracer(fx.Tracer):
     here calls from other threads run the module as it is (the patches are then transparent to
     them). Traces run one at a time (one trace's patches would capture another's calls)."""
 
-    _thread: Optional[int] = None
+    _thread: int | None = None
 
     def trace(self, root, concrete_args=None):
         with _TRACE_LOCK:
@@ -615,7 +616,7 @@ class _Tracer(fx.Tracer):
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
 
-def _build(model: nn.Module) -> Optional[ModelGraph]:
+def _build(model: nn.Module) -> ModelGraph | None:
     root = model.wrapped if isinstance(model, NoSoftmaxWrapper) else model
     if next(root.children(), None) is None:
         return None  # a single layer: fx would trace its functional body
@@ -712,11 +713,11 @@ def _signature(model: nn.Module) -> tuple:
     return tuple((name, id(module), type(module), module.training) for name, module in model.named_modules())
 
 
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 _CACHE_LOCK = threading.Lock()
 
 
-def model_graph(model: nn.Module) -> Optional[ModelGraph]:
+def model_graph(model: nn.Module) -> ModelGraph | None:
     """The :class:`ModelGraph` of ``model``, or None when fx cannot trace it (see the module
     docstring); cached per model until its module tree changes."""
     with _CACHE_LOCK:

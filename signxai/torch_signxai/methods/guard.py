@@ -11,7 +11,7 @@ calls of that forward pass only, never another thread's.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 from torch.overrides import TorchFunctionMode

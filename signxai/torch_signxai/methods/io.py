@@ -9,9 +9,9 @@ tensor back into a numpy array of the caller's shape.
 from __future__ import annotations
 
 import itertools
-
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ class Batch:
         array = relevance.detach().cpu().contiguous().numpy()
         return array[0] if self.added_batch_axis else array
 
-    def in_default_layout(self) -> "Batch":
+    def in_default_layout(self) -> Batch:
         """The same batch laid out contiguously (row-major), as PyTorch lays out new tensors."""
         return Batch(tensor=self.tensor.contiguous(), added_batch_axis=self.added_batch_axis)
 

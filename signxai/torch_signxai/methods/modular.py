@@ -20,8 +20,8 @@ as they are: :attr:`Modular.unsupported` lists them for the families that must r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
 
 import torch.fx as fx
 import torch.nn.functional as F
@@ -79,7 +79,7 @@ class Modular:
     unsupported: tuple = ()
 
 
-def _replacement(node: Node, fx_node: fx.Node) -> tuple[Optional[nn.Module], tuple, Optional[str]]:
+def _replacement(node: Node, fx_node: fx.Node) -> tuple[nn.Module | None, tuple, str | None]:
     """The module standing in for a functional node (``fx_node``: its copy, whose arguments are
     the copied graph's nodes), its tensor arguments, and why none can; no module but one tensor
     argument: the node is that argument itself."""
@@ -129,7 +129,7 @@ def _later_nodes(graph: fx.Graph, node: fx.Node) -> frozenset:
     return frozenset(nodes[nodes.index(node) + 1 :])
 
 
-def _reason(node: Node) -> Optional[str]:
+def _reason(node: Node) -> str | None:
     if node.kind.lrp == "unsupported":
         if node.kind.name == "attribute":
             return "uses a parameter or buffer outside its module, which no relevance rule covers"
@@ -194,7 +194,7 @@ def modular(graph: ModelGraph) -> Modular:
     return found
 
 
-def of_model(model: nn.Module) -> Optional[Modular]:
+def of_model(model: nn.Module) -> Modular | None:
     """The :class:`Modular` form of ``model``'s graph, or None for a model fx cannot trace."""
     graph = model_graph(model)
     return None if graph is None else modular(graph)

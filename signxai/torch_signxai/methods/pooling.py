@@ -13,9 +13,9 @@ row-major backward kernel, as autograd would. Maps are bit-for-bit those of the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
-from typing import Iterator
 
 import torch
 from torch import nn

@@ -29,8 +29,9 @@ from __future__ import annotations
 import copy
 import threading
 import weakref
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Hashable, Iterator, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -128,7 +129,7 @@ def _scripted(model: nn.Module) -> bool:
 
 
 #: every view built (weakly): private module trees that never change once built
-_VIEWS: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+_VIEWS: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 def build_view(model: nn.Module) -> nn.Module:
@@ -158,7 +159,7 @@ class _Pool:
         self.free: dict = {}
 
 
-_POOLS: "weakref.WeakKeyDictionary[nn.Module, _Pool]" = weakref.WeakKeyDictionary()
+_POOLS: weakref.WeakKeyDictionary[nn.Module, _Pool] = weakref.WeakKeyDictionary()
 _POOLS_LOCK = threading.Lock()
 
 

@@ -11,8 +11,6 @@ fuses into the conv/dense layer that ran right before it.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from torch import nn
 from zennit.core import Composite
 
@@ -44,9 +42,7 @@ class LRPComposite(Composite):
         model runs as a chain in execution order.
     """
 
-    def __init__(
-        self, plan: Plan, batchnorm: str, reuse_outputs: bool = True, modular: Optional[Modular] = None
-    ) -> None:
+    def __init__(self, plan: Plan, batchnorm: str, reuse_outputs: bool = True, modular: Modular | None = None) -> None:
         self.plan, self.trace, self.modular = plan, Trace(), modular
         #: graph mode: kernel module -> (is an input layer, is a last layer); activation -> fused
         self.positions: dict[nn.Module, tuple[bool, bool]] = {}

@@ -7,7 +7,7 @@ the engine leases views under :func:`view_key`, so a view only ever serves one L
 
 from __future__ import annotations
 
-from typing import Hashable
+from collections.abc import Hashable
 
 import torch
 from torch import nn

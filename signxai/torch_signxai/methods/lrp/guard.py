@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..guard import OperationGuard
 from ..graph import MODULE_KINDS, UnsupportedLayerError, kind_of_module
+from ..guard import OperationGuard
 from ..modular import Modular
 from .plan import Plan
 

@@ -16,9 +16,9 @@ applies the Z rule to a tensor sum.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -40,7 +40,7 @@ class Trace:
     leaves: list = field(default_factory=list)
     #: (weak references to) the latest output of a rule layer and its :class:`Slot`, while that
     #: slot keeps the output: a ReLU that consumes this very tensor may stand in for it
-    pending: Optional[tuple] = None
+    pending: tuple | None = None
 
     def clear(self) -> None:
         self.kernels.clear()
@@ -65,7 +65,7 @@ class Slot:
 
     __slots__ = ("x", "z", "x_version", "z_version", "fused", "__weakref__")
 
-    def __init__(self, x: torch.Tensor, z: Optional[torch.Tensor]) -> None:
+    def __init__(self, x: torch.Tensor, z: torch.Tensor | None) -> None:
         self.x, self.z = x, z
         self.x_version = self.z_version = 0
         self.fused = False
@@ -79,7 +79,7 @@ class Slot:
         """Keep the ReLU output ``y`` of the layer's output instead of the output itself."""
         self.z, self.fused, self.z_version = y, True, y._version
 
-    def output(self, r: torch.Tensor) -> Optional[torch.Tensor]:
+    def output(self, r: torch.Tensor) -> torch.Tensor | None:
         """The layer's output (or, when ``fused``, its ReLU) as a rule may use it against
         relevance ``r``, or None when it must be recomputed (not kept, modified in place since,
         or a ReLU output where ``r`` is not zero at its zeros)."""
@@ -151,14 +151,14 @@ class RuleHook(Hook):
         view: Callable[[nn.Module], Affine],
         choose: Callable[[nn.Module], Rule],
         trace: Trace,
-        candidates: Optional[Callable[[nn.Module], Iterable[Rule]]] = None,
+        candidates: Callable[[nn.Module], Iterable[Rule]] | None = None,
         native: bool = False,
     ) -> None:
         super().__init__()
         self.view, self.choose, self.trace = view, choose, trace
         self.candidates, self.native = candidates, native
 
-    def copy(self) -> "RuleHook":
+    def copy(self) -> RuleHook:
         return RuleHook(self.view, self.choose, self.trace, self.candidates, self.native)
 
     def register(self, module: nn.Module) -> RemovableHandleList:
@@ -221,7 +221,7 @@ class PassHook(Hook):
         self.trace = trace
         self.calls: list = []
 
-    def copy(self) -> "PassHook":
+    def copy(self) -> PassHook:
         return PassHook(self.trace)
 
     def register(self, module: nn.Module) -> RemovableHandleList:
@@ -233,7 +233,7 @@ class PassHook(Hook):
             ]
         )
 
-    def _producer(self, module: nn.Module, x: torch.Tensor) -> Optional[Slot]:
+    def _producer(self, module: nn.Module, x: torch.Tensor) -> Slot | None:
         """The slot whose layer output ``x`` is, when ``module`` is a ReLU that may stand in."""
         pending, self.trace.pending = self.trace.pending, None
         if type(module) is not nn.ReLU or pending is None or pending[0]() is not x:
@@ -283,7 +283,7 @@ class FusedPass(Hook):
         super().__init__()
         self.fused = fused
 
-    def copy(self) -> "FusedPass":
+    def copy(self) -> FusedPass:
         return FusedPass(self.fused)
 
     def backward(self, module, grad_input, grad_output):
@@ -312,7 +312,7 @@ class SumHook(Hook):
     over broadcast axes. ``z`` is the sum of the forward pass, recomputed if it was modified in
     place since (an in-place ReLU after the sum)."""
 
-    def copy(self) -> "SumHook":
+    def copy(self) -> SumHook:
         return SumHook()
 
     def register(self, module: nn.Module) -> RemovableHandleList:

@@ -4,7 +4,6 @@ analyzer the method names."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from ..grammar import MethodSpec, parse
 from .rules import AlphaBetaRule, AlphaBetaX2m100Rule, EpsilonRule, Rule, ZRule
@@ -45,11 +44,11 @@ class Plan:
 
     dense: Rule
     conv: Rule
-    batchnorm: Optional[Rule]
-    input: Optional[Rule] = None
-    last: Optional[Rule] = None
-    average_pool: Optional[Rule] = field(default_factory=ZRule)
-    add: Optional[Rule] = field(default_factory=ZRule)
+    batchnorm: Rule | None
+    input: Rule | None = None
+    last: Rule | None = None
+    average_pool: Rule | None = field(default_factory=ZRule)
+    add: Rule | None = field(default_factory=ZRule)
     gate: bool = True
     deep_taylor: bool = False
 
@@ -58,7 +57,7 @@ def _hidden_rule(spec: MethodSpec) -> Rule:
     return build(HIDDEN_RULES[spec.rule], spec.params)
 
 
-def _input_rule(spec: MethodSpec) -> Optional[Rule]:
+def _input_rule(spec: MethodSpec) -> Rule | None:
     return None if spec.input_rule is None else build(INPUT_RULES[spec.input_rule], spec.params)
 
 

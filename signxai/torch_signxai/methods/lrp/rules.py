@@ -14,8 +14,8 @@ uses its safe divide, which only replaces exact zeros in the denominator (by 1e-
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 
@@ -75,7 +75,7 @@ def _divide_into(a: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
     return a / fresh
 
 
-def _times(a: torch.Tensor, layer: "Affine", g: torch.Tensor) -> torch.Tensor:
+def _times(a: torch.Tensor, layer: Affine, g: torch.Tensor) -> torch.Tensor:
     """``a * g`` for a transpose ``g`` of ``layer``: in place on ``g`` when the layer's adjoint
     made it (a fresh tensor of nobody else's; an autograd gradient may alias its seed)."""
     return g.mul_(a) if layer.adjoint is not None and g.shape == a.shape else a * g
@@ -102,25 +102,25 @@ class Affine:
     """
 
     weight: torch.Tensor
-    bias: Optional[torch.Tensor]
-    apply: Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+    bias: torch.Tensor | None
+    apply: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
     #: ``adjoint(v, like, weight)``: ``weight^T v`` shaped like the input ``like``, without a
     #: forward pass (e.g. a convolution's input gradient); None: by autograd through ``apply``
-    adjoint: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None
+    adjoint: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     #: axis of the output along which the bias runs (1 for conv/BatchNorm, -1 for dense), or
     #: None when unknown (see :meth:`offset`)
-    channel_axis: Optional[int] = None
+    channel_axis: int | None = None
     #: for a dense layer (``apply`` is ``linear``): :meth:`with_weights` modifies the weight in
     #: blocks of this many output rows as they are used, so that no modified copy of a large
     #: weight exists whole; None: modify the whole weight at once
-    row_block: Optional[int] = None
+    row_block: int | None = None
 
     def __call__(self, x: torch.Tensor, weights: Modifier = _keep, bias: bool = True) -> torch.Tensor:
         """The layer at ``x`` with ``weights`` applied to its weight and (if ``bias``) its bias."""
         b = weights(self.bias) if bias and self.bias is not None else None
         return self.apply(x, weights(self.weight), b)
 
-    def offset(self, weights: Modifier, out: torch.Tensor) -> Optional[torch.Tensor]:
+    def offset(self, weights: Modifier, out: torch.Tensor) -> torch.Tensor | None:
         """``weights(b)`` shaped to broadcast against an output ``out``: the layer at an all-zero
         input (``layer(0, weights)``, exactly, since every product with a zero is zero); None
         without a bias or a known :attr:`channel_axis`."""
@@ -130,7 +130,7 @@ class Affine:
         shape[self.channel_axis] = -1
         return weights(self.bias).reshape(shape)
 
-    def with_weights(self, weights: Modifier) -> "Affine | _RowBlocks":
+    def with_weights(self, weights: Modifier) -> Affine | _RowBlocks:
         """The layer with ``weights`` applied once to its weight and bias (for rules that use a
         modified layer more than once); block by block for a dense layer with :attr:`row_block`."""
         if self.row_block is not None and self.weight.shape[0] > self.row_block:
@@ -196,7 +196,7 @@ class Rule:
     reuses_output = False
 
     def relevance(
-        self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: Optional[torch.Tensor] = None, cut: bool = False
+        self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor | None = None, cut: bool = False
     ) -> torch.Tensor:
         """Relevance at ``x``.
 

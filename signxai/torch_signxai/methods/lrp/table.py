@@ -10,9 +10,10 @@ adding a rule is adding an entry here (and, where its name has a syntax of its o
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 from .rules import (
     AlphaBetaRule,
@@ -57,7 +58,7 @@ class RuleEntry:
 
     name: str
     params: Mapping[str, Any] = field(default_factory=dict)
-    make: Optional[Callable[..., Rule]] = None
+    make: Callable[..., Rule] | None = None
     innvestigate: str = ""
     spellings: Mapping[str, str] = field(default_factory=dict)
     analyzer_defaults: Mapping[str, Any] = field(default_factory=dict)
@@ -136,7 +137,7 @@ INPUT_RULES: Mapping[str, RuleEntry] = _table(
 )
 
 #: method-name prefix -> its input rule (a key of :data:`INPUT_RULES`; None: the hidden rule)
-PREFIXES: Mapping[str, Optional[str]] = MappingProxyType(
+PREFIXES: Mapping[str, str | None] = MappingProxyType(
     {
         "lrp": None,
         "lrpz": "z",

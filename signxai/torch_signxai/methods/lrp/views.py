@@ -8,7 +8,7 @@ without a forward pass, its transpose ``W^T v`` (a convolution's input gradient,
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ def linear_adjoint(v: torch.Tensor, like: torch.Tensor, weight: torch.Tensor) ->
     return torch.matmul(v, weight)
 
 
-def conv_adjoint(module: nn.Module) -> Optional[Callable]:
+def conv_adjoint(module: nn.Module) -> Callable | None:
     """``weight^T v`` of a convolution by its input-gradient kernel (``convolution_backward``,
     what autograd runs for the layer's own backward, without a forward pass); None for padding
     that is not a plain zero padding of fixed size (autograd handles those)."""
