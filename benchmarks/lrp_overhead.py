@@ -68,13 +68,13 @@ def main() -> None:
         generator = torch.Generator().manual_seed(batch)
         x = torch.randn(batch, 3, 64, 64, generator=generator)
 
-        def ours():
+        def ours(x: torch.Tensor = x):
             return calculate_relevancemaps(METHOD, x, model)
 
-        def direct():
+        def direct(x: torch.Tensor = x):
             return attributor(x.detach().clone())[1]
 
-        def gradient():
+        def gradient(x: torch.Tensor = x):
             return B.plain_gradient(model, x)
 
         mine, theirs = torch.from_numpy(ours()), direct()

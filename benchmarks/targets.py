@@ -28,6 +28,7 @@ import gc
 import json
 import sys
 import weakref
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -75,11 +76,11 @@ def lrp_vs_gradient(rounds: int) -> list[dict]:
     for batch, size in VGG_CONFIGS:
         x = B.inputs(batch, (3, size, size))
         fns = {
-            "gradient (autograd)": lambda: B.plain_gradient(model, x),
-            "gradient": lambda: calculate_relevancemaps("gradient", x, model),
+            "gradient (autograd)": partial(B.plain_gradient, model, x),
+            "gradient": partial(calculate_relevancemaps, "gradient", x, model),
         }
         for name in [*LRP_TARGETS, *LRP_OTHERS]:
-            fns[name] = lambda name=name: calculate_relevancemaps(name, x, model)
+            fns[name] = partial(calculate_relevancemaps, name, x, model)
         medians = B.median_seconds(fns, warmup=1, runs=rounds)
         base = medians["gradient (autograd)"]
         rows += B.ratio_rows(f"VGG16 b{batch} {size}px", medians, "gradient (autograd)", "gradient", LRP_TARGETS)
@@ -88,6 +89,11 @@ def lrp_vs_gradient(rounds: int) -> list[dict]:
             flush=True,
         )
     return rows
+
+
+def _loop(method: str, singles: list, model: torch.nn.Module) -> list:
+    """One call per input: what a caller without the batched API does."""
+    return [calculate_relevancemap(method, s, model) for s in singles]
 
 
 def batched_vs_loop(rounds: int) -> list[dict]:
@@ -106,8 +112,8 @@ def batched_vs_loop(rounds: int) -> list[dict]:
         for name in ["lrp_epsilon_0_1", "gradient"]:
             medians = B.median_seconds(
                 {
-                    "batched": lambda: calculate_relevancemaps(name, X, net),
-                    "loop": lambda: [calculate_relevancemap(name, s, net) for s in singles],
+                    "batched": partial(calculate_relevancemaps, name, X, net),
+                    "loop": partial(_loop, name, singles, net),
                 },
                 warmup=2,
                 runs=rounds,

@@ -182,7 +182,7 @@ def run_jobs(
     merged = {}
     for index, subject in enumerate(subjects):
         for dtype in dtypes:
-            mine = [(t, r) for t, r in zip(tasks, runs) if (t.subject, t.dtype) == (index, dtype)]
+            mine = [(t, r) for t, r in zip(tasks, runs, strict=True) if (t.subject, t.dtype) == (index, dtype)]
             if not mine:
                 continue
             run = merge_runs([r for _, r in mine])

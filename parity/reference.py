@@ -133,10 +133,10 @@ class SignRule(igraph.ReverseMappingBase):
 
     def apply(self, Xs, _Ys, Rs, _reverse_state):
         Zs = ibackend.apply(self._layer_wo_act, Xs)
-        tmp = [ibackend.safe_divide(r, z) for r, z in zip(Rs, Zs)]
+        tmp = [ibackend.safe_divide(r, z) for r, z in zip(Rs, Zs, strict=True)]
         grads = ibackend.gradients(Xs, Zs, tmp)
         sign = _floatx_sign(self._mu)
-        return [klayers.Multiply()([sign(x), g]) for x, g in zip(Xs, grads)]
+        return [klayers.Multiply()([sign(x), g]) for x, g in zip(Xs, grads, strict=True)]
 
 
 class StdxEpsilonRule(igraph.ReverseMappingBase):
@@ -168,9 +168,9 @@ class StdxEpsilonRule(igraph.ReverseMappingBase):
             return z + (tf.cast(tf.greater_equal(z, 0), z.dtype) * 2 - 1) * eps
 
         prepare_div = klayers.Lambda(stabilise)
-        tmp = [r / prepare_div([X, z]) for r, z in zip(Rs, Zs)]
+        tmp = [r / prepare_div([X, z]) for r, z in zip(Rs, Zs, strict=True)]
         grads = ibackend.gradients(Xs, Zs, tmp)
-        return [klayers.Multiply()([x, g]) for x, g in zip(Xs, grads)]
+        return [klayers.Multiply()([x, g]) for x, g in zip(Xs, grads, strict=True)]
 
 
 class GammaRule(igraph.ReverseMappingBase):
@@ -192,9 +192,9 @@ class GammaRule(igraph.ReverseMappingBase):
 
     def apply(self, Xs, _Ys, Rs, _reverse_state):
         Zs = ibackend.apply(self._layer_wo_act, Xs)
-        tmp = [ibackend.safe_divide(r, z) for r, z in zip(Rs, Zs)]
+        tmp = [ibackend.safe_divide(r, z) for r, z in zip(Rs, Zs, strict=True)]
         grads = ibackend.gradients(Xs, Zs, tmp)
-        return [klayers.Multiply()([x, g]) for x, g in zip(Xs, grads)]
+        return [klayers.Multiply()([x, g]) for x, g in zip(Xs, grads, strict=True)]
 
 
 def _proxy(rule_class: type, **params: Any) -> type:
@@ -226,7 +226,7 @@ class _DeepTaylorInputRule(DeepTaylor):
 
     def _create_analysis(self, *args, **kwargs):
         self._add_conditional_reverse_mapping(
-            lambda l: ichecks.is_input_layer(l) and ichecks.contains_kernel(l),
+            lambda layer: ichecks.is_input_layer(layer) and ichecks.contains_kernel(layer),
             self._input_rule_class,
             name="deep_taylor_input_layer_rule",
             priority=10,
@@ -674,8 +674,9 @@ def reference_map(
     Raises
     ------
     ReferenceUnavailable
-        For ``random_uniform`` and ``random`` (``input`` with ``stddev > 0``), for an input-layer rule that iNNvestigate would drop, for
-        smoothgrad/vargrad without explicit noise, or where iNNvestigate refuses the model.
+        For ``random_uniform`` and ``random`` (``input`` with ``stddev > 0``), for an input-layer
+        rule that iNNvestigate would drop, for smoothgrad/vargrad without explicit noise, or where
+        iNNvestigate refuses the model.
     """
     family = spec.family
     if family == "random_uniform" or (family == "input" and spec.params["stddev"]):

@@ -392,7 +392,7 @@ def write_figure(path: Path, runs: list[ModelRun], rows: list[Row]) -> None:
     if not shown:
         raise ValueError("no compared method to draw")
     fig, axes = plt.subplots(len(shown), 3, figsize=(9, 2.4 * len(shown)), squeeze=False)
-    for line, (run, row) in zip(axes, shown):
+    for line, (run, row) in zip(axes, shown, strict=True):
         ours, ref = run.ours[row.method], run.references[row.method]
         worst = int(np.argmax(np.abs(ours - ref).reshape(len(ours), -1).max(axis=1)))
         ours, ref = _image(ours[worst]), _image(ref[worst])
@@ -405,7 +405,7 @@ def write_figure(path: Path, runs: list[ModelRun], rows: list[Row]) -> None:
             f"\ndifference: max {np.max(np.abs(diff)):.1e}\nrel. {row.rel_error:.1e}"
             + (f", allowed {row.tolerance:.0e}" if row.ours_f32_error is not None else ""),
         )
-        for ax, image, title, scale in zip(line, (ours, ref, diff), titles, (limit, limit, spread)):
+        for ax, image, title, scale in zip(line, (ours, ref, diff), titles, (limit, limit, spread), strict=True):
             drawn = ax.imshow(image, cmap="bwr", vmin=-scale, vmax=scale, aspect="auto")
             ax.set_title(title, fontsize=7)
             ax.set_xticks([])

@@ -876,7 +876,7 @@ class _Converter:
         """Add an explicit ZeroPadding layer on a channels-last ``value``."""
         cls = tf.keras.layers.ZeroPadding1D if len(pads) == 1 else tf.keras.layers.ZeroPadding2D
         padding = pads[0] if len(pads) == 1 else pads
-        shape = (value.shape[0], *(s + a + b for s, (a, b) in zip(value.shape[1:], pads)))
+        shape = (value.shape[0], *(s + a + b for s, (a, b) in zip(value.shape[1:], pads, strict=True)))
         return self._helper(step, "pad", cls, {"padding": padding}, value, shape, value.layout)
 
     # -- handlers ---------------------------------------------------------
@@ -1039,7 +1039,10 @@ class _Converter:
         if any(v.perm is not None for v in values):
             offsets = np.cumsum([0] + [v.shape[0] for v in values[:-1]])
             perm = np.concatenate(
-                [offset + (np.arange(v.shape[0]) if v.perm is None else v.perm) for v, offset in zip(values, offsets)]
+                [
+                    offset + (np.arange(v.shape[0]) if v.perm is None else v.perm)
+                    for v, offset in zip(values, offsets, strict=True)
+                ]
             )
         layout = values[0].layout
         axis = layout.index(dim - 1) - len(layout)  # negative, as keras.applications writes it
@@ -1070,7 +1073,7 @@ class _Converter:
         if isinstance(conv.padding, str):
             padding, explicit = conv.padding, None
         else:
-            effective = tuple(d * (k - 1) + 1 for k, d in zip(kernels, dilations))
+            effective = tuple(d * (k - 1) + 1 for k, d in zip(kernels, dilations, strict=True))
             padding, explicit = _keras_padding(value.shape[1:], effective, strides, _ntuple(conv.padding, rank))
         if explicit is not None:
             value = self._zero_pad(step, value, tuple((p, p) for p in explicit))
@@ -1135,7 +1138,8 @@ class _Converter:
             self._emit(step, cls, config, [value], initial=initial)
             return
         full = tuple(
-            (s - 1) * st + k + op for s, st, k, op in zip(value.shape[1:], strides, kernels, config["output_padding"])
+            (s - 1) * st + k + op
+            for s, st, k, op in zip(value.shape[1:], strides, kernels, config["output_padding"], strict=True)
         )
         name = self._keras_name(f"{self._base_name(step.node)}_full")
         self._add_spec(_LayerSpec(cls, {**config, "name": name}, (value.name,), initial))
@@ -1190,7 +1194,7 @@ class _Converter:
             tf.keras.layers.BatchNormalization,
             config,
             [value],
-            initial=dict(zip(names, arrays)),
+            initial=dict(zip(names, arrays, strict=True)),
             call_kwargs={"training": False},
             layout=value.layout,
             perm=value.perm,
@@ -1240,11 +1244,13 @@ class _Converter:
         kernels, strides, pads, padding, explicit = self._pool_geometry(step, value, rank)
         overhang = tuple(
             (out - 1) * stride + kernel - (size + 2 * pad)
-            for out, stride, kernel, size, pad in zip(step.out_shape[1:], strides, kernels, value.shape[1:], pads)
+            for out, stride, kernel, size, pad in zip(
+                step.out_shape[1:], strides, kernels, value.shape[1:], pads, strict=True
+            )
         )
         if pool.ceil_mode and max(overhang) > 0:
             padding = "valid"
-            explicit = tuple((pad, pad + max(extra, 0)) for pad, extra in zip(pads, overhang))
+            explicit = tuple((pad, pad + max(extra, 0)) for pad, extra in zip(pads, overhang, strict=True))
         if explicit is not None and not value.nonnegative:
             raise self._unsupported(
                 step,
@@ -1298,13 +1304,13 @@ class _Converter:
         value = self._spatial_input(step, rank)
         sizes = value.shape[1:]
         requested = _ntuple(requested, rank)
-        targets = tuple(size if out is None else out for size, out in zip(sizes, requested))
+        targets = tuple(size if out is None else out for size, out in zip(sizes, requested, strict=True))
         if targets == sizes:
             self._alias(step, value)
         elif all(t == 1 for t in targets):
             self._global_average(step, value, keepdims=True)
-        elif all(size % t == 0 for size, t in zip(sizes, targets)):
-            windows = tuple(size // t for size, t in zip(sizes, targets))
+        elif all(size % t == 0 for size, t in zip(sizes, targets, strict=True)):
+            windows = tuple(size // t for size, t in zip(sizes, targets, strict=True))
             cls = (tf.keras.layers.AveragePooling1D, tf.keras.layers.AveragePooling2D)[rank - 1]
             self._emit(
                 step,
@@ -1347,13 +1353,13 @@ class _Converter:
         value = step.inputs[0]
         value = self._spatial_input(step, value.rank - 1)
         sizes, targets = value.shape[1:], step.out_shape[1:]
-        if mode != "nearest" or any(t % s for s, t in zip(sizes, targets)) or len(sizes) > 2:
+        if mode != "nearest" or any(t % s for s, t in zip(sizes, targets, strict=True)) or len(sizes) > 2:
             raise self._unsupported(
                 step,
                 f"upsamples {sizes} to {targets} in mode {mode!r}; the twin supports "
                 "nearest upsampling of 1-d or 2-d maps by integer factors",
             )
-        factors = tuple(t // s for s, t in zip(sizes, targets))
+        factors = tuple(t // s for s, t in zip(sizes, targets, strict=True))
         if len(factors) == 1:
             self._emit(step, tf.keras.layers.UpSampling1D, {"size": factors[0]}, [value], nonnegative=value.nonnegative)
         else:

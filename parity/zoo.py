@@ -189,7 +189,7 @@ def calibrate_batchnorm(
     with torch.no_grad():
         for _ in range(passes if norms else 0):
             model(torch.randn(batch, *input_shape, generator=generator))
-    for norm, momentum in zip(norms, momenta):
+    for norm, momentum in zip(norms, momenta, strict=True):
         norm.momentum = momentum
     return model.eval()
 
@@ -495,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, str], JobResult] = {}
     for index, name in enumerate(names):
         jobs = [(name, "float32"), (name, "float64")]
-        results.update(zip(jobs, run_jobs(jobs, methods)))
+        results.update(zip(jobs, run_jobs(jobs, methods), strict=True))
         context = {
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python -m parity.zoo " + " ".join(argv if argv is not None else sys.argv[1:]),

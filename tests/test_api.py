@@ -325,7 +325,7 @@ def test_list_of_inputs(container, as_torch):
     items = container(torch.from_numpy(xi.copy()) if as_torch else xi.copy() for xi in x)
     result = calculate_relevancemaps(CNN, items, method="gradient", target_class=[0, 1, 2])
     assert isinstance(result, np.ndarray) and result.shape == x.shape
-    expected = np.stack([fd_gradient(CNN, xi, t) for xi, t in zip(x, [0, 1, 2])])
+    expected = np.stack([fd_gradient(CNN, xi, t) for xi, t in zip(x, [0, 1, 2], strict=True)])
     np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-9)
     tf_style = wrappers.calculate_relevancemaps("gradient", items, CNN, neuron_selection=[0, 1, 2])
     np.testing.assert_array_equal(tf_style, result)

@@ -95,7 +95,7 @@ def test_factory_gives_an_untrained_model(name):
     fresh = ALL_FIXTURES[name].factory()
     trained = load_model(name)
     assert fresh.state_dict().keys() == trained.state_dict().keys()
-    assert any(not torch.equal(a, b) for a, b in zip(fresh.parameters(), trained.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.parameters(), trained.parameters(), strict=True))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -448,7 +448,7 @@ def test_batch_equals_per_sample(name):
     x = rng.normal(size=(4, 2, 8, 8))
     targets = [0, 4, 2, 2]
     batched = calculate_relevancemaps(name, x, model, neuron_selection=targets)
-    single = np.stack([run(name, model, xi, neuron_selection=t) for xi, t in zip(x, targets)])
+    single = np.stack([run(name, model, xi, neuron_selection=t) for xi, t in zip(x, targets, strict=True)])
     np.testing.assert_allclose(batched, single, **TOL)
 
 

@@ -8,6 +8,7 @@ library computes in float64 and tolerances are tight.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ def mlp_tanh(seed: int = 0, sizes=(6, 5, 4)) -> nn.Sequential:
 def mlp_relu(seed: int = 0, sizes=(6, 5, 4)) -> nn.Sequential:
     def build():
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(pairwise(sizes)):
             layers.append(nn.Linear(a, b))
             if i < len(sizes) - 2:
                 layers.append(nn.ReLU())
@@ -159,7 +160,7 @@ def guided_reference(layers, x: np.ndarray, target: int, kind: str, seed: float 
     w_out, b_out = layers[-1]
     logit = w_out[target] @ a + b_out[target]
     signal = (logit if seed is None else seed) * w_out[target]  # at the last hidden activation
-    for (w, _), z in zip(reversed(layers[:-1]), reversed(pre)):
+    for (w, _), z in zip(reversed(layers[:-1]), reversed(pre), strict=True):
         signal = np.maximum(signal, 0)
         if kind == "guided":
             signal = signal * (z > 0)
@@ -200,7 +201,7 @@ def test_batched_gradient_matches_finite_differences_per_input(key):
     x = random_input((3, *shape), 2)
     targets = [2, 0, 1]
     result = calculate_relevancemaps(model, x, method="gradient", target_class=targets)
-    expected = np.stack([fd_gradient(model, xi, t) for xi, t in zip(x, targets)])
+    expected = np.stack([fd_gradient(model, xi, t) for xi, t in zip(x, targets, strict=True)])
     np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-8)
 
 
@@ -324,7 +325,7 @@ def test_guided_methods_batched_with_per_input_targets(kind, name):
     x = random_input((4, 6), 9)
     targets = np.array([0, 3, 1, 3])
     result = calculate_relevancemaps(model, x, method=name, neuron_selection=targets)
-    expected = np.stack([guided_reference(layers, xi, int(t), kind) for xi, t in zip(x, targets)])
+    expected = np.stack([guided_reference(layers, xi, int(t), kind) for xi, t in zip(x, targets, strict=True)])
     np.testing.assert_allclose(result, expected, rtol=1e-10, atol=1e-12)
 
 
@@ -493,7 +494,7 @@ def test_integrated_gradients_match_the_numpy_path_integral(steps, batch_size):
     expected = np.stack(
         [
             ig_reference(lambda p, t=t: tanh_mlp_gradient(layers, p, t), xi, np.zeros(6), steps)
-            for xi, t in zip(x, targets)
+            for xi, t in zip(x, targets, strict=True)
         ]
     )
     np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-14)
@@ -721,8 +722,8 @@ def _base_and_factor(name: str):
     """(base name, numpy multiplier of x) for a listed gradient-family name."""
     if name == "input_t_gradient":
         return "gradient", lambda x: x
-    base, factor = name, (lambda x: np.ones_like(x))
-    for suffix, mu in (
+    base, mu = name, None
+    for suffix, value in (
         ("_x_sign_mu_neg_0_5", -0.5),
         ("_x_sign_mu_0_5", 0.5),
         ("_x_sign_mu_0", 0.0),
@@ -730,13 +731,16 @@ def _base_and_factor(name: str):
         ("_x_sign", 0.0),
     ):
         if base.endswith(suffix):
-            base = base[: -len(suffix)]
-            factor = lambda x, mu=mu: sign_mu(x, mu).astype(x.dtype)
+            base, mu = base[: -len(suffix)], value
             break
-    if base.endswith("_x_input"):
+    times_input = base.endswith("_x_input")
+    if times_input:
         base = base[: -len("_x_input")]
-        inner = factor
-        factor = lambda x, inner=inner: x * inner(x)
+
+    def factor(x):
+        sign = np.ones_like(x) if mu is None else sign_mu(x, mu).astype(x.dtype)
+        return x * sign if times_input else sign
+
     return base, factor
 
 

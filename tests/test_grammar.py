@@ -7,6 +7,7 @@ not from the library's regular expressions.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -191,7 +192,7 @@ def test_every_listed_name_parses_to_what_it_says(name):
 
 def test_spec_is_frozen():
     spec = parse("gradient")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         spec.family = "lrp"
     with pytest.raises(TypeError):
         spec.params["x"] = 1

@@ -416,7 +416,8 @@ def reference(
     gradient, max pooling routes to the first maximum of the window, average pooling gets the Z
     rule (Deep Taylor: its gradient). BatchNorm gets the analyzer's rule on ``bn``'s linear map
     (Deep Taylor: the gradient of the true map, in either mode: iNNvestigate's DeepTaylor checks
-    "no kernel and only ReLU activations" before its BN mapping, and a BN layer passes that test). ``input_layer`` overrides which layer index gets the input rule.
+    "no kernel and only ReLU activations" before its BN mapping, and a BN layer passes that test).
+    ``input_layer`` overrides which layer index gets the input rule.
     """
     acts = forward(layers, x)
     kernels = [i for i, layer in enumerate(layers) if layer.op == "linear"]

@@ -253,12 +253,12 @@ def test_a_deleted_model_is_freed(build):
 def test_the_view_shares_storage_but_not_parameters_or_flags():
     model = SmallCNN().train()
     view = private.build_view(model)
-    for (name, param), (view_name, alias) in zip(model.named_parameters(), view.named_parameters()):
+    for (name, param), (view_name, alias) in zip(model.named_parameters(), view.named_parameters(), strict=True):
         assert name == view_name
         assert alias is not param and alias.data_ptr() == param.data_ptr()
         assert param.requires_grad and not alias.requires_grad
     assert all(not m.training for m in view.modules()) and all(m.training for m in model.modules())
-    assert all(a is not b for a, b in zip(model.modules(), view.modules()))
+    assert all(a is not b for a, b in zip(model.modules(), view.modules(), strict=True))
 
 
 def test_tracing_a_model_leaves_other_threads_forward_passes_alone():

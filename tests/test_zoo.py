@@ -71,7 +71,7 @@ def test_calibration_leaves_a_model_without_batchnorm_unchanged():
     net = nn.Sequential(nn.Linear(3, 2)).train()
     before = [p.clone() for p in net.parameters()]
     assert zoo.calibrate_batchnorm(net, (3,)) is net and not net.training
-    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
 
 
 def test_inputs_are_seeded_and_batched():

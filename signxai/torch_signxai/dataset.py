@@ -192,7 +192,7 @@ class TorchSource:
         (chunks are ``batch_size`` long except the last of the dataset, so its batches are the
         chunks)."""
         indices = [i for chunk in chunks for i in range(job.rows(chunk).start, job.rows(chunk).stop)]
-        for chunk, batch in zip(chunks, self._loader(indices, job.batch_size)):
+        for chunk, batch in zip(chunks, self._loader(indices, job.batch_size), strict=True):
             yield chunk, _inputs_of(batch, self.column)
 
 

@@ -850,7 +850,7 @@ def test_grad_cam_named_layer(floatx):
     x = cast(np.random.default_rng(6).normal(size=(3, 3, 9, 9)), floatx)
     targets = np.array([1, 3, 0])
     factory = net.factory()
-    conv_name = [l.name for l in factory().layers if isinstance(l, keras.layers.Conv2D)][1]
+    conv_name = [layer.name for layer in factory().layers if isinstance(layer, keras.layers.Conv2D)][1]
     expected = to_cf(gradcam_numpy(net, to_cl(x).astype(np.float64), targets, 1))
     spec = parse("grad_cam", layer_name="features.2")
     got = reference_map(spec, factory, x, targets, layer_names={"features.2": conv_name})
@@ -871,7 +871,7 @@ def test_grad_cam_first_layer_is_upsampled_bilinearly(floatx):
     x = cast(np.random.default_rng(7).normal(size=(2, 3, 9, 9)), floatx)
     targets = np.array([2, 2])
     factory = net.factory()
-    first = [l.name for l in factory().layers if isinstance(l, keras.layers.Conv2D)][0]
+    first = [layer.name for layer in factory().layers if isinstance(layer, keras.layers.Conv2D)][0]
     expected = to_cf(gradcam_numpy(net, to_cl(x).astype(np.float64), targets, 0))
     got = reference_map(parse("grad_cam", layer_name=first), factory, x, targets)
     assert_close(got, expected, floatx, "grad_cam first conv")

@@ -112,9 +112,9 @@ REFUSED: Mapping[str, str] = MappingProxyType(
     {
         "lrp": "iNNvestigate's base LRP analyzer has no rule of its own (it needs rule=); name the "
         "rule instead, e.g. lrp.z, lrp.epsilon or lrp_epsilon_0_1",
-        "lrp.sequential_preset_b_flat_until_idx": "its until_layer_idx counts the layers of the Keras model (model.layers, weightless "
-        "layers included), which a PyTorch model does not have; flatlrp_sequential_composite_b "
-        "is the same analyzer without until_layer_idx",
+        "lrp.sequential_preset_b_flat_until_idx": "its until_layer_idx counts the layers of the Keras "
+        "model (model.layers, weightless layers included), which a PyTorch model does not have; "
+        "flatlrp_sequential_composite_b is the same analyzer without until_layer_idx",
         "pattern.net": "PatternNet needs patterns trained on a data set, and iNNvestigate 2.1.2 no "
         "longer has it (create_analyzer does not know the name)",
         "pattern.attribution": "PatternAttribution needs patterns trained on a data set, and "

@@ -86,7 +86,10 @@ def _replacement(node: Node, fx_node: fx.Node) -> tuple[nn.Module | None, tuple,
     args, kwargs = fx_node.args, dict(fx_node.kwargs)
     kind = node.kind.name
     if kind == "add":
-        operands = [*zip(node.fx.args, args), *((node.fx.kwargs[k], kwargs[k]) for k in ("other",) if k in kwargs)]
+        operands = [
+            *zip(node.fx.args, args, strict=True),
+            *((node.fx.kwargs[k], kwargs[k]) for k in ("other",) if k in kwargs),
+        ]
         terms = [new for old, new in operands if isinstance(old, fx.Node) and old.name in node.inputs]
         constants = [old for old, _ in operands if not (isinstance(old, fx.Node) and old.name in node.inputs)]
         # Python's sum() starts from the constant 0, which adds nothing
@@ -174,7 +177,7 @@ def _build(graph: ModelGraph) -> Modular:
             call = copied.call_module(name, tuple(terms))
         new.replace_all_uses_with(call)
         if later:  # what read the modified tensor after the in-place call reads the module's output
-            terms[0].replace_all_uses_with(call, delete_user_cb=lambda user: user in later)
+            terms[0].replace_all_uses_with(call, delete_user_cb=later.__contains__)
         copied.erase_node(new)
     gm = fx.GraphModule(root, copied, class_name="Modular")
     return Modular(graph, gm, {m: tuple(n) for m, n in owners.items()}, tuple(unsupported))

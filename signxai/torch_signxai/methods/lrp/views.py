@@ -80,7 +80,8 @@ def kernel_view(module: nn.Module) -> Affine:
 def batchnorm_view(module: nn.Module, mode: str) -> Affine:
     """BatchNorm (eval) as ``scale * x + shift``: its true affine map (``mode='exact'``), or
     iNNvestigate 2.1.2's linearisation (``mode='innvestigate'``, what its
-    ``apply_mapping_to_fused_bn_layer`` builds), whose scale is ``gamma / sqrt(var**2 + eps)`` and shift ``beta - mean / sqrt(var**2 + eps)``."""
+    ``apply_mapping_to_fused_bn_layer`` builds), whose scale is ``gamma / sqrt(var**2 + eps)`` and
+    shift ``beta - mean / sqrt(var**2 + eps)``."""
     mean, var = module.running_mean, module.running_var
     if mean is None or var is None:
         raise UnsupportedLayerError(
