@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -126,6 +126,7 @@ class ArraySource:
         self.array = array
 
     def __len__(self) -> int:
+        """The number of inputs."""
         return len(self.array)
 
     def chunk(self, rows: slice) -> np.ndarray:
@@ -138,6 +139,7 @@ class ArraySource:
             yield chunk, self.chunk(job.rows(chunk))
 
     def __reduce__(self) -> tuple:
+        """Pickle a memory map as its file, any other array as its values."""
         # a memory map travels as its file, not its bytes
         if isinstance(self.array, np.memmap) and self.array.filename is not None:
             return _open_memmap, (
@@ -150,7 +152,9 @@ class ArraySource:
         return ArraySource, (np.asarray(self.array),)
 
 
-def _open_memmap(filename: str, dtype: str, shape: tuple[int, ...], offset: int, order: str) -> ArraySource:
+def _open_memmap(
+    filename: str, dtype: str, shape: tuple[int, ...], offset: int, order: Literal["C", "F"]
+) -> ArraySource:
     return ArraySource(np.memmap(filename, dtype=np.dtype(dtype), mode="r", shape=shape, offset=offset, order=order))
 
 
@@ -171,6 +175,7 @@ class TorchSource:
         self.collate_fn, self.num_workers = collate_fn, num_workers
 
     def __len__(self) -> int:
+        """The number of inputs."""
         return len(self.dataset)
 
     def _loader(self, indices: Sequence[int], batch_size: int) -> DataLoader:
@@ -401,6 +406,7 @@ def explain_dataset(
         address = "local" if ray in (None, True) else str(ray)
         results = explain_on_ray(model, data if source is None else source, job, pending, address, workers, column)
     else:
+        assert source is not None  # only a Ray dataset has none, and it runs on Ray
         results = ((chunk, job.explain(model, x, chunk)) for chunk, x in source.batches(job, pending))
     computed, duplicates = set(), 0
     for chunk, maps in results:

@@ -52,6 +52,7 @@ class BatchExplainer:
         self.model, self.job, self.source, self.column = model.to(device), job, source, column
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The maps of one batch of the store (``batch['chunk']`` names it)."""
         chunks = [int(c) for c in np.unique(batch["chunk"])]
         if len(chunks) != 1:
             raise ValueError(f"a unit of work must be one batch of the store, got batches {chunks}")
@@ -64,7 +65,8 @@ class BatchExplainer:
                 raise ValueError(
                     f"batch {chunk} needs rows {rows.start}..{rows.stop - 1} exactly once (column {INDEX_COLUMN!r})"
                 )
-            x = np.stack(batch[self.column][order])
+            assert self.column is not None  # explain_on_ray refuses a Ray Dataset without one
+            x = np.stack(list(batch[self.column][order]))
         maps = self.job.explain(self.model, x, chunk)
         return {"chunk": np.array([chunk]), "maps": maps[None]}
 
@@ -110,7 +112,7 @@ def explain_on_ray(
                 f"none for Ray Data's own tasks, which then never run; use workers <= "
                 f"{max(int(cpus) - 1, 1)} or a cluster with more CPUs (ray.init(num_cpus=...))"
             )
-        actor = {"compute": ray.data.ActorPoolStrategy(size=workers), **resources}
+        actor: dict[str, Any] = {"compute": ray.data.ActorPoolStrategy(size=workers), **resources}
         cpu_model = _on_cpu(model)
         if isinstance(data, (ArraySource, TorchSource)):
             work = ray.data.from_items([{"chunk": chunk} for chunk in pending], override_num_blocks=len(pending))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,7 +32,10 @@ class _SoftmaxRecorder(TorchFunctionMode):
         self.inputs: dict[int, torch.Tensor] = {}
         self._keep: list[torch.Tensor] = []
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        """Call ``func``; remember the input of a softmax."""
         result = func(*args, **(kwargs or {}))
         if func in _SOFTMAX_FUNCTIONS and isinstance(result, torch.Tensor):
             self.inputs[id(result)] = args[0]
@@ -54,6 +58,8 @@ class NoSoftmaxWrapper(nn.Module):
     model : torch.nn.Module
         PyTorch model with softmax.
     """
+
+    wrapped: nn.Module
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):

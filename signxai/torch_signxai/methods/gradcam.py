@@ -233,7 +233,7 @@ def _resize(cam: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return resized.expand_as(x).contiguous()
 
 
-def grad_cam(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def grad_cam(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """Grad-CAM of the named (or last executed) conv layer, of ``x``'s shape.
 
     Parameters
@@ -271,7 +271,7 @@ def grad_cam(model, x, target, spec: MethodSpec) -> torch.Tensor:
     return _resize(_normalise(_class_map(features, grads)), x)
 
 
-def guided_grad_cam(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def guided_grad_cam(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """Guided backprop (seeded with the logit's value) times the Grad-CAM map; see :func:`grad_cam`."""
     cam = grad_cam(model, x, target, spec)
     return _guided_backprop(model, x, target, spec) * cam

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 from zennit.core import Composite, Hook
 from zennit.rules import ReLUDeconvNet, ReLUGuidedBackprop
 
@@ -86,7 +87,7 @@ def guard_activations(model: nn.Module, method: str, relu_like: bool | None = No
         "keeps its plain gradient; use an activation module "
         "(nn.ReLU, ...) there",
     )
-    handles = [
+    handles: list[OperationGuard | RemovableHandle] = [
         guard,
         model.register_forward_pre_hook(guard.start),
         model.register_forward_hook(guard.stop, always_call=True),
@@ -106,7 +107,7 @@ class ActivationComposite(Composite):
         super().__init__(module_map=lambda ctx, name, module: hook if _is_relu_like(module) else None)
 
 
-def _relu_method(model, x, target, hook: Hook, method: str) -> torch.Tensor:
+def _relu_method(model: nn.Module, x: torch.Tensor, target: Any, hook: Hook, method: str) -> torch.Tensor:
     def run(module: nn.Module) -> torch.Tensor:
         with guard_activations(module, method, relu_like=True):
             return attribute(module, x, target, from_logit=True, composite=ActivationComposite(hook))
@@ -176,18 +177,18 @@ def _chunks(total: int, batch: int, budget: int) -> Iterator[tuple[int, int]]:
         yield start, min(total, start + step)
 
 
-def gradient(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def gradient(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """Plain input gradient of the selected logit."""
     return attribute(model, x, target)
 
 
-def guided_backprop(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def guided_backprop(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """Guided backpropagation, seeded with the logit: every ReLU-like unit (module or functional)
     passes the positive part of its gradient, ``grad_in * (grad_out > 0)``."""
     return _relu_method(model, x, target, ReLUGuidedBackprop(), "guided backprop")
 
 
-def deconvnet(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def deconvnet(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """DeconvNet, seeded with the logit: every ReLU-like unit (module or functional) passes
     ``max(grad_out, 0)``."""
     return _relu_method(model, x, target, ReLUDeconvNet(), "deconvnet")
@@ -215,7 +216,9 @@ def _noise_chunks(x: torch.Tensor, spec: MethodSpec) -> Callable[[int, int], tor
     return draw
 
 
-def _noisy_moments(model, x, target, spec: MethodSpec) -> tuple[torch.Tensor, torch.Tensor]:
+def _noisy_moments(
+    model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and population variance of the gradients at ``x + noise`` over the samples, computed
     chunk by chunk (Chan et al.'s pairwise update), each chunk one batched pass."""
     indices = fixed_targets(model, x, target)
@@ -232,12 +235,12 @@ def _noisy_moments(model, x, target, spec: MethodSpec) -> tuple[torch.Tensor, to
     return mean, m2 / count
 
 
-def smoothgrad(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def smoothgrad(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """SmoothGrad: mean gradient over ``num_samples`` copies ``x + N(0, noise_level**2)``."""
     return _noisy_moments(model, x, target, spec)[0]
 
 
-def vargrad(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def vargrad(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """VarGrad: population variance (ddof 0) of the gradient over the same noisy copies."""
     return _noisy_moments(model, x, target, spec)[1]
 
@@ -248,7 +251,7 @@ def _reference(x: torch.Tensor, spec: MethodSpec) -> torch.Tensor:
     return as_tensor_like(spec["reference"], x, "reference").expand_as(x)
 
 
-def integrated_gradients(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """Integrated gradients on iNNvestigate's path: points ``ref + k/steps * (x - ref)`` for
     ``k = 0 .. steps-1``; the mean gradient times ``x - ref``."""
     indices = fixed_targets(model, x, target)
@@ -268,7 +271,14 @@ class _Rescale(torch.autograd.Function):
     ``(f(x) - f(x0)) / (x - x0)``, falling back to the local gradient where ``x == x0``."""
 
     @staticmethod
-    def forward(ctx, inp, out, ref_in, ref_out, local_grad):
+    def forward(
+        ctx: Any,
+        inp: torch.Tensor,
+        out: torch.Tensor,
+        ref_in: torch.Tensor,
+        ref_out: torch.Tensor,
+        local_grad: torch.Tensor,
+    ) -> torch.Tensor:
         delta_in = inp - ref_in
         safe = delta_in.abs() > 1e-12 * (1 + inp.abs())
         ratio = (out - ref_out) / torch.where(safe, delta_in, torch.ones_like(delta_in))
@@ -276,12 +286,12 @@ class _Rescale(torch.autograd.Function):
         return out.clone()
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
         (multiplier,) = ctx.saved_tensors
         return grad_out * multiplier, None, None, None, None
 
 
-def deeplift(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def deeplift(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """DeepLIFT with the rescale rule at every elementwise activation (module or functional, by
     the kinds table); linear layers and pooling pass gradients. Returns multipliers times
     ``x - reference``."""
@@ -293,10 +303,10 @@ def _deeplift(model: nn.Module, x: torch.Tensor, target: Any, reference: torch.T
     recorded: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     activations = [m for m in model.modules() if _is_activation(m)]
 
-    def record(module, inputs, output):
+    def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         recorded.setdefault(module, []).append((inputs[0].detach(), output.detach()))
 
-    def rescale(module, inputs, output):
+    def rescale(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         ref_in, ref_out = recorded[module].pop(0)
         inp = inputs[0]
         with torch.enable_grad():
@@ -320,7 +330,7 @@ def _deeplift(model: nn.Module, x: torch.Tensor, target: Any, reference: torch.T
     return grad * (x - reference)
 
 
-def _generator(seed) -> torch.Generator:
+def _generator(seed: int | None) -> torch.Generator:
     """A CPU generator seeded with ``seed`` (None: a fresh random seed)."""
     generator = torch.Generator(device="cpu")
     if seed is not None:
@@ -330,7 +340,7 @@ def _generator(seed) -> torch.Generator:
     return generator
 
 
-def random_uniform(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def random_uniform(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """U(-1, 1) noise, seeded, one map shared across the channel axis (axis 1 of inputs of rank >= 3).
 
     The map does not depend on the model, but the model is run once so that its output and the
@@ -341,7 +351,7 @@ def random_uniform(model, x, target, spec: MethodSpec) -> torch.Tensor:
     return values.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
 
 
-def input_map(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def input_map(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """The input itself (iNNvestigate's ``Input``), plus independent N(0, stddev**2) noise on every
     value when ``stddev > 0`` (its ``Random``, seeded here); the model is run once, as for
     :func:`random_uniform`."""

@@ -187,6 +187,7 @@ class MethodSpec:
     batchnorm: str = "exact"
 
     def __getitem__(self, key: str) -> Any:
+        """The parameter ``key`` (``spec[key]`` is ``spec.params[key]``)."""
         return self.params[key]
 
 
@@ -366,6 +367,7 @@ def parse(name: str, **kwargs: Any) -> MethodSpec:
 
     merged = dict(FAMILY_PARAMS[family])
     if family == "lrp":
+        assert rule is not None  # every LRP method names its rule
         merged.update(HIDDEN_RULES[rule].params)
         merged.update(INPUT_RULES[input_rule].params if input_rule is not None else {})
         merged.update(dict.fromkeys(_LRP_COMMON))
@@ -404,6 +406,7 @@ def _check_params(name: str, family: str, rule: str | None, input_rule: str | No
             last = parse(f"lrp_{params['last_rule']}")
             if last.rule in ("sequential_composite_a", "sequential_composite_b", "deep_taylor"):
                 raise ValueError(f"method {name!r}: last_rule must be a single rule, got {params['last_rule']!r}")
+        assert rule is not None  # every LRP method names its rule
         for key in LRP_RULES[rule]:
             if params.get(key) is None:
                 raise ValueError(f"method {name!r} needs the parameter {key}= (e.g. {name}_0_1, or pass {key}=0.1)")

@@ -66,7 +66,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx as fx
@@ -107,6 +107,7 @@ class Add(nn.Module):
     model's forward as a module of its own (see :mod:`.modular`)."""
 
     def forward(self, *terms: torch.Tensor) -> torch.Tensor:
+        """``terms[0] + terms[1] + ...``."""
         total = terms[0]
         for term in terms[1:]:
             total = total + term
@@ -125,12 +126,13 @@ class Mean(nn.Module):
         The node, for the error about a mean over the batch or channel axis.
     """
 
-    def __init__(self, dim, keepdim: bool = False, label: str = "") -> None:
+    def __init__(self, dim: int | tuple[int, ...] | list[int], keepdim: bool = False, label: str = "") -> None:
         super().__init__()
         self.dim = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
         self.keepdim, self.label = bool(keepdim), label
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of ``x`` over :attr:`dim`; refused over the batch or channel axis."""
         axes = {d % x.ndim for d in self.dim}
         if x.ndim < 3 or axes & {0, 1}:
             raise UnsupportedLayerError(
@@ -222,15 +224,15 @@ def _keras_activation(name: str) -> Callable[..., tuple]:
     return lambda **_: ("Activation", {"activation": name})
 
 
-def _elu(alpha: float = 1.0, **_) -> tuple:
+def _elu(alpha: float = 1.0, **_: Any) -> tuple:
     return ("Activation", {"activation": "elu"}) if alpha == 1.0 else ("ELU", {"alpha": float(alpha)})
 
 
-def _gelu(approximate: str = "none", **_) -> tuple:
+def _gelu(approximate: str = "none", **_: Any) -> tuple:
     return ("Activation", {"activation": "gelu"}) if approximate == "none" else (None, {})
 
 
-def _softplus(beta: float = 1.0, **_) -> tuple:
+def _softplus(beta: float = 1.0, **_: Any) -> tuple:
     return ("Activation", {"activation": "softplus"}) if beta == 1.0 else (None, {})
 
 
@@ -482,14 +484,14 @@ def activation_of_module(module: nn.Module) -> Activation | None:
 
 def _kind_of_call(node: fx.Node) -> Kind:
     if node.op == "call_method":
-        return METHOD_KINDS.get(node.target, KINDS["unknown"])
+        return METHOD_KINDS.get(cast(str, node.target), KINDS["unknown"])  # a method name
     target = node.target
     try:
         if target in FUNCTION_KINDS:
             return FUNCTION_KINDS[target]
     except TypeError:  # an unhashable target
         return KINDS["unknown"]
-    key = (getattr(target, "__module__", None), getattr(target, "__name__", None))
+    key = (getattr(target, "__module__", ""), getattr(target, "__name__", ""))
     return _EXTERNAL_KINDS.get(key, KINDS["unknown"])
 
 
@@ -520,7 +522,7 @@ class Node:
     module: nn.Module | None = None
     activation: Activation | None = None
     fused_into: str | None = None
-    fx: fx.Node | None = field(default=None, repr=False)
+    fx: fx.Node = field(kw_only=True, repr=False)
 
     @property
     def label(self) -> str:
@@ -539,8 +541,11 @@ class ModelGraph:
     module: fx.GraphModule = field(repr=False)
     input_layers: frozenset = frozenset()
     last_layers: frozenset = frozenset()
+    _index: dict[str, Node] = field(init=False, repr=False)
+    _users: dict[str, tuple[Node, ...]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        """Index the nodes by name and by the nodes they feed."""
         index = {node.name: node for node in self.nodes}
         users: dict[str, list[Node]] = {node.name: [] for node in self.nodes}
         for node in self.nodes:
@@ -550,6 +555,7 @@ class ModelGraph:
         object.__setattr__(self, "_users", {name: tuple(nodes) for name, nodes in users.items()})
 
     def __getitem__(self, name: str) -> Node:
+        """The node named ``name``."""
         return self._index[name]
 
     def consumers(self, name: str) -> tuple[Node, ...]:
@@ -563,7 +569,12 @@ class ModelGraph:
 
 def _tensor_inputs(node: fx.Node, meta: set) -> tuple[str, ...]:
     names: list[str] = []
-    fx.node.map_arg((node.args, node.kwargs), lambda n: names.append(n.name) or n)
+
+    def collect(n: fx.Node) -> fx.Node:
+        names.append(n.name)
+        return n
+
+    fx.node.map_arg((node.args, node.kwargs), collect)
     return tuple(name for name in names if name not in meta)
 
 
@@ -575,7 +586,7 @@ def _strip_softmax(traced: fx.Graph, modules: Mapping[str, nn.Module]) -> None:
     if not isinstance(last, fx.Node) or not last.args:
         return
     if last.op == "call_module":
-        kind = kind_of_module(modules[last.target])
+        kind = kind_of_module(modules[cast(str, last.target)])  # a module path
     elif last.op in ("call_function", "call_method"):
         kind = _kind_of_call(last)
     else:
@@ -597,7 +608,8 @@ class _Tracer(fx.Tracer):
 
     _thread: int | None = None
 
-    def trace(self, root, concrete_args=None):
+    def trace(self, root: nn.Module | Callable[..., Any], concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        """``fx.Tracer.trace``, one trace at a time, recording the tracing thread."""
         with _TRACE_LOCK:
             self._thread = threading.get_ident()
             try:
@@ -605,12 +617,16 @@ class _Tracer(fx.Tracer):
             finally:
                 self._thread = None
 
-    def call_module(self, m, forward, args, kwargs):
+    def call_module(
+        self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """``fx.Tracer.call_module`` in the tracing thread; other threads run the module."""
         if threading.get_ident() != self._thread:
             return forward(*args, **kwargs)
         return super().call_module(m, forward, args, kwargs)
 
-    def getattr(self, attr, attr_val, parameter_proxy_cache):
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        """``fx.Tracer.getattr`` in the tracing thread; other threads read the attribute."""
         if threading.get_ident() != self._thread:
             return attr_val
         return super().getattr(attr, attr_val, parameter_proxy_cache)
@@ -672,7 +688,7 @@ def _with_fusion(nodes: list[Node]) -> list[Node]:
         if source.kind.name in KERNEL_KINDS and users[source.name] == 1 and source.name not in fused.values():
             fused[node.name] = source.name
     return [
-        Node(n.name, n.op, n.target, n.kind, n.inputs, n.module, n.activation, fused.get(n.name), n.fx)
+        Node(n.name, n.op, n.target, n.kind, n.inputs, n.module, n.activation, fused.get(n.name), fx=n.fx)
         if n.name in fused
         else n
         for n in nodes

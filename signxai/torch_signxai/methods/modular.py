@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch.fx as fx
 import torch.nn.functional as F
@@ -33,7 +34,7 @@ __all__ = ["Modular", "modular", "of_model"]
 
 
 #: functional average pooling -> module class taking the same arguments after the input
-_POOL_MODULES = {
+_POOL_MODULES: dict[Any, type[nn.Module]] = {
     F.avg_pool1d: nn.AvgPool1d,
     F.avg_pool2d: nn.AvgPool2d,
     F.avg_pool3d: nn.AvgPool3d,
@@ -42,7 +43,7 @@ _POOL_MODULES = {
     F.adaptive_avg_pool3d: nn.AdaptiveAvgPool3d,
 }
 #: activation name -> module class taking the function's arguments after the input
-_ACTIVATION_MODULES = {
+_ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "relu6": nn.ReLU6,
     "silu": nn.SiLU,
@@ -101,17 +102,18 @@ def _replacement(node: Node, fx_node: fx.Node) -> tuple[nn.Module | None, tuple,
         ):
             return None, (), "adds a constant or a scaled term, which has no relevance rule"
         return (Add() if len(terms) == 2 else None), tuple(terms), None  # 0 + t is t itself
-    if kind == "activation" and node.op != "call_module":
+    if kind == "activation" and node.op != "call_module" and node.activation is not None:
         kwargs.pop("inplace", None)  # the module works out of place (see _build for in-place calls)
         module = _ACTIVATION_MODULES[node.activation.name](*args[1:], **kwargs)
         if getattr(module, "inplace", False):
-            module.inplace = False
+            module.inplace = False  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors and modules
         return module, (args[0],), None
     if kind == "avg_pool" and node.fx.target in _POOL_MODULES:
         return _POOL_MODULES[node.fx.target](*args[1:], **kwargs), (args[0],), None
     if kind == "mean":
-        dim = args[1] if len(args) > 1 else kwargs.get("dim")
-        keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+        # fx arguments of a traced call: whatever the model passed
+        dim: Any = args[1] if len(args) > 1 else kwargs.get("dim")
+        keepdim: Any = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
         if dim is None or "dtype" in kwargs:
             return None, (), "is a mean over all axes (or with a dtype), which has no relevance rule"
         return Mean(dim, keepdim, node.label), (args[0],), None
@@ -146,24 +148,29 @@ def _reason(node: Node) -> str | None:
 
 def _build(graph: ModelGraph) -> Modular:
     copied = fx.Graph()
-    mapping: dict = {}
+    mapping: dict[fx.Node, fx.Node] = {}
     copied.output(copied.graph_copy(graph.module.graph, mapping))
-    root: dict = {}
+    root: dict[str, Any] = {}
     owners: dict[nn.Module, list[Node]] = {}
     unsupported = []
     for node in graph.nodes:
-        new = mapping.get(node.fx)
+        new = mapping.get(node.fx)  # None for the output node: graph_copy returns its value instead
         if node.op == "call_module":
+            assert node.module is not None  # a module call's node names its module
             root[node.target] = node.module
             owners.setdefault(node.module, []).append(node)
         elif node.op == "get_attr":
             root[node.target] = _attribute(graph.module, node.target)
         module, terms, reason = (
-            _replacement(node, new) if node.op in ("call_function", "call_method") else (None, (), None)
+            _replacement(node, new)
+            if new is not None and node.op in ("call_function", "call_method")
+            else (None, (), None)
         )
         reason = reason or _reason(node)
         if reason is not None:
             unsupported.append((node, reason))
+        if new is None:
+            continue
         if module is None and len(terms) == 1:
             new.replace_all_uses_with(terms[0])
             copied.erase_node(new)
@@ -183,7 +190,7 @@ def _build(graph: ModelGraph) -> Modular:
     return Modular(graph, gm, {m: tuple(n) for m, n in owners.items()}, tuple(unsupported))
 
 
-def _attribute(module: nn.Module, target: str):
+def _attribute(module: nn.Module, target: str) -> Any:
     owner, _, name = target.rpartition(".")
     return getattr(module.get_submodule(owner), name)
 

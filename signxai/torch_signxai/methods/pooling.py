@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,7 +34,15 @@ class _MaxPool2d(torch.autograd.Function):
     PyTorch's row-major ``max_pool2d_with_indices_backward`` with the same indices."""
 
     @staticmethod
-    def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode):
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        kernel_size: list[int],
+        stride: list[int],
+        padding: list[int],
+        dilation: list[int],
+        ceil_mode: bool,
+    ) -> torch.Tensor:
         output, indices = torch.ops.aten.max_pool2d_with_indices(
             x.contiguous(memory_format=torch.channels_last), kernel_size, stride, padding, dilation, ceil_mode
         )
@@ -44,7 +53,7 @@ class _MaxPool2d(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, indices = ctx.saved_tensors
         return (
             torch.ops.aten.max_pool2d_with_indices_backward(grad.contiguous(), x, *ctx.arguments, indices),
@@ -56,7 +65,7 @@ class _MaxPool2d(torch.autograd.Function):
         )
 
 
-def _pairs(value) -> list[int]:
+def _pairs(value: int | tuple[int, ...] | list[int]) -> list[int]:
     return list(value) if isinstance(value, (tuple, list)) else [value, value]
 
 
@@ -80,7 +89,7 @@ def _forward(module: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:
     )
 
 
-def install_channels_last_max_pool(model: nn.Module) -> list[nn.Module]:
+def install_channels_last_max_pool(model: nn.Module) -> list[nn.MaxPool2d]:
     """Make the ``nn.MaxPool2d`` modules of ``model`` pool large CPU inputs with the channels-last
     kernel (see the module docstring), for good: for a model of one's own (a private view). Returns
     the modules changed.
@@ -88,13 +97,13 @@ def install_channels_last_max_pool(model: nn.Module) -> list[nn.Module]:
     A module is left alone when it returns indices, is scripted, or already carries a
     ``forward`` of its own on the instance.
     """
-    patched = [
+    patched: list[nn.MaxPool2d] = [
         module
         for module in model.modules()
         if type(module) is nn.MaxPool2d and not module.return_indices and "forward" not in module.__dict__
     ]
     for module in patched:
-        module.forward = partial(_forward, module)
+        module.forward = partial(_forward, module)  # type: ignore[method-assign]  # on the instance, on purpose
     return patched
 
 

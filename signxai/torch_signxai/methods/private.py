@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import threading
 import weakref
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -46,7 +46,7 @@ __all__ = ["private_view", "prepared", "signature", "build_view", "is_view"]
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
-def _pointers(tensors) -> tuple:
+def _pointers(tensors: Mapping[str, torch.Tensor | None]) -> tuple:
     return tuple([tensor.data_ptr() for tensor in tensors.values() if tensor is not None])
 
 
@@ -88,7 +88,7 @@ def signature(model: nn.Module) -> tuple:
     return tuple(parts)
 
 
-def _alias(tensor, memo: dict):
+def _alias(tensor: torch.Tensor | None, memo: dict) -> torch.Tensor | None:
     """A tensor sharing ``tensor``'s storage and version counter, without autograd history or
     flags; a ``Parameter`` stays a ``Parameter`` (with ``requires_grad=False``)."""
     if tensor is None:

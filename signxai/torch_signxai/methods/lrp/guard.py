@@ -35,12 +35,11 @@ SHAPE_FUNCTIONS = frozenset(
         torch.squeeze,
         torch.unsqueeze,
         torch.Tensor.__getitem__,
-        torch.Tensor.shape.__get__,
-        torch.Tensor.ndim.__get__,
-        torch.Tensor.dtype.__get__,
-        torch.Tensor.device.__get__,
-        torch.Tensor.requires_grad.__get__,
-        torch.Tensor.grad_fn.__get__,
+        # reading these attributes: torch's function modes see their getters
+        *(
+            getattr(torch.Tensor, name).__get__
+            for name in ("shape", "ndim", "dtype", "device", "requires_grad", "grad_fn")
+        ),
         torch.Tensor.is_floating_point,
         torch.Tensor.numel,
     }

@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,6 +44,7 @@ class Trace:
     pending: tuple | None = None
 
     def clear(self) -> None:
+        """Forget the previous forward pass."""
         self.kernels.clear()
         self.leaves.clear()
         self.pending = None
@@ -71,6 +73,7 @@ class Slot:
         self.fused = False
 
     def seal(self) -> None:
+        """Record the version counters of ``x`` and ``z`` at the end of the layer's call."""
         self.x_version = self.x._version
         if self.z is not None:
             self.z_version = self.z._version
@@ -100,13 +103,15 @@ class _RelevanceStep(torch.autograd.Function):
     returns ``step(relevance at the output)`` as the relevance at the input."""
 
     @staticmethod
-    def forward(ctx, x, z, step):
+    def forward(
+        ctx: Any, x: torch.Tensor, z: torch.Tensor, step: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
         ctx.step = step
         ctx.mark_dirty(z)
         return z
 
     @staticmethod
-    def backward(ctx, r):
+    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         step, ctx.step = ctx.step, None  # release the layer's tensors as soon as they are used
         return step(r), None, None
 
@@ -116,12 +121,12 @@ class _PassStep(torch.autograd.Function):
     autograd), backward passes the relevance to the activation's input ``x`` unchanged."""
 
     @staticmethod
-    def forward(ctx, x, y):
+    def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         ctx.mark_dirty(y)
         return y
 
     @staticmethod
-    def backward(ctx, r):
+    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor, None]:
         return r, None
 
 
@@ -159,6 +164,7 @@ class RuleHook(Hook):
         self.candidates, self.native = candidates, native
 
     def copy(self) -> RuleHook:
+        """A hook like this one, for another module."""
         return RuleHook(self.view, self.choose, self.trace, self.candidates, self.native)
 
     def register(self, module: nn.Module) -> RemovableHandleList:
@@ -171,7 +177,8 @@ class RuleHook(Hook):
         rules = self.candidates(module) if self.candidates is not None else (self.choose(module),)
         return any(rule is not None and rule.reuses_output for rule in rules)
 
-    def post_forward(self, module, input, output):
+    def post_forward(self, module: nn.Module, input: Any, output: Any) -> torch.Tensor | None:
+        """Link the layer's output to its input by the relevance step (while the hook is active)."""
         if kind_of_module(module).lrp == "rule":
             self.trace.kernels.append(module)
         x = input[0] if isinstance(input, tuple) else input
@@ -200,7 +207,7 @@ class RuleHook(Hook):
         rule = self.choose(module)
         z = slot.output(r) if rule.reuses_output else None
         fused = slot.fused
-        slot.x = slot.z = None
+        slot.x = slot.z = None  # type: ignore[assignment]  # the slot is spent: release its tensors
         # z None: the rule computes the layer's output itself (a rule that modifies the weights,
         # or an output modified in place later / a failed ReLU premise)
         return rule.relevance(self.view(module), x, r, z=z, cut=z is not None and fused)
@@ -219,12 +226,14 @@ class PassHook(Hook):
     def __init__(self, trace: Trace) -> None:
         super().__init__()
         self.trace = trace
-        self.calls: list = []
+        self.calls: list[tuple[torch.Tensor, Slot | None] | None] = []
 
     def copy(self) -> PassHook:
+        """A hook like this one, for another module."""
         return PassHook(self.trace)
 
     def register(self, module: nn.Module) -> RemovableHandleList:
+        """A forward pre-hook (detach the input) and a forward hook (link the output)."""
         return RemovableHandleList(
             [
                 RemovableHandle(self),
@@ -241,7 +250,8 @@ class PassHook(Hook):
         slot = pending[1]()
         return slot if slot is not None and slot.z is not None and not slot.fused else None
 
-    def pre_forward(self, module, args):
+    def pre_forward(self, module: nn.Module, args: tuple) -> tuple | None:
+        """Run the activation on a detached input (a copy if it works in place on a kept tensor)."""
         x = args[0] if args else None
         if not (self.active and torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.requires_grad):
             self.calls.append(None)
@@ -253,7 +263,8 @@ class PassHook(Hook):
         self.calls.append((x, slot))
         return (detached, *args[1:])
 
-    def post_forward(self, module, args, output):
+    def post_forward(self, module: nn.Module, args: tuple, output: Any) -> torch.Tensor | None:
+        """Link the activation's output to its input, passing relevance unchanged."""
         call = self.calls.pop() if self.calls else None
         if call is None or not isinstance(output, torch.Tensor):
             return None
@@ -264,6 +275,7 @@ class PassHook(Hook):
         return result
 
     def remove(self) -> None:
+        """Remove the hook and forget pending calls."""
         self.calls.clear()
         super().remove()
 
@@ -284,9 +296,11 @@ class FusedPass(Hook):
         self.fused = fused
 
     def copy(self) -> FusedPass:
+        """A hook like this one, for another module."""
         return FusedPass(self.fused)
 
-    def backward(self, module, grad_input, grad_output):
+    def backward(self, module: nn.Module, grad_input: Any, grad_output: Any) -> Any:
+        """Pass relevance (the output's gradient) unchanged where ``fused``; else keep the gradient."""
         return grad_output if self.fused(module) else None
 
 
@@ -295,13 +309,15 @@ class _SumStep(torch.autograd.Function):
     :class:`_RelevanceStep`), backward returns ``step(relevance at z)``, one relevance per term."""
 
     @staticmethod
-    def forward(ctx, step, z, *terms):
+    def forward(
+        ctx: Any, step: Callable[[torch.Tensor], list[torch.Tensor]], z: torch.Tensor, *terms: torch.Tensor
+    ) -> torch.Tensor:
         ctx.step = step
         ctx.mark_dirty(z)
         return z
 
     @staticmethod
-    def backward(ctx, r):
+    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         step, ctx.step = ctx.step, None
         return (None, None, *step(r))
 
@@ -313,12 +329,15 @@ class SumHook(Hook):
     place since (an in-place ReLU after the sum)."""
 
     def copy(self) -> SumHook:
+        """A new hook, for another module."""
         return SumHook()
 
     def register(self, module: nn.Module) -> RemovableHandleList:
+        """One forward hook."""
         return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self.post_forward)])
 
-    def post_forward(self, module, inputs, output):
+    def post_forward(self, module: nn.Module, inputs: tuple, output: Any) -> torch.Tensor | None:
+        """Link the sum to its terms by the Z rule (while the hook is active)."""
         if not (
             self.active
             and torch.is_grad_enabled()
@@ -330,7 +349,7 @@ class SumHook(Hook):
         z = output.detach()
         versions = [t._version for t in terms], z._version
 
-        def step(r: torch.Tensor) -> list:
+        def step(r: torch.Tensor) -> list[torch.Tensor]:
             if [t._version for t in terms] != versions[0]:
                 raise RuntimeError(
                     "an input of a tensor sum was modified in place after the sum ran; LRP needs it unchanged"

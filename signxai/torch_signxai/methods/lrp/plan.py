@@ -4,6 +4,7 @@ analyzer the method names."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..grammar import MethodSpec, parse
 from .rules import AlphaBetaRule, AlphaBetaX2m100Rule, EpsilonRule, Rule, ZRule
@@ -54,6 +55,7 @@ class Plan:
 
 
 def _hidden_rule(spec: MethodSpec) -> Rule:
+    assert spec.rule is not None  # every LRP method names its rule
     return build(HIDDEN_RULES[spec.rule], spec.params)
 
 
@@ -64,7 +66,7 @@ def _input_rule(spec: MethodSpec) -> Rule | None:
 def plan_for(spec: MethodSpec) -> Plan:
     """The layer rules of an LRP method spec, following the iNNvestigate analyzer it names."""
     last = spec.params.get("last_rule")
-    common = {"input": _input_rule(spec), "last": _hidden_rule(parse(f"lrp_{last}")) if last else None}
+    common: dict[str, Any] = {"input": _input_rule(spec), "last": _hidden_rule(parse(f"lrp_{last}")) if last else None}
     if spec.rule in ("sequential_composite_a", "sequential_composite_b"):
         conv = AlphaBetaRule(1.0, 0.0) if spec.rule.endswith("a") else AlphaBetaRule(2.0, 1.0)
         return Plan(dense=EpsilonRule(spec.params["epsilon"]), conv=conv, batchnorm=AlphaBetaX2m100Rule(), **common)

@@ -14,7 +14,7 @@ uses its safe divide, which only replaces exact zeros in the denominator (by 1e-
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -81,7 +81,7 @@ def _times(a: torch.Tensor, layer: Affine, g: torch.Tensor) -> torch.Tensor:
     return g.mul_(a) if layer.adjoint is not None and g.shape == a.shape else a * g
 
 
-def _signed_stabilise(z: torch.Tensor, epsilon) -> torch.Tensor:
+def _signed_stabilise(z: torch.Tensor, epsilon: float | torch.Tensor) -> torch.Tensor:
     """``z + epsilon * (+1 if z >= 0 else -1)`` (iNNvestigate's epsilon rule), as
     ``z + epsilon`` or ``z - epsilon`` (the same values: a product with +-1 is exact)."""
     return torch.where(z >= 0, z + epsilon, z - epsilon)
@@ -159,12 +159,14 @@ class _RowBlocks:
         self.layer, self.weights = layer, weights
         self.bias = None if layer.bias is None else weights(layer.bias)
 
-    def _blocks(self):
+    def _blocks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
         weight, step = self.layer.weight, self.layer.row_block
+        assert step is not None  # only layers with a row block are split
         for start in range(0, weight.shape[0], step):
             yield start, min(start + step, weight.shape[0]), self.weights(weight[start : start + step])
 
     def __call__(self, x: torch.Tensor, weights: Modifier = _keep, bias: bool = True) -> torch.Tensor:
+        """The modified layer at ``x`` (with its bias if ``bias``); ``weights`` must be left out."""
         if weights is not _keep:
             raise ValueError("a layer with modified weights takes no further modifier")
         out = x.new_empty(*x.shape[:-1], self.layer.weight.shape[0])
@@ -174,12 +176,14 @@ class _RowBlocks:
         return out
 
     def transpose(self, v: torch.Tensor, like: torch.Tensor, weights: Modifier = _keep) -> torch.Tensor:
+        """``W'^T v`` for the modified weight ``W'``; ``weights`` must be left out."""
         if weights is not _keep:
             raise ValueError("a layer with modified weights takes no further modifier")
-        total = None
+        total: torch.Tensor | None = None
         for start, stop, block in self._blocks():
             part = torch.matmul(v[..., start:stop], block)
             total = part if total is None else total.add_(part)
+        assert total is not None  # a weight has at least one row
         return total
 
 
@@ -192,8 +196,10 @@ class Rule:
     transpose, which is what makes the composite's fast path possible.
     """
 
-    #: whether :meth:`relevance` divides by ``layer(x)`` and accepts it as ``z``
-    reuses_output = False
+    @property
+    def reuses_output(self) -> bool:
+        """Whether :meth:`relevance` divides by ``layer(x)`` and accepts it as ``z``."""
+        return False
 
     def relevance(
         self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor | None = None, cut: bool = False
@@ -221,9 +227,13 @@ class ZRule(Rule):
 
     @property
     def reuses_output(self) -> bool:
+        """Whether :meth:`relevance` divides by ``layer(x)``: with the bias and all weights."""
         return self.bias and not self.positive
 
-    def relevance(self, layer, x, r, z=None, cut=False):
+    def relevance(
+        self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor | None = None, cut: bool = False
+    ) -> torch.Tensor:
+        """Relevance at ``x`` (see :meth:`Rule.relevance`)."""
         if self.positive:
             modified = layer.with_weights(_positive)
             return x * modified.transpose(safe_divide(r, modified(x, bias=self.bias)), x)
@@ -242,12 +252,17 @@ class EpsilonRule(Rule):
 
     @property
     def reuses_output(self) -> bool:
+        """Whether :meth:`relevance` divides by ``layer(x)``: with the bias."""
         return self.bias
 
-    def stabiliser(self, x: torch.Tensor):
+    def stabiliser(self, x: torch.Tensor) -> float | torch.Tensor:
+        """The epsilon added to the denominator at input ``x``: a number, or one per sample."""
         return self.epsilon
 
-    def relevance(self, layer, x, r, z=None, cut=False):
+    def relevance(
+        self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor | None = None, cut: bool = False
+    ) -> torch.Tensor:
+        """Relevance at ``x`` (see :meth:`Rule.relevance`)."""
         epsilon = self.stabiliser(x)
         if not self.bias:
             z = _signed_stabilise(layer(x, bias=False), epsilon)
@@ -269,7 +284,8 @@ class StdxEpsilonRule(EpsilonRule):
     epsilon: float = field(default=0.0, init=False)
     stdfactor: float = 0.25
 
-    def stabiliser(self, x):
+    def stabiliser(self, x: torch.Tensor) -> torch.Tensor:
+        """``stdfactor`` times each sample's input standard deviation, shaped to broadcast."""
         std = x.flatten(1).std(dim=1, unbiased=False) * self.stdfactor
         return std.view(-1, *[1] * (x.ndim - 1))
 
@@ -284,23 +300,36 @@ class AlphaBetaRule(Rule):
     beta: float = 0.0
     bias: bool = True
 
-    def _half(self, layer, x_pos, x_neg, r, first: Modifier, second: Modifier, modified) -> torch.Tensor:
+    def _half(
+        self,
+        layer: Affine,
+        x_pos: torch.Tensor,
+        x_neg: torch.Tensor | None,
+        r: torch.Tensor,
+        first: Modifier,
+        second: Modifier,
+        modified: Callable[[Modifier], Affine | _RowBlocks],
+    ) -> torch.Tensor:
         if x_neg is None:
             # no negative input (as after a ReLU): the second term is the layer at zero, which is
             # its bias term alone (exactly: every product with a zero is zero), and its relevance
             # is zero
             z = modified(first)(x_pos, bias=self.bias)
-            if self.bias and layer.bias is not None:
-                z = z + layer.offset(second, z)
+            offset = layer.offset(second, z) if self.bias else None  # known whenever x_neg is None
+            if offset is not None:
+                z = z + offset
             return x_pos * modified(first).transpose(safe_divide(r, z), x_pos)
         z = modified(first)(x_pos, bias=self.bias) + modified(second)(x_neg, bias=self.bias)
         share = safe_divide(r, z)
         return x_pos * modified(first).transpose(share, x_pos) + x_neg * modified(second).transpose(share, x_neg)
 
-    def relevance(self, layer, x, r, z=None, cut=False):
-        cache: dict = {}
+    def relevance(
+        self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor | None = None, cut: bool = False
+    ) -> torch.Tensor:
+        """Relevance at ``x`` (see :meth:`Rule.relevance`)."""
+        cache: dict[Modifier, Affine | _RowBlocks] = {}
 
-        def modified(weights: Modifier) -> Affine:  # W+ and W- computed once per call
+        def modified(weights: Modifier) -> Affine | _RowBlocks:  # W+ and W- computed once per call
             if weights not in cache:
                 cache[weights] = layer.with_weights(weights)
             return cache[weights]
@@ -322,7 +351,10 @@ class AlphaBetaX2m100Rule(Rule):
     """iNNvestigate's ``AlphaBetaX2m100Rule`` (its BatchNorm rule in the sequential presets):
     ``2 * x+ W+^T(R / (W+ x+ + b+)) - x+ W-^T(R / (W- x+ + b-))``; inputs below zero get none."""
 
-    def relevance(self, layer, x, r, z=None, cut=False):
+    def relevance(
+        self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor | None = None, cut: bool = False
+    ) -> torch.Tensor:
+        """Relevance at ``x`` (see :meth:`Rule.relevance`)."""
         x_pos = _positive(x)
         pos, neg = layer.with_weights(_positive), layer.with_weights(_negative)
         act = x_pos * pos.transpose(safe_divide(r, pos(x_pos)), x)
@@ -336,8 +368,12 @@ class GammaRule(Rule):
 
     gamma: float = 0.5
 
-    def relevance(self, layer, x, r, z=None, cut=False):
-        def weights(t):
+    def relevance(
+        self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor | None = None, cut: bool = False
+    ) -> torch.Tensor:
+        """Relevance at ``x`` (see :meth:`Rule.relevance`)."""
+
+        def weights(t: torch.Tensor) -> torch.Tensor:
             return t + self.gamma * _positive(t)
 
         modified = layer.with_weights(weights)
@@ -349,9 +385,13 @@ class WSquareRule(Rule):
     """W-square (Deep Taylor): ``R_i = sum_j w_ij^2 R_j / sum_i' w_i'j^2``; the bias is dropped."""
 
     def weights(self, t: torch.Tensor) -> torch.Tensor:
+        """The modified weights: ``t**2``."""
         return t**2
 
-    def relevance(self, layer, x, r, z=None, cut=False):
+    def relevance(
+        self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor | None = None, cut: bool = False
+    ) -> torch.Tensor:
+        """Relevance at ``x`` (see :meth:`Rule.relevance`)."""
         modified = layer.with_weights(self.weights)
         z = modified(torch.ones_like(x), bias=False)
         return modified.transpose(safe_divide(r, z), x)
@@ -361,7 +401,8 @@ class WSquareRule(Rule):
 class FlatRule(WSquareRule):
     """Flat: W-square with every weight set to one."""
 
-    def weights(self, t):
+    def weights(self, t: torch.Tensor) -> torch.Tensor:
+        """The modified weights: all ones."""
         return torch.ones_like(t)
 
 
@@ -372,7 +413,10 @@ class ZBoxRule(Rule):
     low: float
     high: float
 
-    def relevance(self, layer, x, r, z=None, cut=False):
+    def relevance(
+        self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor | None = None, cut: bool = False
+    ) -> torch.Tensor:
+        """Relevance at ``x`` (see :meth:`Rule.relevance`)."""
         low, high = torch.full_like(x, self.low), torch.full_like(x, self.high)
         pos, neg = layer.with_weights(_positive), layer.with_weights(_negative)
         z = layer(x, bias=False) - pos(low, bias=False) - neg(high, bias=False)
@@ -386,8 +430,15 @@ class SignRule(Rule):
     ``s_mu(v) = +1 if v >= mu else -1``."""
 
     mu: float = 0.0
-    reuses_output = True
 
-    def relevance(self, layer, x, r, z=None, cut=False):
+    @property
+    def reuses_output(self) -> bool:
+        """Always: the denominator is the layer's output."""
+        return True
+
+    def relevance(
+        self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor | None = None, cut: bool = False
+    ) -> torch.Tensor:
+        """Relevance at ``x`` (see :meth:`Rule.relevance`)."""
         sign = torch.where(x >= self.mu, 1.0, -1.0).to(x.dtype)
         return _times(sign, layer, layer.transpose(safe_divide(r, layer(x) if z is None else z), x))

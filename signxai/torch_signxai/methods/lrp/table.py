@@ -151,4 +151,6 @@ PREFIXES: Mapping[str, str | None] = MappingProxyType(
 
 def build(entry: RuleEntry, params: Mapping[str, Any]) -> Rule:
     """The rule of ``entry`` with its parameters taken from ``params`` (a method's)."""
+    if entry.make is None:
+        raise ValueError(f"{entry.name!r} is an analyzer preset, not a single rule: it has a plan of its own")
     return entry.make(**{key: params[key] for key in entry.params})
