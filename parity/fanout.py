@@ -182,6 +182,7 @@ def _on_ray(
     from .determinism import ENVIRONMENT
 
     environment = {**ENVIRONMENT, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
+    assert backend.ray is not None  # called for a Ray backend only
     owned = connect(backend.ray, backend.workers, environment)
     try:
         remote = ray.remote(num_cpus=1, max_retries=RAY_RETRIES, retry_exceptions=False)(perform)

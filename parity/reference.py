@@ -112,7 +112,7 @@ class ReferenceUnavailable(Exception):
 # --------------------------------------------------------------------------------------------
 
 
-def _floatx_sign(mu: float) -> klayers.Layer:
+def _floatx_sign(mu: float) -> keras.layers.Layer:
     """A layer computing s_mu(v) = +1 if v >= mu else -1, in floatx."""
     return klayers.Lambda(lambda v: tf.cast(tf.greater_equal(v, tf.cast(mu, v.dtype)), v.dtype) * 2 - 1)
 

@@ -383,11 +383,9 @@ def write_figure(path: Path, runs: list[ModelRun], rows: list[Row]) -> None:
     shown = []
     for model, _, _ in model_summaries(rows):
         run = by_label.get(model)
-        compared = [
-            r
-            for r in rows
-            if r.model == model and run is not None and r.method in run.ours and r.method in run.references
-        ]
+        if run is None:
+            continue
+        compared = [r for r in rows if r.model == model and r.method in run.ours and r.method in run.references]
         shown += [(run, r) for r in sorted(compared, key=lambda r: -r.rel_error)[:FIGURE_ROWS]]
     if not shown:
         raise ValueError("no compared method to draw")

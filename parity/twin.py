@@ -83,7 +83,7 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import tensorflow as tf
@@ -335,6 +335,7 @@ class Twin:
         keras_model = self.keras_model if keras_model is None else keras_model
         rng = np.random.default_rng(seed)
         x = rng.standard_normal((batch, *self.input_shape)).astype(self.dtype)
+        assert self._graph_module is not None, "verify needs the twin as to_keras builds it"
         torch_acts = _record(_eval_copy(self._graph_module, self.dtype), torch.from_numpy(x))
         x = to_channels_last(x)
         output = keras_model.predict(x, verbose=0)
@@ -484,7 +485,7 @@ def _record(module: fx.GraphModule, x: torch.Tensor) -> dict[str, Any]:
 def _describe(node: fx.Node, root: nn.Module) -> str:
     """Name a node for error messages: its module type and path in the model."""
     if node.op == "call_module":
-        module = root.get_submodule(node.target)
+        module = root.get_submodule(cast(str, node.target))  # a module path
         return f"{type(module).__name__} at '{node.target}'"
     if node.op == "call_method":
         operation = f"Tensor.{node.target}"
@@ -635,7 +636,9 @@ class _Step:
     output shape."""
 
     node: Node
-    module: nn.Module | None
+    #: the called module, of the class the node's kind dispatches on (a conv, a pooling layer,
+    #: ...), or None for a functional node
+    module: Any
     inputs: list[_Value]
     out_shape: tuple[int, ...]
     is_last: bool
@@ -770,6 +773,7 @@ class _Converter:
             return
         if node.kind.name not in ("add", "gate", "concat") and len(step.inputs) != 1:
             raise self._unsupported(step, f"takes {len(step.inputs)} tensors; the twin expects one here")
+        assert handler is not None  # refused above when there is neither an activation nor a handler
         handler(step)
 
     # -- bookkeeping ------------------------------------------------------
@@ -894,7 +898,8 @@ class _Converter:
             )
         value = step.inputs[0]
         nonnegative = activation.name in _NONNEGATIVE
-        spec = self._specs_by_node.get(step.node.fused_into)
+        fused_into = step.node.fused_into
+        spec = None if fused_into is None else self._specs_by_node.get(fused_into)
         if spec is not None and spec.config.get("activation", "") is None:
             spec.config["activation"] = activation.keras_config["activation"]
             checkpoint = next(c for c in self.checkpoints if c.layer == spec.config["name"])
@@ -980,7 +985,7 @@ class _Converter:
             order = list(range(rank))
             order[first], order[second] = second, first
         else:
-            dims = node.args[1:] if node.op == "call_method" else (node.args[1],)
+            dims: Any = node.args[1:] if node.op == "call_method" else (node.args[1],)  # fx arguments
             if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
                 dims = dims[0]
             order = list(_dims(tuple(dims), rank))
@@ -1207,9 +1212,8 @@ class _Converter:
         kernels, strides = _ntuple(pool.kernel_size, rank), _ntuple(pool.stride, rank)
         pads = _ntuple(pool.padding, rank)
         padding, explicit = _keras_padding(value.shape[1:], kernels, strides, pads)
-        if explicit is not None:
-            explicit = tuple((pad, pad) for pad in explicit)
-        return kernels, strides, pads, padding, explicit
+        pairs = None if explicit is None else tuple((pad, pad) for pad in explicit)
+        return kernels, strides, pads, padding, pairs
 
     def _emit_pool(
         self, step: _Step, value: _Value, classes: tuple, rank: int, kernels, strides, padding: str, explicit

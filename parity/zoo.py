@@ -292,9 +292,10 @@ def run_job(name: str, dtype: str, methods: tuple[str, ...] = METHODS) -> JobRes
     if not result.twin_failure:
         # the reference-side identities need iNNvestigate's input-layer rules, which a hidden
         # input layer (a ZeroPadding2D in front of the first conv) loses; its rows say so
-        extra = {"identities": False} if result.input_layer_hidden else {}
         try:
-            result.run = run_model(name, model, x, entry.input_shape, dtype, list(methods), **extra)
+            result.run = run_model(
+                name, model, x, entry.input_shape, dtype, list(methods), identities=not result.input_layer_hidden
+            )
         except Exception as error:  # a model the harness cannot run is a row saying why
             result.error = _describe(error)
             traceback.print_exc()
