@@ -254,6 +254,7 @@ class Outcome:
 
     @property
     def passed(self) -> bool:
+        """Whether every row passed."""
         return all(row.passed for row in self.rows)
 
 

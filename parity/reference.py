@@ -125,13 +125,14 @@ class SignRule(igraph.ReverseMappingBase):
     s_mu(v) = +1 if v >= mu else -1 (so s(0) = +1 for mu = 0).
     """
 
-    def __init__(self, layer, _state, mu: float = 0.0) -> None:
+    def __init__(self, layer: keras.layers.Layer, _state: Any, mu: float = 0.0) -> None:
         self._mu = float(mu)
         self._layer_wo_act = igraph.copy_layer_wo_activation(
             layer, keep_bias=True, name_template="reversed_kernel_sign_%s"
         )
 
-    def apply(self, Xs, _Ys, Rs, _reverse_state):
+    def apply(self, Xs: list[tf.Tensor], _Ys: list[tf.Tensor], Rs: list[tf.Tensor], _reverse_state: dict) -> list:
+        """The relevance at the layer's inputs ``Xs`` from the relevance ``Rs`` at its outputs."""
         Zs = ibackend.apply(self._layer_wo_act, Xs)
         tmp = [ibackend.safe_divide(r, z) for r, z in zip(Rs, Zs, strict=True)]
         grads = ibackend.gradients(Xs, Zs, tmp)
@@ -147,20 +148,21 @@ class StdxEpsilonRule(igraph.ReverseMappingBase):
     z + eps * (z >= 0 ? 1 : -1), plain division.
     """
 
-    def __init__(self, layer, _state, stdfactor: float = 0.25, bias: bool = True) -> None:
+    def __init__(self, layer: keras.layers.Layer, _state: Any, stdfactor: float = 0.25, bias: bool = True) -> None:
         self._stdfactor = float(stdfactor)
         self._layer_wo_act = igraph.copy_layer_wo_activation(
             layer, keep_bias=bias, name_template="reversed_kernel_stdx_%s"
         )
 
-    def apply(self, Xs, _Ys, Rs, _reverse_state):
+    def apply(self, Xs: list[tf.Tensor], _Ys: list[tf.Tensor], Rs: list[tf.Tensor], _reverse_state: dict) -> list:
+        """The relevance at the layer's inputs ``Xs`` from the relevance ``Rs`` at its outputs."""
         if len(Xs) != 1:
             raise ValueError(f"StdxEpsilonRule expects one input, got {len(Xs)}")
         X = Xs[0]
         Zs = ibackend.apply(self._layer_wo_act, Xs)
         factor = self._stdfactor
 
-        def stabilise(args):
+        def stabilise(args: list[tf.Tensor]) -> tf.Tensor:
             x, z = args
             axes = list(range(1, len(x.shape)))
             eps = factor * tf.math.reduce_std(x, axis=axes)
@@ -183,14 +185,15 @@ class GammaRule(igraph.ReverseMappingBase):
     gradient, times the layer's input.
     """
 
-    def __init__(self, layer, _state, gamma: float = 0.5) -> None:
+    def __init__(self, layer: keras.layers.Layer, _state: Any, gamma: float = 0.5) -> None:
         g = float(gamma)
         weights = [w + g * w * ibackend.cast_to_floatx(w > 0) for w in layer.weights]
         self._layer_wo_act = igraph.copy_layer_wo_activation(
             layer, keep_bias=True, weights=weights, name_template="reversed_kernel_gamma_%s"
         )
 
-    def apply(self, Xs, _Ys, Rs, _reverse_state):
+    def apply(self, Xs: list[tf.Tensor], _Ys: list[tf.Tensor], Rs: list[tf.Tensor], _reverse_state: dict) -> list:
+        """The relevance at the layer's inputs ``Xs`` from the relevance ``Rs`` at its outputs."""
         Zs = ibackend.apply(self._layer_wo_act, Xs)
         tmp = [ibackend.safe_divide(r, z) for r, z in zip(Rs, Zs, strict=True)]
         grads = ibackend.gradients(Xs, Zs, tmp)
@@ -201,7 +204,7 @@ def _proxy(rule_class: type, **params: Any) -> type:
     """A subclass of ``rule_class`` whose constructor fixes ``params`` (iNNvestigate's pattern)."""
 
     class Proxy(rule_class):
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **params, **kwargs)
 
     Proxy.__name__ = f"{rule_class.__name__}Proxy"
@@ -211,7 +214,7 @@ def _proxy(rule_class: type, **params: Any) -> type:
 class _LRPRule(LRP):
     """iNNvestigate's ``LRP`` with one rule for kernel layers and BatchNorm, checks run."""
 
-    def __init__(self, model, rule, **kwargs):
+    def __init__(self, model: keras.Model, rule: Any, **kwargs: Any) -> None:
         super().__init__(model, rule=rule, bn_layer_rule=rule, **kwargs)
         self._do_model_checks()
 
@@ -220,11 +223,11 @@ class _DeepTaylorInputRule(DeepTaylor):
     """``DeepTaylor`` with a rule for the input layer, added the way ``BoundedDeepTaylor`` adds
     its Z-B rule (a priority-10 conditional mapping for the kernel layer at the input)."""
 
-    def __init__(self, model, input_rule_class, **kwargs):
+    def __init__(self, model: keras.Model, input_rule_class: Any, **kwargs: Any) -> None:
         self._input_rule_class = input_rule_class
         super().__init__(model, **kwargs)
 
-    def _create_analysis(self, *args, **kwargs):
+    def _create_analysis(self, *args: Any, **kwargs: Any) -> Any:
         self._add_conditional_reverse_mapping(
             lambda layer: ichecks.is_input_layer(layer) and ichecks.contains_kernel(layer),
             self._input_rule_class,
@@ -264,14 +267,14 @@ def _input_layer_found(model: keras.Model) -> bool:
     return any(ichecks.contains_kernel(layer) and ichecks.is_input_layer(layer) for layer in model.layers)
 
 
-def _analyze(analyzer, x_cl: np.ndarray, targets: np.ndarray, what: str) -> np.ndarray:
+def _analyze(analyzer: Any, x_cl: np.ndarray, targets: np.ndarray, what: str) -> np.ndarray:
     try:
         return np.asarray(analyzer.analyze(x_cl, neuron_selection=targets))
     except (NotImplementedError, NotAnalyzeableModelException) as err:
         raise ReferenceUnavailable(f"iNNvestigate refuses this model for {what}: {err!r}") from err
 
 
-def _build(what: str, make: Callable[[], Any]):
+def _build(what: str, make: Callable[[], Any]) -> Any:
     """Build an analyzer, turning iNNvestigate's model-check failures into ReferenceUnavailable.
 
     iNNvestigate 2.1.2 raises a bare NotImplementedError after any *warning*-type model check
@@ -308,7 +311,7 @@ def _lrp_check_kwargs(model: keras.Model) -> dict[str, Any]:
     return {}
 
 
-def _run_exception_checks(analyzer, model: keras.Model, what: str) -> None:
+def _run_exception_checks(analyzer: Any, model: keras.Model, what: str) -> None:
     """Apply the analyzer's exception-type model checks (e.g. no softmax), which
     ``disable_model_checks=True`` skips along with the warnings."""
     for check in analyzer._model_checks:
@@ -338,7 +341,7 @@ def _refuse_standalone_relu(model: keras.Model, what: str) -> None:
         )
 
 
-def _simple(kind: str, factory, x_cl, targets) -> np.ndarray:
+def _simple(kind: str, factory: Callable[[], keras.Model], x_cl: np.ndarray, targets: np.ndarray) -> np.ndarray:
     cls = _SIMPLE_ANALYZERS[kind]
     model = factory()
     if kind == "deconvnet":
@@ -362,7 +365,9 @@ def _reference_input(spec: MethodSpec, x: np.ndarray) -> np.ndarray | None:
         ) from err
 
 
-def _integrated_gradients(spec, factory, x, x_cl, targets) -> np.ndarray:
+def _integrated_gradients(
+    spec: MethodSpec, factory: Callable[[], keras.Model], x: np.ndarray, x_cl: np.ndarray, targets: np.ndarray
+) -> np.ndarray:
     ref = _reference_input(spec, x)
     ref_cl = 0 if ref is None else to_channels_last(ref[None])[0]
     steps = int(spec.params["steps"])
@@ -373,7 +378,9 @@ def _integrated_gradients(spec, factory, x, x_cl, targets) -> np.ndarray:
     return _analyze(analyzer, x_cl, targets, spec.name)
 
 
-def _noise_gradients(spec, factory, x, targets) -> np.ndarray:
+def _noise_gradients(
+    spec: MethodSpec, factory: Callable[[], keras.Model], x: np.ndarray, targets: np.ndarray
+) -> np.ndarray:
     """iNNvestigate's gradient at x + noise[k] for every k: shape (S, N, ...) channels-last."""
     noise = spec.params.get("noise")
     if noise is None:
@@ -407,10 +414,10 @@ def _rescale(activation: Callable, n: int) -> Callable:
     """
 
     @tf.custom_gradient
-    def rescaled(z):
+    def rescaled(z: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]:
         y = activation(z)
 
-        def grad(dy):
+        def grad(dy: tf.Tensor) -> tf.Tensor:
             zx, zr = z[:n], z[n:]
             dz = zx - zr
             dyz = y[:n] - y[n:]
@@ -438,7 +445,9 @@ def _install_rescale(model: keras.Model, n: int) -> None:
             layer.activation = _rescale(layer.activation, n)
 
 
-def _deeplift(spec, factory, x, x_cl, targets) -> np.ndarray:
+def _deeplift(
+    spec: MethodSpec, factory: Callable[[], keras.Model], x: np.ndarray, x_cl: np.ndarray, targets: np.ndarray
+) -> np.ndarray:
     ref = _reference_input(spec, x)
     ref_cl = (
         np.zeros_like(x_cl)
@@ -492,7 +501,7 @@ def _conv_layers(model: keras.Model) -> list:
     return [layer for layer in model.layers if ichecks.is_conv_layer(layer)]
 
 
-def _gradcam_layer(spec, model: keras.Model, layer_names: Mapping[str, str] | None):
+def _gradcam_layer(spec: MethodSpec, model: keras.Model, layer_names: Mapping[str, str] | None) -> keras.layers.Layer:
     name = spec.params.get("layer_name")
     if name is None:
         convs = _conv_layers(model)
@@ -508,7 +517,13 @@ def _gradcam_layer(spec, model: keras.Model, layer_names: Mapping[str, str] | No
         ) from err
 
 
-def _grad_cam(spec, factory, x_cl, targets, layer_names) -> np.ndarray:
+def _grad_cam(
+    spec: MethodSpec,
+    factory: Callable[[], keras.Model],
+    x_cl: np.ndarray,
+    targets: np.ndarray,
+    layer_names: Mapping[str, str] | None,
+) -> np.ndarray:
     """Grad-CAM map, channels-last, broadcast to the input's channels."""
     model = factory()
     layer = _gradcam_layer(spec, model, layer_names)
@@ -546,7 +561,7 @@ def _grad_cam(spec, factory, x_cl, targets, layer_names) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _input_rule(spec: MethodSpec):
+def _input_rule(spec: MethodSpec) -> Any:
     """iNNvestigate's ``input_layer_rule`` argument for the spec's input rule: its name in
     iNNvestigate's ``LRP_RULES`` from the library's rule table, or the harness's own rule."""
     rule = spec.input_rule
@@ -562,7 +577,7 @@ def _input_rule(spec: MethodSpec):
 _RULE_CLASSES = {"Z": rrule.ZRule, "WSquare": rrule.WSquareRule, "Flat": rrule.FlatRule}
 
 
-def _lrp_analyzer(spec: MethodSpec, model: keras.Model):
+def _lrp_analyzer(spec: MethodSpec, model: keras.Model) -> Any:
     rule, params = spec.rule, spec.params
     input_rule = _input_rule(spec)
     kwargs: dict[str, Any] = {"neuron_selection_mode": "index", **_lrp_check_kwargs(model)}
@@ -606,7 +621,7 @@ def _lrp_analyzer(spec: MethodSpec, model: keras.Model):
     raise ValueError(f"{spec.name}: unknown LRP rule {rule!r}")
 
 
-def _lrp(spec, factory, x_cl, targets) -> np.ndarray:
+def _lrp(spec: MethodSpec, factory: Callable[[], keras.Model], x_cl: np.ndarray, targets: np.ndarray) -> np.ndarray:
     model = factory()
     if spec.input_rule is not None and not _input_layer_found(model):
         raise ReferenceUnavailable(
@@ -625,7 +640,7 @@ def _lrp(spec, factory, x_cl, targets) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _inputs(x, targets) -> tuple[np.ndarray, np.ndarray]:
+def _inputs(x: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
     """x in Keras' floatx, one int target per input (a single target is repeated)."""
     if hasattr(x, "detach"):  # a torch tensor
         x = x.detach().cpu().numpy()

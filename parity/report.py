@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,6 +72,7 @@ class Row:
 
     @property
     def flagged(self) -> bool:
+        """Passed, but with a relative error above ``FLAG_ABOVE``: worth a look."""
         return self.passed and self.rel_error > FLAG_ABOVE
 
 
@@ -357,7 +359,7 @@ def write_markdown(path: Path, rows: list[Row], context: dict) -> None:
 def write_json(path: Path, rows: list[Row], context: dict) -> None:
     """Write every row's metrics and the run's context, for CI archives."""
 
-    def clean(value):
+    def clean(value: Any) -> Any:
         return None if isinstance(value, float) and math.isnan(value) else value
 
     records = [{k: clean(v) for k, v in asdict(r).items()} | {"flagged": r.flagged} for r in rows]

@@ -1216,7 +1216,15 @@ class _Converter:
         return kernels, strides, pads, padding, pairs
 
     def _emit_pool(
-        self, step: _Step, value: _Value, classes: tuple, rank: int, kernels, strides, padding: str, explicit
+        self,
+        step: _Step,
+        value: _Value,
+        classes: tuple,
+        rank: int,
+        kernels: tuple[int, ...],
+        strides: tuple[int, ...],
+        padding: str,
+        explicit: tuple[tuple[int, int], ...] | None,
     ) -> None:
         """Emit the explicit zero padding (pairs before/after each axis, if any), then the Keras
         pooling layer of ``rank``."""

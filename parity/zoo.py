@@ -124,6 +124,7 @@ class ZooModel:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        """The model's input shape without the batch axis (channels first)."""
         return (3, self.size, self.size)
 
 
@@ -481,6 +482,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the zoo and write its report; 0 when every model passed (see the module docstring)."""
     args = _parser().parse_args(argv)
     methods = tuple(args.methods or METHODS)
     names = args.models or list(ZOO)
