@@ -15,6 +15,7 @@ store is checked to equal the in-process maps bitwise.
 
 Run: ``.venv/bin/python benchmarks/dataset.py`` (``--images``, ``--batch``, ``--repeats``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib as B  # noqa: E402
+
 from signxai.torch_signxai.cluster import connect  # noqa: E402
 from signxai.torch_signxai.dataset import explain_dataset  # noqa: E402
 
 METHOD = "lrp_epsilon_0_1"
-CONFIGS = {"in-process": {}, "Ray, 1 actor": {"ray": True, "workers": 1},
-           "Ray, 2 actors": {"ray": True, "workers": 2}}
+CONFIGS = {"in-process": {}, "Ray, 1 actor": {"ray": True, "workers": 1}, "Ray, 2 actors": {"ray": True, "workers": 2}}
 
 
 def main() -> int:
@@ -51,8 +52,16 @@ def main() -> int:
     connect("local", 3)
     folder = Path(tempfile.mkdtemp(prefix="signxai-bench-"))
     try:
-        explain_dataset(model, x[:args.batch * 2], METHOD, folder / "warm", batch_size=args.batch, ray=True,
-                        workers=2, progress=False)
+        explain_dataset(
+            model,
+            x[: args.batch * 2],
+            METHOD,
+            folder / "warm",
+            batch_size=args.batch,
+            ray=True,
+            workers=2,
+            progress=False,
+        )
         best: dict[str, float] = {}
         reference = None
         for repeat in range(args.repeats):

@@ -17,6 +17,7 @@ call over the RSS before it), LRP epsilon and Z at most 1.5x the plain gradient'
 Run: ``.venv/bin/python benchmarks/lrp_graph.py`` (``--rounds``, ``--models``, ``--batches``,
 ``--skip-memory``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib as B  # noqa: E402
+
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps  # noqa: E402
 
 MODELS = ("resnet50", "densenet121")
@@ -50,11 +52,9 @@ def speed(name: str, batch: int, rounds: int) -> list[dict]:
     x = B.inputs(batch, SHAPE)
     targets = B.targets_of(model, x)
     methods = [PLAIN, "gradient", *SPEED_TARGETS]
-    medians = B.median_seconds({m: (lambda m=m: explain(m, model, x, targets)) for m in methods},
-                               warmup=1, runs=rounds)
+    medians = B.median_seconds({m: (lambda m=m: explain(m, model, x, targets)) for m in methods}, warmup=1, runs=rounds)
     plain = medians[PLAIN]
-    print(f"{name} batch {batch}: " + ", ".join(f"{m} {s / plain:.2f}x" for m, s in medians.items()),
-          flush=True)
+    print(f"{name} batch {batch}: " + ", ".join(f"{m} {s / plain:.2f}x" for m, s in medians.items()), flush=True)
     return B.ratio_rows(f"{name} b{batch}", medians, PLAIN, "gradient", SPEED_TARGETS)
 
 
@@ -76,9 +76,17 @@ def memory(name: str, batch: int) -> list[dict]:
     for method, result in results.items():
         target = MEMORY_TARGETS.get(method)
         ratio = result["peak_growth_mib"] / base
-        rows.append({"config": f"{name} b{batch}", "method": method, "growth": result["peak_growth_mib"],
-                     "ratio": ratio, "left": result["left_mib"], "target": f"<= {target}" if target else "",
-                     "verdict": ("met" if ratio <= target else "MISSED") if target else ""})
+        rows.append(
+            {
+                "config": f"{name} b{batch}",
+                "method": method,
+                "growth": result["peak_growth_mib"],
+                "ratio": ratio,
+                "left": result["left_mib"],
+                "target": f"<= {target}" if target else "",
+                "verdict": ("met" if ratio <= target else "MISSED") if target else "",
+            }
+        )
     return rows
 
 
@@ -100,15 +108,37 @@ def main() -> None:
     print(B.header("lrp_graph") + f"; median of {args.rounds} rounds after a warm-up")
     rows = [row for name in args.models for batch in args.batches for row in speed(name, batch, args.rounds)]
     print("\n### LRP vs plain gradient (graph models, 224x224)\n")
-    print(B.table(rows, [("config", "config"), ("method", "method"), ("ms", "median ms"),
-                         ("ratio", "x plain autograd gradient"), ("ratio_ours", "x our gradient"),
-                         ("target", "target"), ("verdict", "")]))
+    print(
+        B.table(
+            rows,
+            [
+                ("config", "config"),
+                ("method", "method"),
+                ("ms", "median ms"),
+                ("ratio", "x plain autograd gradient"),
+                ("ratio_ours", "x our gradient"),
+                ("target", "target"),
+                ("verdict", ""),
+            ],
+        )
+    )
     if not args.skip_memory:
         mem = [row for name in args.models for row in memory(name, args.memory_batch)]
         print(f"\n### Peak memory (batch {args.memory_batch}, 224x224, one process each)\n")
-        print(B.table(mem, [("config", "config"), ("method", "method"), ("growth", "peak growth MiB"),
-                            ("ratio", "x plain gradient"), ("left", "left after return MiB"),
-                            ("target", "target"), ("verdict", "")]))
+        print(
+            B.table(
+                mem,
+                [
+                    ("config", "config"),
+                    ("method", "method"),
+                    ("growth", "peak growth MiB"),
+                    ("ratio", "x plain gradient"),
+                    ("left", "left after return MiB"),
+                    ("target", "target"),
+                    ("verdict", ""),
+                ],
+            )
+        )
 
 
 if __name__ == "__main__":

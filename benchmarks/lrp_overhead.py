@@ -21,6 +21,7 @@ checked to agree before timing.
 
 Run: ``.venv/bin/python benchmarks/lrp_overhead.py`` (``--runs``, ``--warmup``, ``--batches``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,7 @@ from zennit.attribution import Gradient
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib as B  # noqa: E402
+
 from signxai.torch_signxai.methods.grammar import parse  # noqa: E402
 from signxai.torch_signxai.methods.lrp.composite import LRPComposite  # noqa: E402
 from signxai.torch_signxai.methods.lrp.plan import plan_for  # noqa: E402
@@ -55,8 +57,10 @@ def main() -> None:
     attributor = Gradient(model, composite, attr_output=B.logit_seed)
 
     print(B.header("lrp_overhead") + f"; {METHOD}; median of {args.runs} runs after {args.warmup} warm-ups")
-    header = (f"{'batch':>5} | {'ours ms':>9} | {'direct ms':>9} | {'gradient ms':>11} | "
-              f"{'ours/direct':>11} | {'ours/grad':>9} | {'direct/grad':>11}")
+    header = (
+        f"{'batch':>5} | {'ours ms':>9} | {'direct ms':>9} | {'gradient ms':>11} | "
+        f"{'ours/direct':>11} | {'ours/grad':>9} | {'direct/grad':>11}"
+    )
     print(header)
     print("-" * len(header))
     worst = 0.0
@@ -64,26 +68,30 @@ def main() -> None:
         generator = torch.Generator().manual_seed(batch)
         x = torch.randn(batch, 3, 64, 64, generator=generator)
 
-        def ours():
+        def ours(x: torch.Tensor = x):
             return calculate_relevancemaps(METHOD, x, model)
 
-        def direct():
+        def direct(x: torch.Tensor = x):
             return attributor(x.detach().clone())[1]
 
-        def gradient():
+        def gradient(x: torch.Tensor = x):
             return B.plain_gradient(model, x)
 
         mine, theirs = torch.from_numpy(ours()), direct()
         scale = theirs.abs().max()
         if not torch.allclose(mine, theirs, rtol=1e-4, atol=1e-5 * float(scale)):
-            raise SystemExit(f"batch {batch}: ours and the direct Zennit call disagree "
-                             f"(max diff {float((mine - theirs).abs().max()):.3g})")
+            raise SystemExit(
+                f"batch {batch}: ours and the direct Zennit call disagree "
+                f"(max diff {float((mine - theirs).abs().max()):.3g})"
+            )
 
         medians = B.median_seconds({"ours": ours, "direct": direct, "gradient": gradient}, args.warmup, args.runs)
         t_ours, t_direct, t_grad = medians["ours"], medians["direct"], medians["gradient"]
         worst = max(worst, t_ours / t_direct)
-        print(f"{batch:>5} | {t_ours * 1e3:>9.1f} | {t_direct * 1e3:>9.1f} | {t_grad * 1e3:>11.1f} | "
-              f"{t_ours / t_direct:>11.3f} | {t_ours / t_grad:>9.2f} | {t_direct / t_grad:>11.2f}")
+        print(
+            f"{batch:>5} | {t_ours * 1e3:>9.1f} | {t_direct * 1e3:>9.1f} | {t_grad * 1e3:>11.1f} | "
+            f"{t_ours / t_direct:>11.3f} | {t_ours / t_grad:>9.2f} | {t_direct / t_grad:>11.2f}"
+        )
     verdict = "meets" if worst <= TARGET_RATIO else "MISSES"
     print(f"worst ours/direct = {worst:.3f}: {verdict} the target <= {TARGET_RATIO}")
 

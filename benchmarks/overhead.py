@@ -23,6 +23,7 @@ integration steps (the ``--samples`` of each configuration; the ratio is what ma
 
 Run: ``.venv/bin/python benchmarks/overhead.py`` (``--configs``, ``--families``, ``--quick``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,13 +42,21 @@ from zennit.types import Activation, Convolution
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib as B  # noqa: E402
+
 from signxai.torch_signxai.methods.grammar import parse  # noqa: E402
 from signxai.torch_signxai.methods.lrp.composite import LRPComposite  # noqa: E402
 from signxai.torch_signxai.methods.lrp.plan import plan_for  # noqa: E402
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps  # noqa: E402
 
-FAMILIES = ["gradient", "smoothgrad", "integrated_gradients", "lrp_epsilon_0_1", "lrpsign_epsilon_0_1",
-            "lrp_alpha_1_beta_0", "grad_cam"]
+FAMILIES = [
+    "gradient",
+    "smoothgrad",
+    "integrated_gradients",
+    "lrp_epsilon_0_1",
+    "lrpsign_epsilon_0_1",
+    "lrp_alpha_1_beta_0",
+    "grad_cam",
+]
 
 #: (label, model, input shape, batch, warm-ups, rounds, samples/steps, time budget per family in s)
 CONFIGS = {
@@ -95,26 +104,41 @@ def direct_grad_cam(model, x, activation):
 def calls(family: str, model_name: str, model, x: torch.Tensor, samples: int) -> dict:
     """The functions to time for one family: ours, direct and (LRP only) stock Zennit."""
     if family == "gradient":
-        return {"ours": lambda: calculate_relevancemaps("gradient", x, model),
-                "direct": lambda: B.plain_gradient(model, x)}
+        return {
+            "ours": lambda: calculate_relevancemaps("gradient", x, model),
+            "direct": lambda: B.plain_gradient(model, x),
+        }
     if family == "smoothgrad":
         noise = torch.randn(samples, *x.shape, generator=torch.Generator().manual_seed(0)) * 0.2
-        return {"ours": lambda: calculate_relevancemaps("smoothgrad", x, model, num_samples=samples, noise=noise),
-                "direct": lambda: direct_smoothgrad(model, x, noise)}
+        return {
+            "ours": lambda: calculate_relevancemaps("smoothgrad", x, model, num_samples=samples, noise=noise),
+            "direct": lambda: direct_smoothgrad(model, x, noise),
+        }
     if family == "integrated_gradients":
-        return {"ours": lambda: calculate_relevancemaps("integrated_gradients", x, model, steps=samples),
-                "direct": lambda: direct_integrated_gradients(model, x, samples)}
+        return {
+            "ours": lambda: calculate_relevancemaps("integrated_gradients", x, model, steps=samples),
+            "direct": lambda: direct_integrated_gradients(model, x, samples),
+        }
     if family == "grad_cam":
         layer, activation = GRADCAM[model_name]
         module = dict(model.named_modules())[activation]
-        return {"ours": lambda: calculate_relevancemaps("grad_cam", x, model, layer_name=layer),
-                "direct": lambda: direct_grad_cam(model, x, module)}
+        return {
+            "ours": lambda: calculate_relevancemaps("grad_cam", x, model, layer_name=layer),
+            "direct": lambda: direct_grad_cam(model, x, module),
+        }
     attributor = Gradient(model, LRPComposite(plan_for(parse(family)), "innvestigate"), attr_output=B.logit_seed)
-    fns = {"ours": lambda: calculate_relevancemaps(family, x, model),
-           "direct": lambda: attributor(x.detach().clone())[1]}
+    fns = {
+        "ours": lambda: calculate_relevancemaps(family, x, model),
+        "direct": lambda: attributor(x.detach().clone())[1],
+    }
     if family in STOCK_RULES:
-        stock = LayerMapComposite(layer_map=[(Activation, Pass()), (Convolution, STOCK_RULES[family]()),
-                                             (torch.nn.Linear, STOCK_RULES[family]())])
+        stock = LayerMapComposite(
+            layer_map=[
+                (Activation, Pass()),
+                (Convolution, STOCK_RULES[family]()),
+                (torch.nn.Linear, STOCK_RULES[family]()),
+            ]
+        )
         stock_attributor = Gradient(model, stock, attr_output=B.logit_seed)
         fns["stock zennit"] = lambda: stock_attributor(x.detach().clone())[1]
     return fns
@@ -155,22 +179,46 @@ def main() -> None:
             started = time.perf_counter()
             medians = B.median_seconds(fns, warmup, runs, budget_s=budget)
             stock = medians.get("stock zennit")
-            rows.append({
-                "model": model_name, "input": "x".join(map(str, shape)), "batch": batch, "family": family,
-                "n": samples if family in ("smoothgrad", "integrated_gradients") else "",
-                "ours": medians["ours"] * 1e3, "direct": medians["direct"] * 1e3,
-                "ratio": medians["ours"] / medians["direct"],
-                "stock": stock * 1e3 if stock else "", "stock_ratio": stock / medians["ours"] if stock else "",
-                "error": f"{error:.1e}",
-            })
+            rows.append(
+                {
+                    "model": model_name,
+                    "input": "x".join(map(str, shape)),
+                    "batch": batch,
+                    "family": family,
+                    "n": samples if family in ("smoothgrad", "integrated_gradients") else "",
+                    "ours": medians["ours"] * 1e3,
+                    "direct": medians["direct"] * 1e3,
+                    "ratio": medians["ours"] / medians["direct"],
+                    "stock": stock * 1e3 if stock else "",
+                    "stock_ratio": stock / medians["ours"] if stock else "",
+                    "error": f"{error:.1e}",
+                }
+            )
             row = rows[-1]
-            print(f"{label:14s} {family:22s} ours {row['ours']:9.1f} ms  direct {row['direct']:9.1f} ms  "
-                  f"ours/direct {row['ratio']:.3f}  ({time.perf_counter() - started:.0f} s)", flush=True)
+            print(
+                f"{label:14s} {family:22s} ours {row['ours']:9.1f} ms  direct {row['direct']:9.1f} ms  "
+                f"ours/direct {row['ratio']:.3f}  ({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
     print()
-    print(B.table(rows, [("model", "model"), ("input", "input"), ("batch", "batch"), ("family", "family"),
-                         ("n", "samples/steps"), ("ours", "ours ms"), ("direct", "direct ms"),
-                         ("ratio", "ours/direct"), ("stock", "stock Zennit ms"),
-                         ("stock_ratio", "stock/ours"), ("error", "max rel. diff")]))
+    print(
+        B.table(
+            rows,
+            [
+                ("model", "model"),
+                ("input", "input"),
+                ("batch", "batch"),
+                ("family", "family"),
+                ("n", "samples/steps"),
+                ("ours", "ours ms"),
+                ("direct", "direct ms"),
+                ("ratio", "ours/direct"),
+                ("stock", "stock Zennit ms"),
+                ("stock_ratio", "stock/ours"),
+                ("error", "max rel. diff"),
+            ],
+        )
+    )
     worst = max(row["ratio"] for row in rows)
     print(f"\nworst ours/direct = {worst:.3f}")
 

@@ -28,6 +28,7 @@ implementation are compared with ours (max absolute difference relative to the l
 
 Run: ``.venv/bin/python benchmarks/peers.py`` (``--configs``, ``--runs``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,12 @@ METHOD = "lrp_epsilon_0_1"
 EPSILON = 0.1
 IMPLEMENTATIONS = ["ours", "ours channels_last", "ours kept_memory", "innvestigate", "captum", "zennit"]
 #: (model, batch)
-CONFIGS = {"small_cnn-b1": ("small_cnn", 1), "small_cnn-b32": ("small_cnn", 32),
-           "small_cnn-b64": ("small_cnn", 64), "vgg16-b1": ("vgg16", 1)}
+CONFIGS = {
+    "small_cnn-b1": ("small_cnn", 1),
+    "small_cnn-b32": ("small_cnn", 32),
+    "small_cnn-b64": ("small_cnn", 64),
+    "vgg16-b1": ("vgg16", 1),
+}
 
 
 def _timed(fn, runs: int) -> tuple[float, object]:
@@ -67,6 +72,7 @@ def _functional_flatten(model):
     """The same layers (and weights) with ``torch.flatten`` in ``forward`` instead of an
     ``nn.Flatten`` module, which Captum's LRP rejects (its hooks change the relevance's size)."""
     import torch
+
     if not any(isinstance(m, torch.nn.Flatten) for m in model.modules()):
         return model
     index = next(i for i, m in enumerate(model) if isinstance(m, torch.nn.Flatten))
@@ -75,15 +81,17 @@ def _functional_flatten(model):
         def __init__(self):
             super().__init__()
             self.features = torch.nn.Sequential(*list(model)[:index])
-            self.classifier = torch.nn.Sequential(*list(model)[index + 1:])
+            self.classifier = torch.nn.Sequential(*list(model)[index + 1 :])
 
         def forward(self, x):
             return self.classifier(torch.flatten(self.features(x), 1))
+
     return Split().eval()
 
 
 def child(implementation: str, model_name: str, batch: int, runs: int, out: str, memory: bool) -> None:
     import torch
+
     torch.set_num_threads(1)
     factory, shape = B.MODELS[model_name]
     model = factory()
@@ -92,6 +100,7 @@ def child(implementation: str, model_name: str, batch: int, runs: int, out: str,
     build_s = 0.0
     if implementation.startswith("ours"):
         from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps
+
         if implementation.endswith("channels_last"):
             x = x.contiguous(memory_format=torch.channels_last)
 
@@ -102,8 +111,10 @@ def child(implementation: str, model_name: str, batch: int, runs: int, out: str,
         from zennit.composites import LayerMapComposite
         from zennit.rules import Epsilon, Pass
         from zennit.types import Activation, Convolution
-        composite = LayerMapComposite(layer_map=[(Activation, Pass()), (Convolution, Epsilon(EPSILON)),
-                                                 (torch.nn.Linear, Epsilon(EPSILON))])
+
+        composite = LayerMapComposite(
+            layer_map=[(Activation, Pass()), (Convolution, Epsilon(EPSILON)), (torch.nn.Linear, Epsilon(EPSILON))]
+        )
         attributor = Gradient(model, composite)
 
         def seed(output):
@@ -117,6 +128,7 @@ def child(implementation: str, model_name: str, batch: int, runs: int, out: str,
     elif implementation == "captum":
         from captum.attr import LRP
         from captum.attr._utils.lrp_rules import EpsilonRule
+
         model = _functional_flatten(model)
         for module in model.modules():
             if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
@@ -127,13 +139,16 @@ def child(implementation: str, model_name: str, batch: int, runs: int, out: str,
             return lrp.attribute(x.clone(), target=targets).detach().numpy()
     elif implementation == "innvestigate":
         import tensorflow as tf
+
         from parity.harness import graph_mode
+
         graph_mode()
         config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
         tf.compat.v1.keras.backend.set_session(tf.compat.v1.Session(config=config))
         from innvestigate.analyzer import LRPEpsilon
 
         from parity.twin import to_channels_first, to_channels_last, to_keras
+
         twin = to_keras(model, shape)
         x_cl = to_channels_last(x.numpy())
         index = targets.numpy()
@@ -177,6 +192,7 @@ def main() -> None:
         return
 
     import torch
+
     torch.set_num_threads(1)
     print(B.header("peers") + f"; {METHOD}; every implementation in its own process, 1 thread")
     implementations = [i for i in args.implementations if i != "captum" or captum_available()]
@@ -199,10 +215,17 @@ def main() -> None:
                     print(f"{label} {implementation}: failed: {str(error).splitlines()[-1]}")
                     continue
                 maps[implementation] = np.load(out)
-                rows.append({"config": label, "implementation": implementation, "ms": result["median_s"] * 1e3,
-                             "build": f"{result['build_s']:.2f}" if implementation == "innvestigate" else "",
-                             "growth": result["peak_growth_mib"], "peak": result["peak_mib"],
-                             "base": result["before_mib"]})
+                rows.append(
+                    {
+                        "config": label,
+                        "implementation": implementation,
+                        "ms": result["median_s"] * 1e3,
+                        "build": f"{result['build_s']:.2f}" if implementation == "innvestigate" else "",
+                        "growth": result["peak_growth_mib"],
+                        "peak": result["peak_mib"],
+                        "base": result["before_mib"],
+                    }
+                )
                 print(f"{label} {implementation}: {result}", flush=True)
             ours = maps.get("ours")
             for row in rows:
@@ -213,10 +236,22 @@ def main() -> None:
                     if ours is not None and theirs is not None:
                         row["diff"] = f"{np.abs(theirs - ours).max() / np.abs(ours).max():.1e}"
     print()
-    print(B.table(rows, [("config", "model / batch"), ("implementation", "implementation"),
-                         ("ms", "median ms per call"), ("ratio", "x ours"), ("build", "build s"),
-                         ("growth", "peak growth MiB"), ("peak", "peak RSS MiB"),
-                         ("base", "RSS before call MiB"), ("diff", "max diff vs ours")]))
+    print(
+        B.table(
+            rows,
+            [
+                ("config", "model / batch"),
+                ("implementation", "implementation"),
+                ("ms", "median ms per call"),
+                ("ratio", "x ours"),
+                ("build", "build s"),
+                ("growth", "peak growth MiB"),
+                ("peak", "peak RSS MiB"),
+                ("base", "RSS before call MiB"),
+                ("diff", "max diff vs ours"),
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ out. The plot is written to ``benchmarks/scaling.png``.
 
 Run: ``.venv/bin/python benchmarks/scaling.py`` (``--batches``, ``--sizes``, ``--methods``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,13 +45,16 @@ def child(method: str, batch: int, size: int, what: str) -> None:
     import statistics
 
     import torch
+
     from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps
+
     torch.set_num_threads(B.THREADS)
     model = B.vgg_style(size)
     x = B.inputs(batch, (3, size, size))
 
     def fn():
         return calculate_relevancemaps(method, x, model)
+
     if what == "memory":
         print(json.dumps(B.measure_peak(fn)))
         return
@@ -81,19 +85,35 @@ def series(method: str, points: list[tuple[int, int]], max_seconds: float, max_g
             (a, b) = rows[-2:]
             work = lambda r: r["batch"] * r["size"] ** 2  # noqa: E731
             slope = (b["gib"] - a["gib"]) / max(work(b) - work(a), 1)
-            projected = b["gib"] + slope * (batch * size ** 2 - work(b))
+            projected = b["gib"] + slope * (batch * size**2 - work(b))
             if projected > max_gib:
-                rows.append({"method": method, "batch": batch, "size": size, "seconds": float("nan"),
-                             "gib": float("nan"), "note": f"not run: projected {projected:.1f} GiB"})
+                rows.append(
+                    {
+                        "method": method,
+                        "batch": batch,
+                        "size": size,
+                        "seconds": float("nan"),
+                        "gib": float("nan"),
+                        "note": f"not run: projected {projected:.1f} GiB",
+                    }
+                )
                 break
         args = ["--child", method, str(batch), str(size)]
         timing = B.run_child(Path(__file__), args + ["time"], timeout=1800, memory=False)
         memory = B.run_child(Path(__file__), args + ["memory"], timeout=1800)
-        row = {"method": method, "batch": batch, "size": size, "seconds": timing["seconds"],
-               "gib": memory["peak_growth_mib"] / 1024, "note": ""}
+        row = {
+            "method": method,
+            "batch": batch,
+            "size": size,
+            "seconds": timing["seconds"],
+            "gib": memory["peak_growth_mib"] / 1024,
+            "note": "",
+        }
         rows.append(row)
-        print(f"{method:16s} batch {batch:4d} size {size:4d}: {row['seconds']:8.3f} s  "
-              f"{row['gib'] * 1024:9.1f} MiB", flush=True)
+        print(
+            f"{method:16s} batch {batch:4d} size {size:4d}: {row['seconds']:8.3f} s  {row['gib'] * 1024:9.1f} MiB",
+            flush=True,
+        )
         if row["seconds"] > max_seconds or row["gib"] > max_gib:
             row["note"] = "bound reached: series stopped"
             break
@@ -102,12 +122,18 @@ def series(method: str, points: list[tuple[int, int]], max_seconds: float, max_g
 
 def plot(batch_rows: list[dict], size_rows: list[dict], limit_gib: float, total_gib: float) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     styles = {"gradient": dict(marker="o", color="tab:blue"), "lrp_epsilon_0_1": dict(marker="s", color="tab:red")}
-    for column, (rows, key, label) in enumerate([(batch_rows, "batch", f"batch size ({BATCH_SERIES_SIZE}x{BATCH_SERIES_SIZE} input)"),
-                                                 (size_rows, "size", f"input side in pixels (batch {SIZE_SERIES_BATCH})")]):
+    for column, (rows, key, label) in enumerate(
+        [
+            (batch_rows, "batch", f"batch size ({BATCH_SERIES_SIZE}x{BATCH_SERIES_SIZE} input)"),
+            (size_rows, "size", f"input side in pixels (batch {SIZE_SERIES_BATCH})"),
+        ]
+    ):
         for method in METHODS:
             done = [r for r in rows if r["method"] == method and r["seconds"] == r["seconds"]]
             if not done:
@@ -119,12 +145,21 @@ def plot(batch_rows: list[dict], size_rows: list[dict], limit_gib: float, total_
                 slope = (done[-1]["gib"] - done[-2]["gib"]) / (done[-1]["batch"] - done[-2]["batch"])
                 if slope > 0:
                     out = done[-1]["batch"] + (total_gib - done[-1]["gib"]) / slope
-                    axes[1][column].plot([done[-1]["batch"], out], [done[-1]["gib"], total_gib], linestyle=":",
-                                         color=styles[method]["color"])
-                    axes[1][column].annotate(f"{method}: batch ~{out:.0f}", (out, total_gib),
-                                             xytext=(-8, -14 - 11 * METHODS.index(method)),
-                                             textcoords="offset points", color=styles[method]["color"],
-                                             fontsize=8, ha="right")
+                    axes[1][column].plot(
+                        [done[-1]["batch"], out],
+                        [done[-1]["gib"], total_gib],
+                        linestyle=":",
+                        color=styles[method]["color"],
+                    )
+                    axes[1][column].annotate(
+                        f"{method}: batch ~{out:.0f}",
+                        (out, total_gib),
+                        xytext=(-8, -14 - 11 * METHODS.index(method)),
+                        textcoords="offset points",
+                        color=styles[method]["color"],
+                        fontsize=8,
+                        ha="right",
+                    )
         for row in range(2):
             ax = axes[row][column]
             ax.set_xscale("log", base=2)
@@ -137,7 +172,9 @@ def plot(batch_rows: list[dict], size_rows: list[dict], limit_gib: float, total_
         axes[0][column].axhline(20, color="gray", linestyle="--", linewidth=0.8)
         axes[1][column].axhline(limit_gib, color="gray", linestyle="--", linewidth=0.8)
         axes[1][column].axhline(total_gib, color="black", linestyle="-.", linewidth=0.8)
-    axes[1][0].text(1, total_gib * 1.05, f"machine memory {total_gib:.0f} GiB (dotted: linear extrapolation)", fontsize=8)
+    axes[1][0].text(
+        1, total_gib * 1.05, f"machine memory {total_gib:.0f} GiB (dotted: linear extrapolation)", fontsize=8
+    )
     axes[1][0].text(1, limit_gib * 1.05, f"run bound {limit_gib:.0f} GiB", fontsize=8)
     fig.suptitle(f"VGG-style net, {B.THREADS} thread(s), nproc 2: gradient vs LRP-epsilon (calculate_relevancemaps)")
     fig.tight_layout()
@@ -165,6 +202,7 @@ def main() -> None:
         return
 
     import torch
+
     torch.set_num_threads(B.THREADS)  # as in the children, which run every point
     print(B.header("scaling") + f"; machine memory {machine_gib():.1f} GiB")
     batch_rows, size_rows = [], []
@@ -179,9 +217,16 @@ def main() -> None:
             row["memory_ratio"] = row["gib"] / base["gib"] if base["gib"] > 0 else float("nan")
         row["mib"] = row["gib"] * 1024
         row["input"] = f"{row['size']}x{row['size']}"
-    columns = [("method", "method"), ("batch", "batch"), ("input", "input"), ("seconds", "s per call"),
-               ("mib", "peak growth MiB"), ("time_ratio", "time x gradient"),
-               ("memory_ratio", "memory x gradient"), ("note", "note")]
+    columns = [
+        ("method", "method"),
+        ("batch", "batch"),
+        ("input", "input"),
+        ("seconds", "s per call"),
+        ("mib", "peak growth MiB"),
+        ("time_ratio", "time x gradient"),
+        ("memory_ratio", "memory x gradient"),
+        ("note", "note"),
+    ]
     print(f"\n### Batch series ({BATCH_SERIES_SIZE}x{BATCH_SERIES_SIZE} input)\n")
     print(B.table(batch_rows, columns))
     print(f"\n### Input-size series (batch {SIZE_SERIES_BATCH})\n")
@@ -193,10 +238,22 @@ def main() -> None:
         if len(done) >= 2:
             slope = (done[-1]["gib"] - done[-2]["gib"]) / (done[-1]["batch"] - done[-2]["batch"])
             out = done[-1]["batch"] + (total - done[-1]["gib"]) / slope if slope > 0 else float("inf")
-            print(f"- {method}: {slope * 1024:.1f} MiB per sample at {BATCH_SERIES_SIZE}x{BATCH_SERIES_SIZE}; "
-                  f"a call needs the whole {total:.0f} GiB at batch ~{out:.0f}")
-    DATA.write_text(json.dumps({"batch": batch_rows, "size": size_rows, "max_gib": args.max_gib,
-                                "machine_gib": total, "header": B.header("scaling")}, indent=1))
+            print(
+                f"- {method}: {slope * 1024:.1f} MiB per sample at {BATCH_SERIES_SIZE}x{BATCH_SERIES_SIZE}; "
+                f"a call needs the whole {total:.0f} GiB at batch ~{out:.0f}"
+            )
+    DATA.write_text(
+        json.dumps(
+            {
+                "batch": batch_rows,
+                "size": size_rows,
+                "max_gib": args.max_gib,
+                "machine_gib": total,
+                "header": B.header("scaling"),
+            },
+            indent=1,
+        )
+    )
     plot(batch_rows, size_rows, args.max_gib, total)
     print(f"\nplot: {PNG}")
 

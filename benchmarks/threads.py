@@ -16,6 +16,7 @@ otherwise):
 
 Run: ``.venv/bin/python benchmarks/threads.py`` (``--rounds``, ``--calls``, ``--repeats``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib as B  # noqa: E402
+
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemap  # noqa: E402
 
 METHODS = ("gradient", "lrp_epsilon_0_1")
@@ -77,12 +79,21 @@ def main() -> None:
     print(B.header("threads") + f"; small CNN, batch 1, median of {args.rounds} rounds")
     medians = per_call(model, B.inputs(1, shape), args.rounds)
     plain = medians["plain gradient"]
-    rows = [{"call": name, "ms": seconds * 1e3, "ratio": seconds / plain,
-             "target": f"<= {TARGETS[name]}x" if name in TARGETS else "",
-             "met": ("yes" if seconds / plain <= TARGETS[name] else "**no**") if name in TARGETS else ""}
-            for name, seconds in medians.items()]
-    print(B.table(rows, [("call", "call"), ("ms", "ms"), ("ratio", "x plain gradient"), ("target", "target"),
-                         ("met", "met")]))
+    rows = [
+        {
+            "call": name,
+            "ms": seconds * 1e3,
+            "ratio": seconds / plain,
+            "target": f"<= {TARGETS[name]}x" if name in TARGETS else "",
+            "met": ("yes" if seconds / plain <= TARGETS[name] else "**no**") if name in TARGETS else "",
+        }
+        for name, seconds in medians.items()
+    ]
+    print(
+        B.table(
+            rows, [("call", "call"), ("ms", "ms"), ("ratio", "x plain gradient"), ("target", "target"), ("met", "met")]
+        )
+    )
 
     xs = [x.numpy() for x in B.inputs(args.calls // len(METHODS), shape)]
     jobs = [(index, method) for index in range(len(xs)) for method in METHODS]
@@ -96,12 +107,16 @@ def main() -> None:
                 reference = reference or maps
             elif any(not np.array_equal(maps[key], reference[key]) for key in reference):
                 raise SystemExit("a threaded map differs from the one-thread map of the same call")
-    rows = [{"threads": threads, "calls": len(jobs), "s": best[threads], "rate": len(jobs) / best[threads]}
-            for threads in (1, THREADS)]
+    rows = [
+        {"threads": threads, "calls": len(jobs), "s": best[threads], "rate": len(jobs) / best[threads]}
+        for threads in (1, THREADS)
+    ]
     print()
     print(B.table(rows, [("threads", "threads"), ("calls", "calls"), ("s", "best s"), ("rate", "calls/s")]))
-    print(f"\n{THREADS} threads / 1 thread throughput: {best[1] / best[THREADS]:.2f}x "
-          f"(every threaded map equal to the one-thread map)")
+    print(
+        f"\n{THREADS} threads / 1 thread throughput: {best[1] / best[THREADS]:.2f}x "
+        f"(every threaded map equal to the one-thread map)"
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Shared by ``python -m parity`` (live iNNvestigate), ``fixtures/make_references.p
 references) and the fast tests that compare the library with the stored references; it imports
 no TensorFlow.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -72,8 +73,9 @@ def method_kwargs(spec: MethodSpec, x: np.ndarray) -> dict[str, Any]:
     return {"noise": noise.astype(x.dtype)}
 
 
-def cases(fixture: str, kind: str, gradcam_layer: str | None, x: np.ndarray,
-          names: list[str] | None = None) -> tuple[list[Case], dict[str, str]]:
+def cases(
+    fixture: str, kind: str, gradcam_layer: str | None, x: np.ndarray, names: list[str] | None = None
+) -> tuple[list[Case], dict[str, str]]:
     """The comparisons of one fixture, and the skipped names with their reasons."""
     chosen, skipped = [], {}
     for name in names if names is not None else session_names():

@@ -31,14 +31,26 @@ on maps whose errors are a few times 1e-7, far under the floor.
 
 All errors are :func:`relative_error`: ``max |a - b| / max |b|``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FORMULA_TOLERANCE", "FLOAT32_FLOOR", "ROUNDING_FACTOR", "FLAG_ABOVE", "CRITERION",
-           "relative_error", "Metrics", "compare", "Verdict", "judge", "allowed_float32_error"]
+__all__ = [
+    "FORMULA_TOLERANCE",
+    "FLOAT32_FLOOR",
+    "ROUNDING_FACTOR",
+    "FLAG_ABOVE",
+    "CRITERION",
+    "relative_error",
+    "Metrics",
+    "compare",
+    "Verdict",
+    "judge",
+    "allowed_float32_error",
+]
 
 #: largest relative error between the two frameworks' float64 maps (formula identity)
 FORMULA_TOLERANCE = 1e-10
@@ -49,10 +61,12 @@ ROUNDING_FACTOR = 4.0
 #: passing float32 rows above this direct error are flagged in the report
 FLAG_ABOVE = 1e-5
 #: the criterion in words, for report headers and docs
-CRITERION = (f"float64 maps agree within {FORMULA_TOLERANCE:.0e} (formula identity), and our float32 "
-             f"map's error against iNNvestigate's float64 map is at most max({FLOAT32_FLOOR:.0e}, "
-             f"{ROUNDING_FACTOR:g} x iNNvestigate's own float32 error against it); "
-             f"errors are max |a - b| / max |b|")
+CRITERION = (
+    f"float64 maps agree within {FORMULA_TOLERANCE:.0e} (formula identity), and our float32 "
+    f"map's error against iNNvestigate's float64 map is at most max({FLOAT32_FLOOR:.0e}, "
+    f"{ROUNDING_FACTOR:g} x iNNvestigate's own float32 error against it); "
+    f"errors are max |a - b| / max |b|"
+)
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -104,8 +118,9 @@ def compare(ours: np.ndarray, reference: np.ndarray) -> Metrics:
         correlation = float(a @ b / norm)
     else:
         correlation = 1.0 if diff == 0 else float("nan")
-    return Metrics(rel_error=rel, max_abs_error=diff, correlation=correlation,
-                   reference_scale=float(np.max(np.abs(reference))))
+    return Metrics(
+        rel_error=rel, max_abs_error=diff, correlation=correlation, reference_scale=float(np.max(np.abs(reference)))
+    )
 
 
 def allowed_float32_error(reference_error: float, floor: float = FLOAT32_FLOOR) -> float:
@@ -141,8 +156,13 @@ class Verdict:
     reason: str
 
 
-def judge(ours32: np.ndarray, reference32: np.ndarray, ours64: np.ndarray, reference64: np.ndarray,
-          floor: float = FLOAT32_FLOOR) -> Verdict:
+def judge(
+    ours32: np.ndarray,
+    reference32: np.ndarray,
+    ours64: np.ndarray,
+    reference64: np.ndarray,
+    floor: float = FLOAT32_FLOOR,
+) -> Verdict:
     """Judge one row by the criterion of the module docstring.
 
     Parameters
@@ -160,6 +180,5 @@ def judge(ours32: np.ndarray, reference32: np.ndarray, ours64: np.ndarray, refer
     if not e64 <= FORMULA_TOLERANCE:
         reason = f"float64 maps differ by {e64:.2e} > {FORMULA_TOLERANCE:.0e}: a formula difference"
     elif not ours <= allowed:
-        reason = (f"float32 error {ours:.2e} > allowed {allowed:.2e} (iNNvestigate's own float32 "
-                  f"error {ref:.2e})")
+        reason = f"float32 error {ours:.2e} > allowed {allowed:.2e} (iNNvestigate's own float32 error {ref:.2e})"
     return Verdict(e64, ours, ref, allowed, not reason, reason)

@@ -10,6 +10,7 @@ which CPU made a run, for the report and the stored fixtures' manifest.
 It must run before TensorFlow is imported (oneDNN is chosen at import): every process of the
 harness calls it through :func:`parity.harness.graph_mode`.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,10 @@ def set_environment() -> None:
     if "tensorflow" in sys.modules:
         wrong = {k: os.environ.get(k) for k, v in ENVIRONMENT.items() if os.environ.get(k) != v}
         if wrong:
-            raise RuntimeError(f"TensorFlow was imported before parity.determinism.set_environment() with "
-                               f"{wrong}; call it (or parity.harness.graph_mode()) before importing tensorflow")
+            raise RuntimeError(
+                f"TensorFlow was imported before parity.determinism.set_environment() with "
+                f"{wrong}; call it (or parity.harness.graph_mode()) before importing tensorflow"
+            )
     os.environ.update(ENVIRONMENT)
 
 
@@ -85,9 +88,9 @@ def describe() -> dict[str, str]:
 
     return {
         "determinism": f"TensorFlow op determinism, {THREADS} intra/inter-op thread, "
-                       f"TF_ENABLE_ONEDNN_OPTS={ENVIRONMENT['TF_ENABLE_ONEDNN_OPTS']}; torch "
-                       f"{torch.get_num_threads()} thread, deterministic algorithms "
-                       f"{'on' if torch.are_deterministic_algorithms_enabled() else 'off'}",
+        f"TF_ENABLE_ONEDNN_OPTS={ENVIRONMENT['TF_ENABLE_ONEDNN_OPTS']}; torch "
+        f"{torch.get_num_threads()} thread, deterministic algorithms "
+        f"{'on' if torch.are_deterministic_algorithms_enabled() else 'off'}",
         "cpu": f"{cpu()}, {os.cpu_count()} logical cores; torch CPU capability "
-               f"{torch.backends.cpu.get_cpu_capability()}",
+        f"{torch.backends.cpu.get_cpu_capability()}",
     }

@@ -11,14 +11,16 @@ dashboard off), and its workers get the determinism environment of :mod:`parity.
 Ray retries a task whose worker died (:data:`RAY_RETRIES` times); each task's result is taken
 once, so a retried task neither loses nor duplicates rows.
 """
+
 from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -95,12 +97,28 @@ def perform(subject: Subject, task: Task, ours: bool, cache: Path | None) -> Mod
     if not _GRAPH_MODE:
         graph_mode()
         _GRAPH_MODE = True
-    return run_model(subject.label, subject.model, subject.inputs, subject.input_shape, task.dtype,
-                     list(task.methods), ours=ours, identities=task.identities, cache=ReferenceCache(cache))
+    return run_model(
+        subject.label,
+        subject.model,
+        subject.inputs,
+        subject.input_shape,
+        task.dtype,
+        list(task.methods),
+        ours=ours,
+        identities=task.identities,
+        cache=ReferenceCache(cache),
+    )
 
 
-def execute(subjects: list[Subject], tasks: list[Task], backend: Backend, *, ours: bool = True,
-            cache: Path | None = None, done: Callable[[Task], None] | None = None) -> list[ModelRun]:
+def execute(
+    subjects: list[Subject],
+    tasks: list[Task],
+    backend: Backend,
+    *,
+    ours: bool = True,
+    cache: Path | None = None,
+    done: Callable[[Task], None] | None = None,
+) -> list[ModelRun]:
     """Run every task on ``backend``; return their runs in the order of ``tasks``.
 
     Parameters
@@ -129,8 +147,7 @@ def execute(subjects: list[Subject], tasks: list[Task], backend: Backend, *, our
         return runs
     results: dict[int, ModelRun] = {}
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(backend.workers, mp_context=context, initializer=_hold,
-                             initargs=(subjects,)) as pool:
+    with ProcessPoolExecutor(backend.workers, mp_context=context, initializer=_hold, initargs=(subjects,)) as pool:
         futures = {pool.submit(_perform_held, task, ours, cache): index for index, task in enumerate(tasks)}
         for future in as_completed(futures):
             results[futures[future]] = future.result()
@@ -150,8 +167,14 @@ def _perform_held(task: Task, ours: bool, cache: Path | None) -> ModelRun:
     return perform(_HELD[task.subject], task, ours, cache)
 
 
-def _on_ray(subjects: list[Subject], tasks: list[Task], backend: Backend, ours: bool, cache: Path | None,
-            done: Callable[[Task], None]) -> list[ModelRun]:
+def _on_ray(
+    subjects: list[Subject],
+    tasks: list[Task],
+    backend: Backend,
+    ours: bool,
+    cache: Path | None,
+    done: Callable[[Task], None],
+) -> list[ModelRun]:
     import ray
 
     from signxai.torch_signxai.cluster import connect
@@ -159,6 +182,7 @@ def _on_ray(subjects: list[Subject], tasks: list[Task], backend: Backend, ours: 
     from .determinism import ENVIRONMENT
 
     environment = {**ENVIRONMENT, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
+    assert backend.ray is not None  # called for a Ray backend only
     owned = connect(backend.ray, backend.workers, environment)
     try:
         remote = ray.remote(num_cpus=1, max_retries=RAY_RETRIES, retry_exceptions=False)(perform)

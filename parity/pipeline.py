@@ -9,6 +9,7 @@ by the gate of :mod:`parity.compare` and returns an :class:`Outcome`; :func:`pub
 report, JSON record and figure. References come from the reference cache of :mod:`parity.cache`
 where their inputs did not change.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .cache import default_folder
 from .cases import cases
 from .fanout import Backend, Subject, Task, execute
 from .progress import ProgressBar
@@ -30,11 +30,23 @@ if TYPE_CHECKING:
     from .harness import ModelRun
     from .report import Row
 
-__all__ = ["UsageError", "PARITY_EXTRA", "require_parity_extra", "Subject", "Backend", "Outcome",
-           "fixture_subjects", "plan", "run_jobs", "validate", "check", "publish", "GROUP_ROWS"]
+__all__ = [
+    "UsageError",
+    "PARITY_EXTRA",
+    "require_parity_extra",
+    "Subject",
+    "Backend",
+    "Outcome",
+    "fixture_subjects",
+    "plan",
+    "run_jobs",
+    "validate",
+    "check",
+    "publish",
+    "GROUP_ROWS",
+]
 
-PARITY_EXTRA = ("TensorFlow and iNNvestigate are needed: install the parity extra: "
-                "pip install 'signxai[parity]'")
+PARITY_EXTRA = "TensorFlow and iNNvestigate are needed: install the parity extra: pip install 'signxai[parity]'"
 
 #: methods per task (a few minutes of work at most, so the workers stay busy to the end and the
 #: progress bar moves)
@@ -66,7 +78,7 @@ def require_parity_extra() -> None:
 def flat(error: BaseException) -> str:
     """An exception's message on one line, shortened to a few hundred characters."""
     text = " ".join(str(error).split())
-    return text if len(text) <= _QUOTE_CHARS else text[:_QUOTE_CHARS - 3] + "..."
+    return text if len(text) <= _QUOTE_CHARS else text[: _QUOTE_CHARS - 3] + "..."
 
 
 def one_line(error: BaseException) -> str:
@@ -99,8 +111,9 @@ def fixture_subjects(names: list[str] | None = None) -> list[Subject]:
     return [Subject(name, load_model(name), load_inputs(name)) for name in (names or list(FIXTURES))]
 
 
-def plan(subjects: list[Subject], dtypes: list[str],
-         names: list[str] | None = None) -> tuple[list[Task], dict[str, dict[str, str]]]:
+def plan(
+    subjects: list[Subject], dtypes: list[str], names: list[str] | None = None
+) -> tuple[list[Task], dict[str, dict[str, str]]]:
     """Split the work into tasks of about :data:`GROUP_ROWS` methods.
 
     Names that share a map before post-multipliers (``lrp_z``, ``lrp_z_x_input``) share a task,
@@ -127,14 +140,25 @@ def plan(subjects: list[Subject], dtypes: list[str],
             if len(groups[-1]) >= GROUP_ROWS:
                 groups.append([])
             groups[-1] += methods
-        tasks += [Task(index, dtype, tuple(group), position == 0)
-                  for dtype in dtypes for position, group in enumerate(groups) if group]
+        tasks += [
+            Task(index, dtype, tuple(group), position == 0)
+            for dtype in dtypes
+            for position, group in enumerate(groups)
+            if group
+        ]
     return tasks, skipped
 
 
-def run_jobs(subjects: list[Subject], dtypes: list[str], names: list[str] | None = None, *,
-             backend: Backend = Backend(), ours: bool = True, cache: Path | None = None,
-             progress: bool = False) -> dict[tuple[str, str], ModelRun]:
+def run_jobs(
+    subjects: list[Subject],
+    dtypes: list[str],
+    names: list[str] | None = None,
+    *,
+    backend: Backend = Backend(),
+    ours: bool = True,
+    cache: Path | None = None,
+    progress: bool = False,
+) -> dict[tuple[str, str], ModelRun]:
     """Run every subject in every dtype; one merged run per ``(label, dtype)``.
 
     Parameters
@@ -176,15 +200,17 @@ def run_jobs(subjects: list[Subject], dtypes: list[str], names: list[str] | None
     merged = {}
     for index, subject in enumerate(subjects):
         for dtype in dtypes:
-            mine = [(t, r) for t, r in zip(tasks, runs) if (t.subject, t.dtype) == (index, dtype)]
+            mine = [(t, r) for t, r in zip(tasks, runs, strict=True) if (t.subject, t.dtype) == (index, dtype)]
             if not mine:
                 continue
             run = merge_runs([r for _, r in mine])
             planned = {m for t, _ in mine for m in t.methods}
             held = set(run.ours) | set(run.references) | set(run.errors) | set(run.unavailable)
             if held != planned:
-                raise RuntimeError(f"{subject.label} {dtype}: the tasks returned rows "
-                                   f"{sorted(held ^ planned)} that differ from the planned ones")
+                raise RuntimeError(
+                    f"{subject.label} {dtype}: the tasks returned rows "
+                    f"{sorted(held ^ planned)} that differ from the planned ones"
+                )
             run.skipped = dict(skipped[subject.label])
             merged[(subject.label, dtype)] = run
     return merged
@@ -205,13 +231,17 @@ def validate(subject: Subject, names: list[str] | None) -> None:
         with torch.no_grad():
             output = model(torch.from_numpy(x))
     except Exception as error:
-        raise UsageError(f"the model fails on inputs of shape {tuple(x.shape)} (batch first): "
-                         f"{one_line(error)}; give the shape it expects with --input-shape, channels "
-                         f"first, without the batch axis") from error
+        raise UsageError(
+            f"the model fails on inputs of shape {tuple(x.shape)} (batch first): "
+            f"{one_line(error)}; give the shape it expects with --input-shape, channels "
+            f"first, without the batch axis"
+        ) from error
     if not isinstance(output, torch.Tensor) or output.ndim != 2:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise UsageError(f"the model returns {shape} for inputs of shape {tuple(x.shape)}; "
-                         f"parity needs logits of shape (batch, classes)")
+        raise UsageError(
+            f"the model returns {shape} for inputs of shape {tuple(x.shape)}; "
+            f"parity needs logits of shape (batch, classes)"
+        )
     for name in names or ():
         try:
             parse(name)
@@ -225,8 +255,9 @@ def validate(subject: Subject, names: list[str] | None) -> None:
         try:
             calculate_relevancemaps("lrp_z", x[:1], model)
         except UnsupportedLayerError as error:
-            raise UsageError(f"unsupported layer for LRP: {flat(error)}; leave the LRP "
-                             f"methods out with --methods") from error
+            raise UsageError(
+                f"unsupported layer for LRP: {flat(error)}; leave the LRP methods out with --methods"
+            ) from error
 
 
 @dataclass
@@ -241,12 +272,21 @@ class Outcome:
 
     @property
     def passed(self) -> bool:
+        """Whether every row passed."""
         return all(row.passed for row in self.rows)
 
 
-def check(subjects: list[Subject], names: list[str] | None = None, *, float64: bool = True,
-          tolerance: float | None = None, backend: Backend = Backend(), cache: Path | None = None,
-          progress: bool = False, context: dict[str, Any] | None = None) -> Outcome:
+def check(
+    subjects: list[Subject],
+    names: list[str] | None = None,
+    *,
+    float64: bool = True,
+    tolerance: float | None = None,
+    backend: Backend = Backend(),
+    cache: Path | None = None,
+    progress: bool = False,
+    context: dict[str, Any] | None = None,
+) -> Outcome:
     """Compare the library's maps of each subject with iNNvestigate's on its Keras twin.
 
     TensorFlow must be in graph mode (:func:`parity.harness.graph_mode`).
@@ -289,8 +329,9 @@ def check(subjects: list[Subject], names: list[str] | None = None, *, float64: b
     except UnsupportedLayerError as error:
         raise UsageError(f"unsupported layer for the Keras twin: {flat(error)}") from error
     except TwinMismatchError as error:
-        raise UsageError(f"the Keras twin does not reproduce the model's outputs, so no map can be "
-                         f"compared: {flat(error)}") from error
+        raise UsageError(
+            f"the Keras twin does not reproduce the model's outputs, so no map can be compared: {flat(error)}"
+        ) from error
     rows, runs = [], []
     for subject in subjects:
         run = by_job[(subject.label, "float32")]
@@ -298,10 +339,15 @@ def check(subjects: list[Subject], names: list[str] | None = None, *, float64: b
         rows += rows_from(run, by_job.get((subject.label, "float64")), tolerance)
     hits, computed = sum(r.cached for r in by_job.values()), sum(r.computed for r in by_job.values())
     skipped = sorted({name for run in runs for name in run.skipped})
-    full = {**run_context(started), "ran on": backend.describe(),
-            "reference cache": f"{cache} ({hits} maps from the cache, {computed} computed)" if cache
-            else "off (every reference computed live)",
-            "skipped (not applicable)": ", ".join(skipped) or "none", **(context or {})}
+    full = {
+        **run_context(started),
+        "ran on": backend.describe(),
+        "reference cache": f"{cache} ({hits} maps from the cache, {computed} computed)"
+        if cache
+        else "off (every reference computed live)",
+        "skipped (not applicable)": ", ".join(skipped) or "none",
+        **(context or {}),
+    }
     return Outcome(rows, runs, full, by_job)
 
 
@@ -323,4 +369,3 @@ def publish(outcome: Outcome, *, out: Path | None = None, json_path: Path | None
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         write_json(json_path, outcome.rows, outcome.context)
-

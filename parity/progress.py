@@ -1,5 +1,6 @@
 """A text progress bar for long runs: it redraws in place on a terminal and writes one line per
 step elsewhere (CI logs)."""
+
 from __future__ import annotations
 
 import sys

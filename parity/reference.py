@@ -46,18 +46,18 @@ Post-multipliers (``x_input``, ``x_sign`` with ``post_mu``) are applied here, in
 TensorFlow must run in graph mode (``tf.compat.v1.disable_eager_execution()`` before any Keras
 model is built); everything runs in Keras' ``floatx`` (float32 or float64).
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping
-
-import numpy as np
-import tensorflow as tf
-from tensorflow import keras
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import innvestigate.analyzer.relevance_based.relevance_rule as rrule
 import innvestigate.backend as ibackend
 import innvestigate.backend.checks as ichecks
 import innvestigate.backend.graph as igraph
+import numpy as np
+import tensorflow as tf
 from innvestigate.analyzer.base import NotAnalyzeableModelException
 from innvestigate.analyzer.deeptaylor import BoundedDeepTaylor, DeepTaylor
 from innvestigate.analyzer.gradient_based import (
@@ -79,6 +79,7 @@ from innvestigate.analyzer.relevance_based.relevance_analyzer import (
     LRPZPlus,
     LRPZPlusFast,
 )
+from tensorflow import keras
 
 from signxai.torch_signxai.methods.lrp.table import INPUT_RULES
 
@@ -110,10 +111,10 @@ class ReferenceUnavailable(Exception):
 # Rules that iNNvestigate 2.1.2 lacks, written against its rule interface
 # --------------------------------------------------------------------------------------------
 
-def _floatx_sign(mu: float) -> klayers.Layer:
+
+def _floatx_sign(mu: float) -> keras.layers.Layer:
     """A layer computing s_mu(v) = +1 if v >= mu else -1, in floatx."""
-    return klayers.Lambda(
-        lambda v: tf.cast(tf.greater_equal(v, tf.cast(mu, v.dtype)), v.dtype) * 2 - 1)
+    return klayers.Lambda(lambda v: tf.cast(tf.greater_equal(v, tf.cast(mu, v.dtype)), v.dtype) * 2 - 1)
 
 
 class SignRule(igraph.ReverseMappingBase):
@@ -124,17 +125,19 @@ class SignRule(igraph.ReverseMappingBase):
     s_mu(v) = +1 if v >= mu else -1 (so s(0) = +1 for mu = 0).
     """
 
-    def __init__(self, layer, _state, mu: float = 0.0) -> None:
+    def __init__(self, layer: keras.layers.Layer, _state: Any, mu: float = 0.0) -> None:
         self._mu = float(mu)
         self._layer_wo_act = igraph.copy_layer_wo_activation(
-            layer, keep_bias=True, name_template="reversed_kernel_sign_%s")
+            layer, keep_bias=True, name_template="reversed_kernel_sign_%s"
+        )
 
-    def apply(self, Xs, _Ys, Rs, _reverse_state):
+    def apply(self, Xs: list[tf.Tensor], _Ys: list[tf.Tensor], Rs: list[tf.Tensor], _reverse_state: dict) -> list:
+        """The relevance at the layer's inputs ``Xs`` from the relevance ``Rs`` at its outputs."""
         Zs = ibackend.apply(self._layer_wo_act, Xs)
-        tmp = [ibackend.safe_divide(r, z) for r, z in zip(Rs, Zs)]
+        tmp = [ibackend.safe_divide(r, z) for r, z in zip(Rs, Zs, strict=True)]
         grads = ibackend.gradients(Xs, Zs, tmp)
         sign = _floatx_sign(self._mu)
-        return [klayers.Multiply()([sign(x), g]) for x, g in zip(Xs, grads)]
+        return [klayers.Multiply()([sign(x), g]) for x, g in zip(Xs, grads, strict=True)]
 
 
 class StdxEpsilonRule(igraph.ReverseMappingBase):
@@ -145,19 +148,21 @@ class StdxEpsilonRule(igraph.ReverseMappingBase):
     z + eps * (z >= 0 ? 1 : -1), plain division.
     """
 
-    def __init__(self, layer, _state, stdfactor: float = 0.25, bias: bool = True) -> None:
+    def __init__(self, layer: keras.layers.Layer, _state: Any, stdfactor: float = 0.25, bias: bool = True) -> None:
         self._stdfactor = float(stdfactor)
         self._layer_wo_act = igraph.copy_layer_wo_activation(
-            layer, keep_bias=bias, name_template="reversed_kernel_stdx_%s")
+            layer, keep_bias=bias, name_template="reversed_kernel_stdx_%s"
+        )
 
-    def apply(self, Xs, _Ys, Rs, _reverse_state):
+    def apply(self, Xs: list[tf.Tensor], _Ys: list[tf.Tensor], Rs: list[tf.Tensor], _reverse_state: dict) -> list:
+        """The relevance at the layer's inputs ``Xs`` from the relevance ``Rs`` at its outputs."""
         if len(Xs) != 1:
             raise ValueError(f"StdxEpsilonRule expects one input, got {len(Xs)}")
         X = Xs[0]
         Zs = ibackend.apply(self._layer_wo_act, Xs)
         factor = self._stdfactor
 
-        def stabilise(args):
+        def stabilise(args: list[tf.Tensor]) -> tf.Tensor:
             x, z = args
             axes = list(range(1, len(x.shape)))
             eps = factor * tf.math.reduce_std(x, axis=axes)
@@ -165,9 +170,9 @@ class StdxEpsilonRule(igraph.ReverseMappingBase):
             return z + (tf.cast(tf.greater_equal(z, 0), z.dtype) * 2 - 1) * eps
 
         prepare_div = klayers.Lambda(stabilise)
-        tmp = [r / prepare_div([X, z]) for r, z in zip(Rs, Zs)]
+        tmp = [r / prepare_div([X, z]) for r, z in zip(Rs, Zs, strict=True)]
         grads = ibackend.gradients(Xs, Zs, tmp)
-        return [klayers.Multiply()([x, g]) for x, g in zip(Xs, grads)]
+        return [klayers.Multiply()([x, g]) for x, g in zip(Xs, grads, strict=True)]
 
 
 class GammaRule(igraph.ReverseMappingBase):
@@ -180,24 +185,26 @@ class GammaRule(igraph.ReverseMappingBase):
     gradient, times the layer's input.
     """
 
-    def __init__(self, layer, _state, gamma: float = 0.5) -> None:
+    def __init__(self, layer: keras.layers.Layer, _state: Any, gamma: float = 0.5) -> None:
         g = float(gamma)
         weights = [w + g * w * ibackend.cast_to_floatx(w > 0) for w in layer.weights]
         self._layer_wo_act = igraph.copy_layer_wo_activation(
-            layer, keep_bias=True, weights=weights, name_template="reversed_kernel_gamma_%s")
+            layer, keep_bias=True, weights=weights, name_template="reversed_kernel_gamma_%s"
+        )
 
-    def apply(self, Xs, _Ys, Rs, _reverse_state):
+    def apply(self, Xs: list[tf.Tensor], _Ys: list[tf.Tensor], Rs: list[tf.Tensor], _reverse_state: dict) -> list:
+        """The relevance at the layer's inputs ``Xs`` from the relevance ``Rs`` at its outputs."""
         Zs = ibackend.apply(self._layer_wo_act, Xs)
-        tmp = [ibackend.safe_divide(r, z) for r, z in zip(Rs, Zs)]
+        tmp = [ibackend.safe_divide(r, z) for r, z in zip(Rs, Zs, strict=True)]
         grads = ibackend.gradients(Xs, Zs, tmp)
-        return [klayers.Multiply()([x, g]) for x, g in zip(Xs, grads)]
+        return [klayers.Multiply()([x, g]) for x, g in zip(Xs, grads, strict=True)]
 
 
 def _proxy(rule_class: type, **params: Any) -> type:
     """A subclass of ``rule_class`` whose constructor fixes ``params`` (iNNvestigate's pattern)."""
 
     class Proxy(rule_class):
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **params, **kwargs)
 
     Proxy.__name__ = f"{rule_class.__name__}Proxy"
@@ -207,7 +214,7 @@ def _proxy(rule_class: type, **params: Any) -> type:
 class _LRPRule(LRP):
     """iNNvestigate's ``LRP`` with one rule for kernel layers and BatchNorm, checks run."""
 
-    def __init__(self, model, rule, **kwargs):
+    def __init__(self, model: keras.Model, rule: Any, **kwargs: Any) -> None:
         super().__init__(model, rule=rule, bn_layer_rule=rule, **kwargs)
         self._do_model_checks()
 
@@ -216,13 +223,13 @@ class _DeepTaylorInputRule(DeepTaylor):
     """``DeepTaylor`` with a rule for the input layer, added the way ``BoundedDeepTaylor`` adds
     its Z-B rule (a priority-10 conditional mapping for the kernel layer at the input)."""
 
-    def __init__(self, model, input_rule_class, **kwargs):
+    def __init__(self, model: keras.Model, input_rule_class: Any, **kwargs: Any) -> None:
         self._input_rule_class = input_rule_class
         super().__init__(model, **kwargs)
 
-    def _create_analysis(self, *args, **kwargs):
+    def _create_analysis(self, *args: Any, **kwargs: Any) -> Any:
         self._add_conditional_reverse_mapping(
-            lambda l: ichecks.is_input_layer(l) and ichecks.contains_kernel(l),
+            lambda layer: ichecks.is_input_layer(layer) and ichecks.contains_kernel(layer),
             self._input_rule_class,
             name="deep_taylor_input_layer_rule",
             priority=10,
@@ -233,6 +240,7 @@ class _DeepTaylorInputRule(DeepTaylor):
 # --------------------------------------------------------------------------------------------
 # Layout helpers
 # --------------------------------------------------------------------------------------------
+
 
 def _floatx() -> np.dtype:
     return np.dtype(keras.backend.floatx())
@@ -256,18 +264,17 @@ def apply_post(spec: MethodSpec, rmap: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def _input_layer_found(model: keras.Model) -> bool:
     """Whether iNNvestigate will find a kernel layer at the input (where input rules apply)."""
-    return any(ichecks.contains_kernel(layer) and ichecks.is_input_layer(layer)
-               for layer in model.layers)
+    return any(ichecks.contains_kernel(layer) and ichecks.is_input_layer(layer) for layer in model.layers)
 
 
-def _analyze(analyzer, x_cl: np.ndarray, targets: np.ndarray, what: str) -> np.ndarray:
+def _analyze(analyzer: Any, x_cl: np.ndarray, targets: np.ndarray, what: str) -> np.ndarray:
     try:
         return np.asarray(analyzer.analyze(x_cl, neuron_selection=targets))
     except (NotImplementedError, NotAnalyzeableModelException) as err:
         raise ReferenceUnavailable(f"iNNvestigate refuses this model for {what}: {err!r}") from err
 
 
-def _build(what: str, make: Callable[[], Any]):
+def _build(what: str, make: Callable[[], Any]) -> Any:
     """Build an analyzer, turning iNNvestigate's model-check failures into ReferenceUnavailable.
 
     iNNvestigate 2.1.2 raises a bare NotImplementedError after any *warning*-type model check
@@ -280,7 +287,8 @@ def _build(what: str, make: Callable[[], Any]):
         raise ReferenceUnavailable(
             f"iNNvestigate refuses this model for {what} ({type(err).__name__}: {err}); "
             "note that iNNvestigate 2.1.2 raises NotImplementedError for warning-type checks "
-            "too, e.g. for a standalone keras ReLU layer in an LRP/deconvnet model") from err
+            "too, e.g. for a standalone keras ReLU layer in an LRP/deconvnet model"
+        ) from err
 
 
 #: Layers outside iNNvestigate 2.1.2's list of convnet layers whose treatment under its LRP
@@ -303,7 +311,7 @@ def _lrp_check_kwargs(model: keras.Model) -> dict[str, Any]:
     return {}
 
 
-def _run_exception_checks(analyzer, model: keras.Model, what: str) -> None:
+def _run_exception_checks(analyzer: Any, model: keras.Model, what: str) -> None:
     """Apply the analyzer's exception-type model checks (e.g. no softmax), which
     ``disable_model_checks=True`` skips along with the warnings."""
     for check in analyzer._model_checks:
@@ -312,15 +320,15 @@ def _run_exception_checks(analyzer, model: keras.Model, what: str) -> None:
         hits = [layer.name for layer in model.layers if check["check"](layer)]
         if hits:
             raise ReferenceUnavailable(
-                f"iNNvestigate refuses this model for {what}: {check['message']} (layers {hits})")
+                f"iNNvestigate refuses this model for {what}: {check['message']} (layers {hits})"
+            )
 
 
 # --------------------------------------------------------------------------------------------
 # Gradient family
 # --------------------------------------------------------------------------------------------
 
-_SIMPLE_ANALYZERS = {"gradient": Gradient, "guided_backprop": GuidedBackprop,
-                     "deconvnet": Deconvnet, "input": Input}
+_SIMPLE_ANALYZERS = {"gradient": Gradient, "guided_backprop": GuidedBackprop, "deconvnet": Deconvnet, "input": Input}
 
 
 def _refuse_standalone_relu(model: keras.Model, what: str) -> None:
@@ -329,11 +337,11 @@ def _refuse_standalone_relu(model: keras.Model, what: str) -> None:
     relus = [layer.name for layer in model.layers if isinstance(layer, klayers.ReLU)]
     if relus:
         raise ReferenceUnavailable(
-            f"{what}: iNNvestigate 2.1.2 cannot analyse standalone keras ReLU layers {relus} "
-            "with this method")
+            f"{what}: iNNvestigate 2.1.2 cannot analyse standalone keras ReLU layers {relus} with this method"
+        )
 
 
-def _simple(kind: str, factory, x_cl, targets) -> np.ndarray:
+def _simple(kind: str, factory: Callable[[], keras.Model], x_cl: np.ndarray, targets: np.ndarray) -> np.ndarray:
     cls = _SIMPLE_ANALYZERS[kind]
     model = factory()
     if kind == "deconvnet":
@@ -353,31 +361,38 @@ def _reference_input(spec: MethodSpec, x: np.ndarray) -> np.ndarray | None:
     except ValueError as err:
         raise ReferenceUnavailable(
             f"{spec.name}: the reference must broadcast to one input's shape {x.shape[1:]} "
-            f"(iNNvestigate takes one reference for the whole batch), got {ref.shape}") from err
+            f"(iNNvestigate takes one reference for the whole batch), got {ref.shape}"
+        ) from err
 
 
-def _integrated_gradients(spec, factory, x, x_cl, targets) -> np.ndarray:
+def _integrated_gradients(
+    spec: MethodSpec, factory: Callable[[], keras.Model], x: np.ndarray, x_cl: np.ndarray, targets: np.ndarray
+) -> np.ndarray:
     ref = _reference_input(spec, x)
     ref_cl = 0 if ref is None else to_channels_last(ref[None])[0]
     steps = int(spec.params["steps"])
-    analyzer = _build(spec.name, lambda: IntegratedGradients(
-        factory(), steps=steps, reference_inputs=ref_cl, neuron_selection_mode="index"))
+    analyzer = _build(
+        spec.name,
+        lambda: IntegratedGradients(factory(), steps=steps, reference_inputs=ref_cl, neuron_selection_mode="index"),
+    )
     return _analyze(analyzer, x_cl, targets, spec.name)
 
 
-def _noise_gradients(spec, factory, x, targets) -> np.ndarray:
+def _noise_gradients(
+    spec: MethodSpec, factory: Callable[[], keras.Model], x: np.ndarray, targets: np.ndarray
+) -> np.ndarray:
     """iNNvestigate's gradient at x + noise[k] for every k: shape (S, N, ...) channels-last."""
     noise = spec.params.get("noise")
     if noise is None:
         raise ReferenceUnavailable(
             f"{spec.name}: the reference needs the exact noise draws (params['noise'], shape "
-            "(num_samples, N, ...)); without them the maps can only be compared statistically")
+            "(num_samples, N, ...)); without them the maps can only be compared statistically"
+        )
     if hasattr(noise, "detach"):  # a torch tensor
         noise = noise.detach().cpu().numpy()
     noise = np.asarray(noise, dtype=x.dtype)
     if noise.ndim != x.ndim + 1 or noise.shape[1:] != x.shape:
-        raise ValueError(f"{spec.name}: noise must have shape (num_samples,) + {x.shape}, "
-                         f"got {noise.shape}")
+        raise ValueError(f"{spec.name}: noise must have shape (num_samples,) + {x.shape}, got {noise.shape}")
     samples = noise.shape[0]
     noisy = (x[None] + noise).reshape((samples * x.shape[0],) + x.shape[1:])
     grads = _simple("gradient", factory, to_channels_last(noisy), np.tile(targets, samples))
@@ -387,6 +402,7 @@ def _noise_gradients(spec, factory, x, targets) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # DeepLIFT (rescale rule), own TensorFlow code
 # --------------------------------------------------------------------------------------------
+
 
 def _rescale(activation: Callable, n: int) -> Callable:
     """``activation`` with DeepLIFT's rescale multiplier as its gradient.
@@ -398,10 +414,10 @@ def _rescale(activation: Callable, n: int) -> Callable:
     """
 
     @tf.custom_gradient
-    def rescaled(z):
+    def rescaled(z: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]:
         y = activation(z)
 
-        def grad(dy):
+        def grad(dy: tf.Tensor) -> tf.Tensor:
             zx, zr = z[:n], z[n:]
             dz = zx - zr
             dyz = y[:n] - y[n:]
@@ -429,10 +445,15 @@ def _install_rescale(model: keras.Model, n: int) -> None:
             layer.activation = _rescale(layer.activation, n)
 
 
-def _deeplift(spec, factory, x, x_cl, targets) -> np.ndarray:
+def _deeplift(
+    spec: MethodSpec, factory: Callable[[], keras.Model], x: np.ndarray, x_cl: np.ndarray, targets: np.ndarray
+) -> np.ndarray:
     ref = _reference_input(spec, x)
-    ref_cl = (np.zeros_like(x_cl) if ref is None
-              else np.broadcast_to(to_channels_last(ref[None]), x_cl.shape).astype(x_cl.dtype))
+    ref_cl = (
+        np.zeros_like(x_cl)
+        if ref is None
+        else np.broadcast_to(to_channels_last(ref[None]), x_cl.shape).astype(x_cl.dtype)
+    )
     n = x_cl.shape[0]
     model = factory()
     _install_rescale(model, n)
@@ -452,6 +473,7 @@ def _deeplift(spec, factory, x, x_cl, targets) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Grad-CAM, own TensorFlow code
 # --------------------------------------------------------------------------------------------
+
 
 def bilinear_resize_matrix(size_in: int, size_out: int) -> np.ndarray:
     """(size_out, size_in) matrix of 1-D linear interpolation with half-pixel centres.
@@ -479,7 +501,7 @@ def _conv_layers(model: keras.Model) -> list:
     return [layer for layer in model.layers if ichecks.is_conv_layer(layer)]
 
 
-def _gradcam_layer(spec, model: keras.Model, layer_names: Mapping[str, str] | None):
+def _gradcam_layer(spec: MethodSpec, model: keras.Model, layer_names: Mapping[str, str] | None) -> keras.layers.Layer:
     name = spec.params.get("layer_name")
     if name is None:
         convs = _conv_layers(model)
@@ -491,11 +513,17 @@ def _gradcam_layer(spec, model: keras.Model, layer_names: Mapping[str, str] | No
         return model.get_layer(keras_name)
     except ValueError as err:
         raise ReferenceUnavailable(
-            f"{spec.name}: no Keras layer for the torch module {name!r} "
-            f"(layer_names maps {dict(layer_names or {})})") from err
+            f"{spec.name}: no Keras layer for the torch module {name!r} (layer_names maps {dict(layer_names or {})})"
+        ) from err
 
 
-def _grad_cam(spec, factory, x_cl, targets, layer_names) -> np.ndarray:
+def _grad_cam(
+    spec: MethodSpec,
+    factory: Callable[[], keras.Model],
+    x_cl: np.ndarray,
+    targets: np.ndarray,
+    layer_names: Mapping[str, str] | None,
+) -> np.ndarray:
     """Grad-CAM map, channels-last, broadcast to the input's channels."""
     model = factory()
     layer = _gradcam_layer(spec, model, layer_names)
@@ -504,7 +532,8 @@ def _grad_cam(spec, factory, x_cl, targets, layer_names) -> np.ndarray:
     if spatial_rank not in (1, 2) or len(x_cl.shape) - 2 != spatial_rank:
         raise ReferenceUnavailable(
             f"{spec.name}: Grad-CAM needs 1-D or 2-D conv features matching the input, got "
-            f"features {tuple(feats.shape)} for input {x_cl.shape}")
+            f"features {tuple(feats.shape)} for input {x_cl.shape}"
+        )
     index = tf.compat.v1.placeholder(tf.int32, (None,), name="gradcam_target")
     out = model.output
     out = tf.reshape(out, [tf.shape(out)[0], -1])
@@ -531,7 +560,8 @@ def _grad_cam(spec, factory, x_cl, targets, layer_names) -> np.ndarray:
 # LRP family
 # --------------------------------------------------------------------------------------------
 
-def _input_rule(spec: MethodSpec):
+
+def _input_rule(spec: MethodSpec) -> Any:
     """iNNvestigate's ``input_layer_rule`` argument for the spec's input rule: its name in
     iNNvestigate's ``LRP_RULES`` from the library's rule table, or the harness's own rule."""
     rule = spec.input_rule
@@ -547,7 +577,7 @@ def _input_rule(spec: MethodSpec):
 _RULE_CLASSES = {"Z": rrule.ZRule, "WSquare": rrule.WSquareRule, "Flat": rrule.FlatRule}
 
 
-def _lrp_analyzer(spec: MethodSpec, model: keras.Model):
+def _lrp_analyzer(spec: MethodSpec, model: keras.Model) -> Any:
     rule, params = spec.rule, spec.params
     input_rule = _input_rule(spec)
     kwargs: dict[str, Any] = {"neuron_selection_mode": "index", **_lrp_check_kwargs(model)}
@@ -565,16 +595,13 @@ def _lrp_analyzer(spec: MethodSpec, model: keras.Model):
     if rule == "epsilon":
         epsilon = float(params["epsilon"])
         if not epsilon > 0:
-            raise ReferenceUnavailable(f"{spec.name}: iNNvestigate's epsilon rule needs "
-                                       f"epsilon > 0, got {epsilon}")
+            raise ReferenceUnavailable(f"{spec.name}: iNNvestigate's epsilon rule needs epsilon > 0, got {epsilon}")
         return LRPEpsilon(model, epsilon=epsilon, bias=bias, **kwargs)
     if rule == "epsilon_std_x":
-        return _LRPRule(model, _proxy(StdxEpsilonRule, stdfactor=float(params["stdfactor"]), bias=bias),
-                        **kwargs)
+        return _LRPRule(model, _proxy(StdxEpsilonRule, stdfactor=float(params["stdfactor"]), bias=bias), **kwargs)
     if rule == "alpha_beta":
         try:
-            return LRPAlphaBeta(model, alpha=params["alpha"], beta=params["beta"], bias=bias,
-                                **kwargs)
+            return LRPAlphaBeta(model, alpha=params["alpha"], beta=params["beta"], bias=bias, **kwargs)
         except ValueError as err:  # iNNvestigate checks alpha - beta == 1 exactly
             raise ReferenceUnavailable(f"{spec.name}: {err}") from err
     if rule == "z_plus":
@@ -594,14 +621,15 @@ def _lrp_analyzer(spec: MethodSpec, model: keras.Model):
     raise ValueError(f"{spec.name}: unknown LRP rule {rule!r}")
 
 
-def _lrp(spec, factory, x_cl, targets) -> np.ndarray:
+def _lrp(spec: MethodSpec, factory: Callable[[], keras.Model], x_cl: np.ndarray, targets: np.ndarray) -> np.ndarray:
     model = factory()
     if spec.input_rule is not None and not _input_layer_found(model):
         raise ReferenceUnavailable(
             f"{spec.name}: iNNvestigate finds no conv/dense layer at the model input (a layer "
             "other than Flatten/Permute/Reshape in front of it, or layers already called on "
             "other tensors), so it would silently drop the input-layer rule (METHODS traps "
-            "10 and 12)")
+            "10 and 12)"
+        )
     analyzer = _build(spec.name, lambda: _lrp_analyzer(spec, model))
     _run_exception_checks(analyzer, model, spec.name)
     return _analyze(analyzer, x_cl, targets, spec.name)
@@ -611,7 +639,8 @@ def _lrp(spec, factory, x_cl, targets) -> np.ndarray:
 # Public entry points
 # --------------------------------------------------------------------------------------------
 
-def _inputs(x, targets) -> tuple[np.ndarray, np.ndarray]:
+
+def _inputs(x: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
     """x in Keras' floatx, one int target per input (a single target is repeated)."""
     if hasattr(x, "detach"):  # a torch tensor
         x = x.detach().cpu().numpy()
@@ -620,14 +649,19 @@ def _inputs(x, targets) -> tuple[np.ndarray, np.ndarray]:
     if x.ndim >= 2 and targets.shape[0] == 1:
         targets = np.repeat(targets, x.shape[0])
     if x.ndim < 2 or targets.shape[0] != x.shape[0]:
-        raise ValueError(f"need x of shape (N, ...) and one target per input; got x "
-                         f"{x.shape}, targets {targets.shape}")
+        raise ValueError(f"need x of shape (N, ...) and one target per input; got x {x.shape}, targets {targets.shape}")
     return x, targets
 
 
-def reference_map(spec: MethodSpec, keras_model_factory: Callable[[], keras.Model],
-                  x: np.ndarray, targets: np.ndarray, *, input_layer_hidden: bool = False,
-                  layer_names: Mapping[str, str] | None = None) -> np.ndarray:
+def reference_map(
+    spec: MethodSpec,
+    keras_model_factory: Callable[[], keras.Model],
+    x: np.ndarray,
+    targets: np.ndarray,
+    *,
+    input_layer_hidden: bool = False,
+    layer_names: Mapping[str, str] | None = None,
+) -> np.ndarray:
     """The reference relevance map of ``spec`` for inputs ``x`` and target logits ``targets``.
 
     Parameters
@@ -655,8 +689,9 @@ def reference_map(spec: MethodSpec, keras_model_factory: Callable[[], keras.Mode
     Raises
     ------
     ReferenceUnavailable
-        For ``random_uniform`` and ``random`` (``input`` with ``stddev > 0``), for an input-layer rule that iNNvestigate would drop, for
-        smoothgrad/vargrad without explicit noise, or where iNNvestigate refuses the model.
+        For ``random_uniform`` and ``random`` (``input`` with ``stddev > 0``), for an input-layer
+        rule that iNNvestigate would drop, for smoothgrad/vargrad without explicit noise, or where
+        iNNvestigate refuses the model.
     """
     family = spec.family
     if family == "random_uniform" or (family == "input" and spec.params["stddev"]):
@@ -665,7 +700,8 @@ def reference_map(spec: MethodSpec, keras_model_factory: Callable[[], keras.Mode
         raise ReferenceUnavailable(
             f"{spec.name}: the twin hides its input layer from iNNvestigate (e.g. explicit "
             "padding in front of the first conv), which would silently drop the "
-            f"{spec.input_rule!r} input-layer rule (METHODS trap 12)")
+            f"{spec.input_rule!r} input-layer rule (METHODS trap 12)"
+        )
     x, targets = _inputs(x, targets)
     dtype = x.dtype
     x_cl = to_channels_last(x)
@@ -691,13 +727,13 @@ def reference_map(spec: MethodSpec, keras_model_factory: Callable[[], keras.Mode
 
     rmap = to_channels_first(np.asarray(rmap, dtype=dtype))
     if rmap.shape != x.shape:
-        raise AssertionError(f"{spec.name}: reference map has shape {rmap.shape}, "
-                             f"input {x.shape}")
+        raise AssertionError(f"{spec.name}: reference map has shape {rmap.shape}, input {x.shape}")
     return apply_post(spec, rmap, x)
 
 
-def check_identities(keras_model_factory: Callable[[], keras.Model], x: np.ndarray,
-                     targets: np.ndarray) -> dict[str, float]:
+def check_identities(
+    keras_model_factory: Callable[[], keras.Model], x: np.ndarray, targets: np.ndarray
+) -> dict[str, float]:
     """METHODS trap-10 guards, on the reference side.
 
     For a ReLU network without BatchNorm, LRP-Z equals gradient x input and LRP-Z with the SIGN
@@ -719,13 +755,21 @@ def check_identities(keras_model_factory: Callable[[], keras.Model], x: np.ndarr
         if not _input_layer_found(model):
             raise ReferenceUnavailable(
                 "check_identities: iNNvestigate finds no conv/dense layer at the model input, "
-                "so it would drop the SIGN input rule (METHODS traps 10 and 12)")
+                "so it would drop the SIGN input rule (METHODS traps 10 and 12)"
+            )
     analyzers = {
-        "lrp_z": _build("lrp_z", lambda: LRPZ(models["lrp_z"], neuron_selection_mode="index",
-                                              **_lrp_check_kwargs(models["lrp_z"]))),
-        "lrpsign_z": _build("lrpsign_z", lambda: LRPZ(
-            models["lrpsign_z"], neuron_selection_mode="index",
-            input_layer_rule=_proxy(SignRule, mu=0.0), **_lrp_check_kwargs(models["lrpsign_z"]))),
+        "lrp_z": _build(
+            "lrp_z", lambda: LRPZ(models["lrp_z"], neuron_selection_mode="index", **_lrp_check_kwargs(models["lrp_z"]))
+        ),
+        "lrpsign_z": _build(
+            "lrpsign_z",
+            lambda: LRPZ(
+                models["lrpsign_z"],
+                neuron_selection_mode="index",
+                input_layer_rule=_proxy(SignRule, mu=0.0),
+                **_lrp_check_kwargs(models["lrpsign_z"]),
+            ),
+        ),
     }
     for name, analyzer in analyzers.items():
         _run_exception_checks(analyzer, models[name], name)

@@ -1,5 +1,6 @@
 """The parity report: rows judged by the gate, the run's context, the markdown report, the JSON
 record, the terminal summary and the heatmap figure."""
+
 from __future__ import annotations
 
 import json
@@ -11,14 +12,25 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .compare import CRITERION, FLAG_ABOVE, FLOAT32_FLOOR, compare, judge
 from .harness import ModelRun
 
-__all__ = ["Row", "rows_from", "run_context", "write_markdown", "write_json", "write_figure", "summary",
-           "model_summaries", "terminal_summary", "format_table"]
+__all__ = [
+    "Row",
+    "rows_from",
+    "run_context",
+    "write_markdown",
+    "write_json",
+    "write_figure",
+    "summary",
+    "model_summaries",
+    "terminal_summary",
+    "format_table",
+]
 
 #: rows per model drawn in the figure (the ones closest to failing)
 FIGURE_ROWS = 2
@@ -60,6 +72,7 @@ class Row:
 
     @property
     def flagged(self) -> bool:
+        """Passed, but with a relative error above ``FLAG_ABOVE``: worth a look."""
         return self.passed and self.rel_error > FLAG_ABOVE
 
 
@@ -90,13 +103,25 @@ def rows_from(run: ModelRun, run64: ModelRun | None = None, floor: float | None 
             rows.append(_failed(run.label, method, f"no reference: {run.unavailable[method]}", floor))
             continue
         metrics = compare(run.ours[method], run.references[method])
-        row = Row(run.label, method, metrics.rel_error, metrics.max_abs_error, metrics.correlation,
-                  floor, bool(metrics.rel_error <= floor))
+        row = Row(
+            run.label,
+            method,
+            metrics.rel_error,
+            metrics.max_abs_error,
+            metrics.correlation,
+            floor,
+            bool(metrics.rel_error <= floor),
+        )
         if run64 is not None:
             row = _judged(row, run, run64, floor)
         if dropped and _has_input_rule(method):
-            row = Row(**{**asdict(row), "passed": False,
-                         "note": f"reference identities failed {dropped}: input-layer rule dropped"})
+            row = Row(
+                **{
+                    **asdict(row),
+                    "passed": False,
+                    "note": f"reference identities failed {dropped}: input-layer rule dropped",
+                }
+            )
         rows.append(row)
     return rows
 
@@ -108,17 +133,25 @@ def _judged(row: Row, run: ModelRun, run64: ModelRun, floor: float) -> Row:
         why = run64.errors.get(method) or run64.unavailable.get(method, "no float64 map")
         return Row(**{**fields, "passed": False, "note": f"float64: {why}"})
     if not np.array_equal(run.targets, run64.targets):
-        return Row(**{**fields, "passed": False,
-                      "note": "the float32 and float64 models predict different targets"})
-    verdict = judge(run.ours[method], run.references[method], run64.ours[method], run64.references[method],
-                    floor)
+        return Row(**{**fields, "passed": False, "note": "the float32 and float64 models predict different targets"})
+    verdict = judge(run.ours[method], run.references[method], run64.ours[method], run64.references[method], floor)
     note = verdict.reason
     if verdict.passed and row.rel_error > FLAG_ABOVE:
-        note = (f"float32 rounding: ours {verdict.ours_float32_error:.1e}, iNNvestigate "
-                f"{verdict.reference_float32_error:.1e} from the float64 map")
-    return Row(**{**fields, "tolerance": verdict.allowed, "passed": verdict.passed,
-                  "rel_error_f64": verdict.float64_error, "ours_f32_error": verdict.ours_float32_error,
-                  "reference_f32_error": verdict.reference_float32_error, "note": note})
+        note = (
+            f"float32 rounding: ours {verdict.ours_float32_error:.1e}, iNNvestigate "
+            f"{verdict.reference_float32_error:.1e} from the float64 map"
+        )
+    return Row(
+        **{
+            **fields,
+            "tolerance": verdict.allowed,
+            "passed": verdict.passed,
+            "rel_error_f64": verdict.float64_error,
+            "ours_f32_error": verdict.ours_float32_error,
+            "reference_f32_error": verdict.reference_float32_error,
+            "note": note,
+        }
+    )
 
 
 def _has_input_rule(method: str) -> bool:
@@ -150,8 +183,9 @@ def terminal_summary(rows: list[Row], report: Path | None = None) -> str:
         lines += [f"  {r.model} {r.method}: {r.note}" for r in failed]
     flagged = sum(r.flagged for r in rows)
     if flagged:
-        lines.append(f"{flagged} passing rows differ by more than {FLAG_ABOVE:.0e} in float32 "
-                     f"(float32 rounding; see the report)")
+        lines.append(
+            f"{flagged} passing rows differ by more than {FLAG_ABOVE:.0e} in float32 (float32 rounding; see the report)"
+        )
     if report is not None:
         lines.append(f"report: {report}")
     lines.append(summary(rows))
@@ -171,10 +205,15 @@ def _commit() -> str:
     'not a git checkout'."""
     top = Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(["git", "-C", str(top), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(top), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(top), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(top), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "not a git checkout"
     return f"{head} + changes" if dirty else head
@@ -191,8 +230,8 @@ def run_context(started: float) -> dict[str, str]:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "signxai": f"{_version('signxai')} (commit {_commit()})",
         "versions": f"torch {torch.__version__}, zennit {_version('zennit')}, tensorflow {tf.__version__}, "
-                    f"keras {_version('keras')}, innvestigate {_version('innvestigate')}, numpy "
-                    f"{np.__version__}, python {platform.python_version()}",
+        f"keras {_version('keras')}, innvestigate {_version('innvestigate')}, numpy "
+        f"{np.__version__}, python {platform.python_version()}",
         "platform": platform.platform(),
         **describe(),
         "runtime": f"{time.time() - started:.0f} s",
@@ -206,8 +245,9 @@ def _fmt(value: float | None) -> str:
 
 
 def _table(header: list[str], lines: list[list[str]]) -> list[str]:
-    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(cell.replace("|", "/") for cell in line) + " |" for line in lines])
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(cell.replace("|", "/") for cell in line) + " |" for line in lines
+    ]
 
 
 def write_markdown(path: Path, rows: list[Row], context: dict) -> None:
@@ -215,38 +255,113 @@ def write_markdown(path: Path, rows: list[Row], context: dict) -> None:
     float32 with both frameworks' float32 errors, the run's context, then every row."""
     failed = [r for r in rows if not r.passed]
     flagged = sorted((r for r in rows if r.flagged), key=lambda r: -r.rel_error)
-    lines = ["# Parity report: signxai (PyTorch) vs iNNvestigate (TensorFlow)", "",
-             f"**{summary(rows)}** ({len(failed)} failing, {len(flagged)} passing rows above "
-             f"{FLAG_ABOVE:.0e} in float32)", ""]
-    lines += _table(["model", "passed", "rows"],
-                    [[model, str(passed), str(total)] for model, passed, total in model_summaries(rows)])
+    lines = [
+        "# Parity report: signxai (PyTorch) vs iNNvestigate (TensorFlow)",
+        "",
+        f"**{summary(rows)}** ({len(failed)} failing, {len(flagged)} passing rows above {FLAG_ABOVE:.0e} in float32)",
+        "",
+    ]
+    lines += _table(
+        ["model", "passed", "rows"],
+        [[model, str(passed), str(total)] for model, passed, total in model_summaries(rows)],
+    )
     lines += ["", f"Gate, the same for every row: {CRITERION}.", "", f"## Failures ({len(failed)})", ""]
-    lines += _table(["model", "method", "why", "f64 error", "ours f32 vs f64", "iNNvestigate f32 vs f64",
-                     "allowed"],
-                    [[r.model, r.method, r.note, _fmt(r.rel_error_f64), _fmt(r.ours_f32_error),
-                      _fmt(r.reference_f32_error), _fmt(r.tolerance)] for r in failed]) if failed else ["none"]
-    lines += ["", f"## Passing rows whose float32 maps differ by more than {FLAG_ABOVE:.0e} ({len(flagged)})",
-              "", "Each framework's float32 map against iNNvestigate's float64 map: when both are of one "
-              "size and the float64 maps agree, the difference is float32 rounding.", ""]
-    lines += _table(["model", "method", "ours f32 vs iNNvestigate f32", "ours f32 vs f64",
-                     "iNNvestigate f32 vs f64", "allowed", "f64 error"],
-                    [[r.model, r.method, _fmt(r.rel_error), _fmt(r.ours_f32_error), _fmt(r.reference_f32_error),
-                      _fmt(r.tolerance), _fmt(r.rel_error_f64)] for r in flagged]) if flagged else ["none"]
+    lines += (
+        _table(
+            ["model", "method", "why", "f64 error", "ours f32 vs f64", "iNNvestigate f32 vs f64", "allowed"],
+            [
+                [
+                    r.model,
+                    r.method,
+                    r.note,
+                    _fmt(r.rel_error_f64),
+                    _fmt(r.ours_f32_error),
+                    _fmt(r.reference_f32_error),
+                    _fmt(r.tolerance),
+                ]
+                for r in failed
+            ],
+        )
+        if failed
+        else ["none"]
+    )
+    lines += [
+        "",
+        f"## Passing rows whose float32 maps differ by more than {FLAG_ABOVE:.0e} ({len(flagged)})",
+        "",
+        "Each framework's float32 map against iNNvestigate's float64 map: when both are of one "
+        "size and the float64 maps agree, the difference is float32 rounding.",
+        "",
+    ]
+    lines += (
+        _table(
+            [
+                "model",
+                "method",
+                "ours f32 vs iNNvestigate f32",
+                "ours f32 vs f64",
+                "iNNvestigate f32 vs f64",
+                "allowed",
+                "f64 error",
+            ],
+            [
+                [
+                    r.model,
+                    r.method,
+                    _fmt(r.rel_error),
+                    _fmt(r.ours_f32_error),
+                    _fmt(r.reference_f32_error),
+                    _fmt(r.tolerance),
+                    _fmt(r.rel_error_f64),
+                ]
+                for r in flagged
+            ],
+        )
+        if flagged
+        else ["none"]
+    )
     lines += ["", "## Run", ""] + [f"- {key}: {value}" for key, value in context.items()]
     lines += ["", "## Every row", ""]
-    lines += _table(["model", "method", "f32 error", "f64 error", "ours f32 vs f64", "iNNvestigate f32 vs f64",
-                     "allowed", "max abs error", "correlation", "pass", "note"],
-                    [[r.model, r.method, _fmt(r.rel_error), _fmt(r.rel_error_f64), _fmt(r.ours_f32_error),
-                      _fmt(r.reference_f32_error), _fmt(r.tolerance), _fmt(r.max_abs_error),
-                      _fmt(r.correlation), ("yes" if r.passed else "**NO**") + (" (flag)" if r.flagged else ""),
-                      r.note] for r in rows])
+    lines += _table(
+        [
+            "model",
+            "method",
+            "f32 error",
+            "f64 error",
+            "ours f32 vs f64",
+            "iNNvestigate f32 vs f64",
+            "allowed",
+            "max abs error",
+            "correlation",
+            "pass",
+            "note",
+        ],
+        [
+            [
+                r.model,
+                r.method,
+                _fmt(r.rel_error),
+                _fmt(r.rel_error_f64),
+                _fmt(r.ours_f32_error),
+                _fmt(r.reference_f32_error),
+                _fmt(r.tolerance),
+                _fmt(r.max_abs_error),
+                _fmt(r.correlation),
+                ("yes" if r.passed else "**NO**") + (" (flag)" if r.flagged else ""),
+                r.note,
+            ]
+            for r in rows
+        ],
+    )
     path.write_text("\n".join(lines) + "\n")
 
 
 def write_json(path: Path, rows: list[Row], context: dict) -> None:
     """Write every row's metrics and the run's context, for CI archives."""
-    def clean(value):
+
+    def clean(value: Any) -> Any:
         return None if isinstance(value, float) and math.isnan(value) else value
+
     records = [{k: clean(v) for k, v in asdict(r).items()} | {"flagged": r.flagged} for r in rows]
     path.write_text(json.dumps({"context": context, "summary": summary(rows), "rows": records}, indent=1))
 
@@ -262,6 +377,7 @@ def write_figure(path: Path, runs: list[ModelRun], rows: list[Row]) -> None:
     our map, iNNvestigate's and their difference on the difference's own colour scale, each for
     the input where the two differ most."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -269,30 +385,33 @@ def write_figure(path: Path, runs: list[ModelRun], rows: list[Row]) -> None:
     shown = []
     for model, _, _ in model_summaries(rows):
         run = by_label.get(model)
-        compared = [r for r in rows if r.model == model and run is not None
-                    and r.method in run.ours and r.method in run.references]
+        if run is None:
+            continue
+        compared = [r for r in rows if r.model == model and r.method in run.ours and r.method in run.references]
         shown += [(run, r) for r in sorted(compared, key=lambda r: -r.rel_error)[:FIGURE_ROWS]]
     if not shown:
         raise ValueError("no compared method to draw")
     fig, axes = plt.subplots(len(shown), 3, figsize=(9, 2.4 * len(shown)), squeeze=False)
-    for line, (run, row) in zip(axes, shown):
+    for line, (run, row) in zip(axes, shown, strict=True):
         ours, ref = run.ours[row.method], run.references[row.method]
         worst = int(np.argmax(np.abs(ours - ref).reshape(len(ours), -1).max(axis=1)))
         ours, ref = _image(ours[worst]), _image(ref[worst])
         diff = ours - ref
         limit = float(np.max(np.abs(ref))) or 1.0
         spread = float(np.max(np.abs(diff))) or 1.0
-        titles = (f"{run.label}\n{row.method}\nsignxai, input {worst}", "\n\niNNvestigate",
-                  f"\ndifference: max {np.max(np.abs(diff)):.1e}\nrel. {row.rel_error:.1e}"
-                  + (f", allowed {row.tolerance:.0e}" if row.ours_f32_error is not None else ""))
-        for ax, image, title, scale in zip(line, (ours, ref, diff), titles, (limit, limit, spread)):
+        titles = (
+            f"{run.label}\n{row.method}\nsignxai, input {worst}",
+            "\n\niNNvestigate",
+            f"\ndifference: max {np.max(np.abs(diff)):.1e}\nrel. {row.rel_error:.1e}"
+            + (f", allowed {row.tolerance:.0e}" if row.ours_f32_error is not None else ""),
+        )
+        for ax, image, title, scale in zip(line, (ours, ref, diff), titles, (limit, limit, spread), strict=True):
             drawn = ax.imshow(image, cmap="bwr", vmin=-scale, vmax=scale, aspect="auto")
             ax.set_title(title, fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
             fig.colorbar(drawn, ax=ax, fraction=0.046)
-    fig.suptitle("Per model, the rows whose float32 maps differ most; each difference on its own scale",
-                 fontsize=9)
+    fig.suptitle("Per model, the rows whose float32 maps differ most; each difference on its own scale", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -314,6 +433,7 @@ def format_table(records: list[dict]) -> str:
     str
         An aligned plain-text table, one line per row after a header.
     """
+
     def shown(value: float | None) -> str:
         return "-" if value is None else "nan" if math.isnan(value) else f"{value:.2e}"
 
@@ -322,6 +442,8 @@ def format_table(records: list[dict]) -> str:
     for r in records:
         gated = r["ours_f32_error"] if r["ours_f32_error"] is not None else r["rel_error"]
         note = f"  {r['note']}" if r["note"] and not r["passed"] else ""
-        lines.append(f"{r['method']:<{width}}  {shown(gated):>9}  {r['tolerance']:>8.1e}  "
-                     f"{shown(r['rel_error_f64']):>9}  {'yes' if r['passed'] else 'NO'}{note}")
+        lines.append(
+            f"{r['method']:<{width}}  {shown(gated):>9}  {r['tolerance']:>8.1e}  "
+            f"{shown(r['rel_error_f64']):>9}  {'yes' if r['passed'] else 'NO'}{note}"
+        )
     return "\n".join(lines)

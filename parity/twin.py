@@ -81,8 +81,9 @@ import contextlib
 import copy
 import math
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, cast
 
 import numpy as np
 import tensorflow as tf
@@ -334,6 +335,7 @@ class Twin:
         keras_model = self.keras_model if keras_model is None else keras_model
         rng = np.random.default_rng(seed)
         x = rng.standard_normal((batch, *self.input_shape)).astype(self.dtype)
+        assert self._graph_module is not None, "verify needs the twin as to_keras builds it"
         torch_acts = _record(_eval_copy(self._graph_module, self.dtype), torch.from_numpy(x))
         x = to_channels_last(x)
         output = keras_model.predict(x, verbose=0)
@@ -341,8 +343,7 @@ class Twin:
         error = _checkpoint_error(final, output, torch_acts)
         if error > rtol:
             layer_errors = (
-                (c, _checkpoint_error(c, _layer_output(keras_model, c.layer, x), torch_acts))
-                for c in self._checkpoints
+                (c, _checkpoint_error(c, _layer_output(keras_model, c.layer, x), torch_acts)) for c in self._checkpoints
             )
             first, first_error = next((c, e) for c, e in layer_errors if e > rtol)
             raise TwinMismatchError(
@@ -411,15 +412,11 @@ def to_keras(
     try:
         outputs = _record(reference, sample)
     except Exception as error:
-        raise ValueError(
-            f"{type(model).__name__} does not accept inputs of shape {input_shape}: {error}"
-        ) from error
+        raise ValueError(f"{type(model).__name__} does not accept inputs of shape {input_shape}: {error}") from error
     converter = _Converter(graph, reference, outputs, keep_softmax)
     output = converter.convert()
     if not converter.specs:
-        raise UnsupportedLayerError(
-            f"{type(model).__name__} (the model itself) has no layer with a Keras counterpart"
-        )
+        raise UnsupportedLayerError(f"{type(model).__name__} (the model itself) has no layer with a Keras counterpart")
     hidden_reason = _hidden_reason(converter.specs)
     twin = Twin(
         keras_model=_build(converter.specs, input_shape, dtype, output),
@@ -488,7 +485,7 @@ def _record(module: fx.GraphModule, x: torch.Tensor) -> dict[str, Any]:
 def _describe(node: fx.Node, root: nn.Module) -> str:
     """Name a node for error messages: its module type and path in the model."""
     if node.op == "call_module":
-        module = root.get_submodule(node.target)
+        module = root.get_submodule(cast(str, node.target))  # a module path
         return f"{type(module).__name__} at '{node.target}'"
     if node.op == "call_method":
         operation = f"Tensor.{node.target}"
@@ -639,7 +636,9 @@ class _Step:
     output shape."""
 
     node: Node
-    module: nn.Module | None
+    #: the called module, of the class the node's kind dispatches on (a conv, a pooling layer,
+    #: ...), or None for a functional node
+    module: Any
     inputs: list[_Value]
     out_shape: tuple[int, ...]
     is_last: bool
@@ -661,8 +660,7 @@ class _Converter:
         Keep a final Softmax.
     """
 
-    def __init__(self, graph: ModelGraph, root: fx.GraphModule, outputs: dict[str, Any],
-                 keep_softmax: bool):
+    def __init__(self, graph: ModelGraph, root: fx.GraphModule, outputs: dict[str, Any], keep_softmax: bool):
         self.graph = graph
         self.root = root
         self.outputs = outputs
@@ -743,8 +741,7 @@ class _Converter:
         value = self._relayout(value, _channels_last(value.rank), self.graph[result.name])
         if value.name == _INPUT:
             raise UnsupportedLayerError(
-                f"{type(self.root).__name__} (the model itself) has no layer with a Keras "
-                "counterpart"
+                f"{type(self.root).__name__} (the model itself) has no layer with a Keras counterpart"
             )
         return value.name
 
@@ -752,9 +749,7 @@ class _Converter:
         """Shape of a node's output without the batch axis."""
         value = self.outputs[node.name]
         if not isinstance(value, torch.Tensor) or value.ndim == 0 or value.shape[0] != _SHAPE_BATCH:
-            raise UnsupportedLayerError(
-                f"{_describe(node.fx, self.root)} does not return a batch of tensors"
-            )
+            raise UnsupportedLayerError(f"{_describe(node.fx, self.root)} does not return a batch of tensors")
         return tuple(value.shape[1:])
 
     def _convert_node(self, node: Node) -> None:
@@ -763,8 +758,7 @@ class _Converter:
         handler = self._handlers.get(node.kind.name)
         if activation is None and handler is None:
             raise UnsupportedLayerError(
-                f"{_describe(node.fx, self.root)} is not supported by the Keras twin "
-                f"(graph kind {node.kind.name!r})"
+                f"{_describe(node.fx, self.root)} is not supported by the Keras twin (graph kind {node.kind.name!r})"
             )
         module = self.root.get_submodule(node.target) if node.op == "call_module" else None
         step = _Step(
@@ -778,9 +772,8 @@ class _Converter:
             self._activation(step, activation)
             return
         if node.kind.name not in ("add", "gate", "concat") and len(step.inputs) != 1:
-            raise self._unsupported(
-                step, f"takes {len(step.inputs)} tensors; the twin expects one here"
-            )
+            raise self._unsupported(step, f"takes {len(step.inputs)} tensors; the twin expects one here")
+        assert handler is not None  # refused above when there is neither an activation nor a handler
         handler(step)
 
     # -- bookkeeping ------------------------------------------------------
@@ -831,8 +824,9 @@ class _Converter:
         The output gets ``layout`` (channels-last by default) and ``perm``.
         """
         name = self._keras_name(self._base_name(step.node))
-        spec = _LayerSpec(cls, {**config, "name": name}, tuple(v.name for v in inputs),
-                          initial or {}, call_kwargs or {})
+        spec = _LayerSpec(
+            cls, {**config, "name": name}, tuple(v.name for v in inputs), initial or {}, call_kwargs or {}
+        )
         self._add_spec(spec)
         self._specs_by_node[step.node.name] = spec
         if step.module is not None:
@@ -843,8 +837,16 @@ class _Converter:
         self._values[step.node.name] = value
         return value
 
-    def _helper(self, step: _Step, suffix: str, cls: type, config: dict[str, Any],
-                source: _Value, shape: tuple[int, ...], layout: tuple[int, ...]) -> _Value:
+    def _helper(
+        self,
+        step: _Step,
+        suffix: str,
+        cls: type,
+        config: dict[str, Any],
+        source: _Value,
+        shape: tuple[int, ...],
+        layout: tuple[int, ...],
+    ) -> _Value:
         """Add a Keras layer with no PyTorch node of its own (padding, a layout change)."""
         name = self._keras_name(f"{self._base_name(step.node)}_{suffix}")
         self._add_spec(_LayerSpec(cls, {**config, "name": name}, (source.name,)))
@@ -862,8 +864,7 @@ class _Converter:
             return value
         dims = tuple(value.layout.index(axis) + 1 for axis in layout)
         name = self._keras_name(f"{self._base_name(node)}_permute")
-        self._add_spec(_LayerSpec(tf.keras.layers.Permute, {"dims": dims, "name": name},
-                                  (value.name,)))
+        self._add_spec(_LayerSpec(tf.keras.layers.Permute, {"dims": dims, "name": name}, (value.name,)))
         self.checkpoints.append(_Checkpoint(node.name, name, node.name, layout))
         return _Value(name, value.shape, layout, None, value.nonnegative)
 
@@ -872,16 +873,14 @@ class _Converter:
         axes and brought to channels-last."""
         value = step.inputs[0]
         if value.rank != expected + 1:
-            raise self._unsupported(
-                step, f"gets an input of shape {value.shape}, expected {expected} spatial axes"
-            )
+            raise self._unsupported(step, f"gets an input of shape {value.shape}, expected {expected} spatial axes")
         return self._relayout(value, _channels_last(value.rank), step.node)
 
     def _zero_pad(self, step: _Step, value: _Value, pads: tuple[tuple[int, int], ...]) -> _Value:
         """Add an explicit ZeroPadding layer on a channels-last ``value``."""
         cls = tf.keras.layers.ZeroPadding1D if len(pads) == 1 else tf.keras.layers.ZeroPadding2D
         padding = pads[0] if len(pads) == 1 else pads
-        shape = (value.shape[0], *(s + a + b for s, (a, b) in zip(value.shape[1:], pads)))
+        shape = (value.shape[0], *(s + a + b for s, (a, b) in zip(value.shape[1:], pads, strict=True)))
         return self._helper(step, "pad", cls, {"padding": padding}, value, shape, value.layout)
 
     # -- handlers ---------------------------------------------------------
@@ -893,12 +892,14 @@ class _Converter:
             raise self._unsupported(step, f"takes {len(step.inputs)} tensors")
         if activation.keras_layer is None:
             raise self._unsupported(
-                step, f"is a {activation.name} activation with these parameters, which no Keras "
-                "layer that iNNvestigate analyses computes"
+                step,
+                f"is a {activation.name} activation with these parameters, which no Keras "
+                "layer that iNNvestigate analyses computes",
             )
         value = step.inputs[0]
         nonnegative = activation.name in _NONNEGATIVE
-        spec = self._specs_by_node.get(step.node.fused_into)
+        fused_into = step.node.fused_into
+        spec = None if fused_into is None else self._specs_by_node.get(fused_into)
         if spec is not None and spec.config.get("activation", "") is None:
             spec.config["activation"] = activation.keras_config["activation"]
             checkpoint = next(c for c in self.checkpoints if c.layer == spec.config["name"])
@@ -906,13 +907,18 @@ class _Converter:
             checkpoint.label = f"{checkpoint.label} + {self._label(step)}"
             if step.module is not None:
                 self.layer_names[step.node.target] = spec.config["name"]
-            self._values[step.node.name] = _Value(
-                value.name, value.shape, value.layout, value.perm, nonnegative
-            )
+            self._values[step.node.name] = _Value(value.name, value.shape, value.layout, value.perm, nonnegative)
             return
         cls = _KERAS_ACTIVATION_LAYERS[activation.keras_layer]
-        self._emit(step, cls, dict(activation.keras_config), [value], layout=value.layout,
-                   perm=value.perm, nonnegative=nonnegative)
+        self._emit(
+            step,
+            cls,
+            dict(activation.keras_config),
+            [value],
+            layout=value.layout,
+            perm=value.perm,
+            nonnegative=nonnegative,
+        )
 
     def _identity(self, step: _Step) -> None:
         """Dropout, Identity, ``contiguous``: no Keras layer in eval mode."""
@@ -934,8 +940,7 @@ class _Converter:
         if value.rank != 1 or dim not in (None, 1, -1):
             raise self._unsupported(step, f"is a softmax over dim {dim} of a non-flat tensor")
         if self.keep_softmax:
-            self._emit(step, tf.keras.layers.Activation, {"activation": "softmax"}, [value],
-                       perm=value.perm)
+            self._emit(step, tf.keras.layers.Activation, {"activation": "softmax"}, [value], perm=value.perm)
         else:
             self._alias(step, value)
 
@@ -950,18 +955,26 @@ class _Converter:
             self._alias(step, value)
         elif step.out_shape == (math.prod(value.shape),):
             perm = _feature_order(value.shape, value.layout)
-            self._emit(step, tf.keras.layers.Flatten, {}, [value], layout=(0,), perm=perm,
-                       nonnegative=value.nonnegative)
+            self._emit(
+                step, tf.keras.layers.Flatten, {}, [value], layout=(0,), perm=perm, nonnegative=value.nonnegative
+            )
         elif value.perm is not None:
             raise self._unsupported(
-                step, f"reshapes flattened spatial features {value.shape} to {step.out_shape}; "
-                "their Keras order differs from PyTorch's"
+                step,
+                f"reshapes flattened spatial features {value.shape} to {step.out_shape}; "
+                "their Keras order differs from PyTorch's",
             )
         else:
             value = self._relayout(value, tuple(range(value.rank)), step.node)
             layout = tuple(range(len(step.out_shape)))
-            self._emit(step, tf.keras.layers.Reshape, {"target_shape": step.out_shape}, [value],
-                       layout=layout, nonnegative=value.nonnegative)
+            self._emit(
+                step,
+                tf.keras.layers.Reshape,
+                {"target_shape": step.out_shape},
+                [value],
+                layout=layout,
+                nonnegative=value.nonnegative,
+            )
 
     def _permute(self, step: _Step) -> None:
         """``permute``/``transpose`` of non-batch axes: only the recorded layout changes."""
@@ -972,7 +985,7 @@ class _Converter:
             order = list(range(rank))
             order[first], order[second] = second, first
         else:
-            dims = node.args[1:] if node.op == "call_method" else (node.args[1],)
+            dims: Any = node.args[1:] if node.op == "call_method" else (node.args[1],)  # fx arguments
             if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
                 dims = dims[0]
             order = list(_dims(tuple(dims), rank))
@@ -980,28 +993,33 @@ class _Converter:
             raise self._unsupported(step, "moves the batch axis")
         moved = [axis - 1 for axis in order[1:]]  # output axis i is input axis moved[i]
         layout = tuple(moved.index(axis) for axis in value.layout)
-        self._values[node.name] = _Value(value.name, step.out_shape, layout, value.perm,
-                                         value.nonnegative)
+        self._values[node.name] = _Value(value.name, step.out_shape, layout, value.perm, value.nonnegative)
 
     def _merge(self, step: _Step) -> None:
         """Add or Multiply of two tensors (Multiply broadcasts, e.g. a gate)."""
         kind = "add" if step.node.kind.name == "add" else "product"
         if len(step.inputs) != 2 or (kind == "add" and "alpha" in step.node.fx.kwargs):
             raise self._unsupported(
-                step, f"combines {len(step.inputs)} tensor(s) with constants; the twin supports "
-                f"the {kind} of exactly two tensors"
+                step,
+                f"combines {len(step.inputs)} tensor(s) with constants; the twin supports "
+                f"the {kind} of exactly two tensors",
             )
         shapes = [v.shape for v in step.inputs]
         if kind == "add" and shapes[0] != shapes[1]:
-            raise self._unsupported(
-                step, f"adds tensors of shapes {shapes}; Add needs equal shapes"
-            )
+            raise self._unsupported(step, f"adds tensors of shapes {shapes}; Add needs equal shapes")
         if len({len(s) for s in shapes}) != 1:
             raise self._unsupported(step, f"broadcasts tensors of shapes {shapes} across ranks")
         values = self._common_layout(step, step.inputs)
         cls = tf.keras.layers.Add if kind == "add" else tf.keras.layers.Multiply
-        self._emit(step, cls, {}, values, layout=values[0].layout, perm=values[0].perm,
-                   nonnegative=all(v.nonnegative for v in values))
+        self._emit(
+            step,
+            cls,
+            {},
+            values,
+            layout=values[0].layout,
+            perm=values[0].perm,
+            nonnegative=all(v.nonnegative for v in values),
+        )
 
     def _common_layout(self, step: _Step, values: list[_Value]) -> list[_Value]:
         """The values in one Keras layout: theirs if they agree, else channels-last."""
@@ -1010,9 +1028,7 @@ class _Converter:
         ):
             return values
         if any(v.perm is not None for v in values):
-            raise self._unsupported(
-                step, "combines flattened tensors whose Keras feature orders differ"
-            )
+            raise self._unsupported(step, "combines flattened tensors whose Keras feature orders differ")
         return [self._relayout(v, _channels_last(v.rank), step.node) for v in values]
 
     def _cat(self, step: _Step) -> None:
@@ -1027,14 +1043,23 @@ class _Converter:
         perm = None
         if any(v.perm is not None for v in values):
             offsets = np.cumsum([0] + [v.shape[0] for v in values[:-1]])
-            perm = np.concatenate([
-                offset + (np.arange(v.shape[0]) if v.perm is None else v.perm)
-                for v, offset in zip(values, offsets)
-            ])
+            perm = np.concatenate(
+                [
+                    offset + (np.arange(v.shape[0]) if v.perm is None else v.perm)
+                    for v, offset in zip(values, offsets, strict=True)
+                ]
+            )
         layout = values[0].layout
         axis = layout.index(dim - 1) - len(layout)  # negative, as keras.applications writes it
-        self._emit(step, tf.keras.layers.Concatenate, {"axis": axis}, values, layout=layout,
-                   perm=perm, nonnegative=all(v.nonnegative for v in values))
+        self._emit(
+            step,
+            tf.keras.layers.Concatenate,
+            {"axis": axis},
+            values,
+            layout=layout,
+            perm=perm,
+            nonnegative=all(v.nonnegative for v in values),
+        )
 
     def _conv(self, step: _Step) -> None:
         """Conv1d/Conv2d as Conv1D/2D, DepthwiseConv1D/2D or grouped Conv1D/2D (plus
@@ -1043,9 +1068,7 @@ class _Converter:
         rank = self._kernel_rank(step)
         value = self._spatial_input(step, rank)
         if conv.padding_mode != "zeros":
-            raise self._unsupported(
-                step, f"has padding_mode={conv.padding_mode!r}; only zero padding is supported"
-            )
+            raise self._unsupported(step, f"has padding_mode={conv.padding_mode!r}; only zero padding is supported")
         strides, dilations = _ntuple(conv.stride, rank), _ntuple(conv.dilation, rank)
         if max(strides) > 1 and max(dilations) > 1:
             raise self._unsupported(
@@ -1055,10 +1078,8 @@ class _Converter:
         if isinstance(conv.padding, str):
             padding, explicit = conv.padding, None
         else:
-            effective = tuple(d * (k - 1) + 1 for k, d in zip(kernels, dilations))
-            padding, explicit = _keras_padding(
-                value.shape[1:], effective, strides, _ntuple(conv.padding, rank)
-            )
+            effective = tuple(d * (k - 1) + 1 for k, d in zip(kernels, dilations, strict=True))
+            padding, explicit = _keras_padding(value.shape[1:], effective, strides, _ntuple(conv.padding, rank))
         if explicit is not None:
             value = self._zero_pad(step, value, tuple((p, p) for p in explicit))
         weight = _numpy(conv.weight)  # (out, in / groups, *kernel)
@@ -1099,16 +1120,13 @@ class _Converter:
         rank = self._kernel_rank(step)
         value = self._spatial_input(step, rank)
         if conv.groups != 1 or max(_ntuple(conv.dilation, rank)) > 1:
-            raise self._unsupported(
-                step, "has groups > 1 or dilation > 1, which the twin's Conv2DTranspose lacks"
-            )
+            raise self._unsupported(step, "has groups > 1 or dilation > 1, which the twin's Conv2DTranspose lacks")
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise self._unsupported(step, "does not use numeric zero padding")
         kernels, strides = _ntuple(conv.kernel_size, rank), _ntuple(conv.stride, rank)
         pads = _ntuple(conv.padding, rank)
         # weight (in, out, *kernel) -> Keras (*kernel, out, in)
-        initial = {"kernel_initializer": np.transpose(_numpy(conv.weight),
-                                                      (*range(2, rank + 2), 1, 0))}
+        initial = {"kernel_initializer": np.transpose(_numpy(conv.weight), (*range(2, rank + 2), 1, 0))}
         if conv.bias is not None:
             initial["bias_initializer"] = _numpy(conv.bias)
         config = {
@@ -1124,8 +1142,10 @@ class _Converter:
         if not any(pads):
             self._emit(step, cls, config, [value], initial=initial)
             return
-        full = tuple((s - 1) * st + k + op for s, st, k, op in
-                     zip(value.shape[1:], strides, kernels, config["output_padding"]))
+        full = tuple(
+            (s - 1) * st + k + op
+            for s, st, k, op in zip(value.shape[1:], strides, kernels, config["output_padding"], strict=True)
+        )
         name = self._keras_name(f"{self._base_name(step.node)}_full")
         self._add_spec(_LayerSpec(cls, {**config, "name": name}, (value.name,), initial))
         full_value = _Value(name, (conv.out_channels, *full), value.layout)
@@ -1137,9 +1157,7 @@ class _Converter:
         """Linear as Dense, its input weights permuted to Keras' feature order."""
         linear, value = step.module, step.inputs[0]
         if value.rank != 1:
-            raise self._unsupported(
-                step, f"gets an input of shape {value.shape}; the twin needs flat features"
-            )
+            raise self._unsupported(step, f"gets an input of shape {value.shape}; the twin needs flat features")
         kernel = _numpy(linear.weight).T
         if value.perm is not None:
             kernel = kernel[value.perm]
@@ -1165,8 +1183,7 @@ class _Converter:
         names = ["moving_mean_initializer", "moving_variance_initializer"]
         params = [bn.running_mean, bn.running_var]
         if bn.affine:
-            names, params = ["gamma_initializer", "beta_initializer", *names], [
-                bn.weight, bn.bias, *params]
+            names, params = ["gamma_initializer", "beta_initializer", *names], [bn.weight, bn.bias, *params]
         arrays = [_numpy(p) for p in params]
         if value.perm is not None:
             arrays = [a[value.perm] for a in arrays]
@@ -1177,9 +1194,16 @@ class _Converter:
             "scale": bn.affine,
             "fused": False,
         }
-        self._emit(step, tf.keras.layers.BatchNormalization, config, [value],
-                   initial=dict(zip(names, arrays)), call_kwargs={"training": False},
-                   layout=value.layout, perm=value.perm)
+        self._emit(
+            step,
+            tf.keras.layers.BatchNormalization,
+            config,
+            [value],
+            initial=dict(zip(names, arrays, strict=True)),
+            call_kwargs={"training": False},
+            layout=value.layout,
+            perm=value.perm,
+        )
 
     def _pool_geometry(self, step: _Step, value: _Value, rank: int) -> tuple:
         """Pool sizes, strides and PyTorch padding of a pooling step, with the Keras padding
@@ -1188,12 +1212,20 @@ class _Converter:
         kernels, strides = _ntuple(pool.kernel_size, rank), _ntuple(pool.stride, rank)
         pads = _ntuple(pool.padding, rank)
         padding, explicit = _keras_padding(value.shape[1:], kernels, strides, pads)
-        if explicit is not None:
-            explicit = tuple((pad, pad) for pad in explicit)
-        return kernels, strides, pads, padding, explicit
+        pairs = None if explicit is None else tuple((pad, pad) for pad in explicit)
+        return kernels, strides, pads, padding, pairs
 
-    def _emit_pool(self, step: _Step, value: _Value, classes: tuple, rank: int, kernels,
-                   strides, padding: str, explicit) -> None:
+    def _emit_pool(
+        self,
+        step: _Step,
+        value: _Value,
+        classes: tuple,
+        rank: int,
+        kernels: tuple[int, ...],
+        strides: tuple[int, ...],
+        padding: str,
+        explicit: tuple[tuple[int, int], ...] | None,
+    ) -> None:
         """Emit the explicit zero padding (pairs before/after each axis, if any), then the Keras
         pooling layer of ``rank``."""
         if explicit is not None:
@@ -1213,8 +1245,9 @@ class _Converter:
         """
         if not isinstance(step.module, (nn.MaxPool1d, nn.MaxPool2d)):
             raise self._unsupported(
-                step, "is a max pooling other than nn.MaxPool1d/2d (functional, adaptive or "
-                "3-d), which the twin does not reproduce"
+                step,
+                "is a max pooling other than nn.MaxPool1d/2d (functional, adaptive or "
+                "3-d), which the twin does not reproduce",
             )
         pool, rank = step.module, self._pool_rank(step)
         value = self._spatial_input(step, rank)
@@ -1223,12 +1256,13 @@ class _Converter:
         kernels, strides, pads, padding, explicit = self._pool_geometry(step, value, rank)
         overhang = tuple(
             (out - 1) * stride + kernel - (size + 2 * pad)
-            for out, stride, kernel, size, pad in
-            zip(step.out_shape[1:], strides, kernels, value.shape[1:], pads)
+            for out, stride, kernel, size, pad in zip(
+                step.out_shape[1:], strides, kernels, value.shape[1:], pads, strict=True
+            )
         )
         if pool.ceil_mode and max(overhang) > 0:
             padding = "valid"
-            explicit = tuple((pad, pad + max(extra, 0)) for pad, extra in zip(pads, overhang))
+            explicit = tuple((pad, pad + max(extra, 0)) for pad, extra in zip(pads, overhang, strict=True))
         if explicit is not None and not value.nonnegative:
             raise self._unsupported(
                 step,
@@ -1252,8 +1286,9 @@ class _Converter:
             return
         if not isinstance(step.module, (nn.AvgPool1d, nn.AvgPool2d)):
             raise self._unsupported(
-                step, "is an average pooling other than nn.AvgPool1d/2d and adaptive pooling "
-                "(functional or 3-d), which the twin does not reproduce"
+                step,
+                "is an average pooling other than nn.AvgPool1d/2d and adaptive pooling "
+                "(functional or 3-d), which the twin does not reproduce",
             )
         pool, rank = step.module, self._pool_rank(step)
         value = self._spatial_input(step, rank)
@@ -1265,8 +1300,7 @@ class _Converter:
         if explicit is not None and not pool.count_include_pad:
             raise self._unsupported(
                 step,
-                f"pads by {pads} with count_include_pad=False, which Keras 'same' cannot "
-                "reproduce here",
+                f"pads by {pads} with count_include_pad=False, which Keras 'same' cannot reproduce here",
             )
         classes = (tf.keras.layers.AveragePooling1D, tf.keras.layers.AveragePooling2D)
         self._emit_pool(step, value, classes, rank, kernels, strides, padding, explicit)
@@ -1282,16 +1316,21 @@ class _Converter:
         value = self._spatial_input(step, rank)
         sizes = value.shape[1:]
         requested = _ntuple(requested, rank)
-        targets = tuple(size if out is None else out for size, out in zip(sizes, requested))
+        targets = tuple(size if out is None else out for size, out in zip(sizes, requested, strict=True))
         if targets == sizes:
             self._alias(step, value)
         elif all(t == 1 for t in targets):
             self._global_average(step, value, keepdims=True)
-        elif all(size % t == 0 for size, t in zip(sizes, targets)):
-            windows = tuple(size // t for size, t in zip(sizes, targets))
+        elif all(size % t == 0 for size, t in zip(sizes, targets, strict=True)):
+            windows = tuple(size // t for size, t in zip(sizes, targets, strict=True))
             cls = (tf.keras.layers.AveragePooling1D, tf.keras.layers.AveragePooling2D)[rank - 1]
-            self._emit(step, cls, {"pool_size": windows, "strides": windows, "padding": "valid"},
-                       [value], nonnegative=value.nonnegative)
+            self._emit(
+                step,
+                cls,
+                {"pool_size": windows, "strides": windows, "padding": "valid"},
+                [value],
+                nonnegative=value.nonnegative,
+            )
         else:
             raise self._unsupported(
                 step,
@@ -1300,8 +1339,7 @@ class _Converter:
 
     def _global_average(self, step: _Step, value: _Value, keepdims: bool) -> None:
         """GlobalAveragePooling1D/2D over a channels-last ``value``."""
-        cls = (tf.keras.layers.GlobalAveragePooling1D,
-               tf.keras.layers.GlobalAveragePooling2D)[value.rank - 2]
+        cls = (tf.keras.layers.GlobalAveragePooling1D, tf.keras.layers.GlobalAveragePooling2D)[value.rank - 2]
         self._emit(step, cls, {"keepdims": keepdims}, [value], nonnegative=value.nonnegative)
 
     def _mean(self, step: _Step) -> None:
@@ -1312,8 +1350,9 @@ class _Converter:
         keepdim = bool(_arg(step.node.fx, 2, "keepdim", False))
         if dims is None or set(_dims(dims, rank)) != set(range(2, rank)) or rank not in (3, 4):
             raise self._unsupported(
-                step, f"averages over dims {dims}; the twin supports the mean over all spatial "
-                "axes of a 1-d or 2-d feature map"
+                step,
+                f"averages over dims {dims}; the twin supports the mean over all spatial "
+                "axes of a 1-d or 2-d feature map",
             )
         self._global_average(step, self._spatial_input(step, rank - 2), keepdims=keepdim)
 
@@ -1326,19 +1365,23 @@ class _Converter:
         value = step.inputs[0]
         value = self._spatial_input(step, value.rank - 1)
         sizes, targets = value.shape[1:], step.out_shape[1:]
-        if mode != "nearest" or any(t % s for s, t in zip(sizes, targets)) or len(sizes) > 2:
+        if mode != "nearest" or any(t % s for s, t in zip(sizes, targets, strict=True)) or len(sizes) > 2:
             raise self._unsupported(
-                step, f"upsamples {sizes} to {targets} in mode {mode!r}; the twin supports "
-                "nearest upsampling of 1-d or 2-d maps by integer factors"
+                step,
+                f"upsamples {sizes} to {targets} in mode {mode!r}; the twin supports "
+                "nearest upsampling of 1-d or 2-d maps by integer factors",
             )
-        factors = tuple(t // s for s, t in zip(sizes, targets))
+        factors = tuple(t // s for s, t in zip(sizes, targets, strict=True))
         if len(factors) == 1:
-            self._emit(step, tf.keras.layers.UpSampling1D, {"size": factors[0]}, [value],
-                       nonnegative=value.nonnegative)
+            self._emit(step, tf.keras.layers.UpSampling1D, {"size": factors[0]}, [value], nonnegative=value.nonnegative)
         else:
-            self._emit(step, tf.keras.layers.UpSampling2D,
-                       {"size": factors, "interpolation": "nearest"}, [value],
-                       nonnegative=value.nonnegative)
+            self._emit(
+                step,
+                tf.keras.layers.UpSampling2D,
+                {"size": factors, "interpolation": "nearest"},
+                [value],
+                nonnegative=value.nonnegative,
+            )
 
     def _pad(self, step: _Step) -> None:
         """Constant zero padding of the spatial axes as ZeroPadding1D/2D."""
@@ -1350,13 +1393,19 @@ class _Converter:
             fill = _arg(step.node.fx, 3, "value", None) or 0.0
         value = step.inputs[0]
         spatial = value.rank - 1
-        pairs = [tuple(pad[i:i + 2]) for i in range(0, len(pad), 2)][::-1]  # first axis first
+        pairs = [tuple(pad[i : i + 2]) for i in range(0, len(pad), 2)][::-1]  # first axis first
         pairs = [(0, 0)] * (spatial - len(pairs)) + pairs
-        if mode != "constant" or fill != 0 or len(pairs) != spatial or spatial not in (1, 2) \
-                or min(min(p) for p in pairs) < 0:
+        if (
+            mode != "constant"
+            or fill != 0
+            or len(pairs) != spatial
+            or spatial not in (1, 2)
+            or min(min(p) for p in pairs) < 0
+        ):
             raise self._unsupported(
-                step, f"pads {pad} in mode {mode!r} with value {fill}; the twin supports "
-                "non-negative zero padding of the spatial axes of 1-d or 2-d maps"
+                step,
+                f"pads {pad} in mode {mode!r} with value {fill}; the twin supports "
+                "non-negative zero padding of the spatial axes of 1-d or 2-d maps",
             )
         value = self._spatial_input(step, spatial)
         cls = (tf.keras.layers.ZeroPadding1D, tf.keras.layers.ZeroPadding2D)[spatial - 1]
@@ -1392,8 +1441,7 @@ def _hidden_reason(specs: list[_LayerSpec]) -> str | None:
     kernel_upstream: dict[str, bool] = {_INPUT: False}
     for spec in specs:  # in graph order
         kernel_upstream[spec.config["name"]] = any(
-            kernel_upstream[name] or (name != _INPUT and _is_kernel_layer(by_name[name]))
-            for name in spec.inputs
+            kernel_upstream[name] or (name != _INPUT and _is_kernel_layer(by_name[name])) for name in spec.inputs
         )
 
     def blocker(spec: _LayerSpec) -> _LayerSpec | None:
@@ -1433,8 +1481,7 @@ def _hidden_reason(specs: list[_LayerSpec]) -> str | None:
 # Keras side
 
 
-def _build(specs: list[_LayerSpec], input_shape: tuple[int, ...], dtype: str,
-           output: str) -> tf.keras.Model:
+def _build(specs: list[_LayerSpec], input_shape: tuple[int, ...], dtype: str, output: str) -> tf.keras.Model:
     """Build a new functional Keras model from layer specs.
 
     Weights enter through ``Constant`` initializers, and in graph mode one
@@ -1447,9 +1494,7 @@ def _build(specs: list[_LayerSpec], input_shape: tuple[int, ...], dtype: str,
     tensors = {_INPUT: inputs}
     grouped = []
     for spec in specs:
-        initializers = {
-            key: tf.keras.initializers.Constant(array) for key, array in spec.initial.items()
-        }
+        initializers = {key: tf.keras.initializers.Constant(array) for key, array in spec.initial.items()}
         layer = spec.cls(**spec.config, **initializers, dtype=dtype)
         args = [tensors[name] for name in spec.inputs]
         result = layer(args if len(args) > 1 else args[0], **spec.call_kwargs)
@@ -1476,9 +1521,7 @@ def _layer_output(model: tf.keras.Model, name: str, x: np.ndarray) -> np.ndarray
     return tf.keras.Model(model.inputs, model.get_layer(name).output).predict(x, verbose=0)
 
 
-def _keras_to_torch_layout(
-    x: np.ndarray, layout: tuple[int, ...], perm: np.ndarray | None
-) -> np.ndarray:
+def _keras_to_torch_layout(x: np.ndarray, layout: tuple[int, ...], perm: np.ndarray | None) -> np.ndarray:
     """Bring a Keras activation (batch axis first) into PyTorch's layout."""
     if len(layout) > 1:
         return np.transpose(x, (0, *(1 + layout.index(axis) for axis in range(len(layout)))))
@@ -1489,9 +1532,7 @@ def _keras_to_torch_layout(
     return out
 
 
-def _checkpoint_error(
-    checkpoint: _Checkpoint, keras_act: np.ndarray, torch_acts: dict[str, Any]
-) -> float:
+def _checkpoint_error(checkpoint: _Checkpoint, keras_act: np.ndarray, torch_acts: dict[str, Any]) -> float:
     """Relative error of a Keras activation against the PyTorch node it stands for."""
     expected = torch_acts[checkpoint.node].numpy()
     actual = _keras_to_torch_layout(keras_act, checkpoint.layout, checkpoint.perm)

@@ -25,6 +25,7 @@ float32 job of resnet18 at 65x65 took 1234 s (about 15 CPU minutes) on a shared 
 the alexnet float64 job reached 24 GB and was killed for memory there. Run one model while
 developing (``python -m parity.zoo --models resnet18``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,7 @@ from torch import nn
 
 from .compare import FLOAT32_FLOOR, FORMULA_TOLERANCE, ROUNDING_FACTOR, Verdict, judge
 
-__all__ = ["ZooModel", "ZOO", "METHODS", "build", "calibrate_batchnorm", "zoo_inputs",
-           "run_job", "method_rows", "main"]
+__all__ = ["ZooModel", "ZOO", "METHODS", "build", "calibrate_batchnorm", "zoo_inputs", "run_job", "method_rows", "main"]
 
 #: largest relative forward error of a Keras twin (relative to the largest |logit|)
 TWIN_TOLERANCE = 1e-5
@@ -63,11 +63,27 @@ NATIVE_METHOD = "lrp_epsilon_0_1"
 #: the last conv, and the gradient family (smoothgrad with the grammar's 50 samples:
 #: :func:`parity.harness.run_model` takes no sample count)
 METHODS = (
-    "gradient", "gradient_x_input", "guided_backprop", "deconvnet", "smoothgrad", "grad_cam",
-    "lrp_z", "lrp_epsilon_0_1", "lrp_epsilon_0_25_std_x", "lrp_alpha_1_beta_0", "lrp_alpha_2_beta_1",
-    "lrp_gamma", "lrp_flat", "lrp_w_square", "lrp_z_plus",
-    "lrp_sequential_composite_a", "lrp_sequential_composite_b",
-    "lrpsign_epsilon_0_1", "lrpz_epsilon_0_1", "zblrp_epsilon_0_1_VGG16ILSVRC", "w2lrp_epsilon_0_1",
+    "gradient",
+    "gradient_x_input",
+    "guided_backprop",
+    "deconvnet",
+    "smoothgrad",
+    "grad_cam",
+    "lrp_z",
+    "lrp_epsilon_0_1",
+    "lrp_epsilon_0_25_std_x",
+    "lrp_alpha_1_beta_0",
+    "lrp_alpha_2_beta_1",
+    "lrp_gamma",
+    "lrp_flat",
+    "lrp_w_square",
+    "lrp_z_plus",
+    "lrp_sequential_composite_a",
+    "lrp_sequential_composite_b",
+    "lrpsign_epsilon_0_1",
+    "lrpz_epsilon_0_1",
+    "zblrp_epsilon_0_1_VGG16ILSVRC",
+    "w2lrp_epsilon_0_1",
     "flatlrp_epsilon_0_1",
 )
 
@@ -75,10 +91,14 @@ METHODS = (
 #: a small odd side: a stride-2 first conv with padding (kernel - 1) / 2 then pads exactly as TF's
 #: 'same' does, so the twin needs no ZeroPadding in front of it (which would hide the input layer
 #: from iNNvestigate: it would drop every input-layer rule)
-_ODD_SIDE = ("small odd side: the stride-2 first conv pads as TF's 'same' does, so the input layer "
-             "stays visible to iNNvestigate; global average pooling at the end")
-_FIXED_POOL = ("its AdaptiveAvgPool2d feeds a fixed-size classifier; the twin needs that pooling to be "
-               "an identity or a uniform average, which first happens near 224x224")
+_ODD_SIDE = (
+    "small odd side: the stride-2 first conv pads as TF's 'same' does, so the input layer "
+    "stays visible to iNNvestigate; global average pooling at the end"
+)
+_FIXED_POOL = (
+    "its AdaptiveAvgPool2d feeds a fixed-size classifier; the twin needs that pooling to be "
+    "an identity or a uniform average, which first happens near 224x224"
+)
 
 
 @dataclass(frozen=True)
@@ -104,30 +124,39 @@ class ZooModel:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        """The model's input shape without the batch axis (channels first)."""
         return (3, self.size, self.size)
 
 
-ZOO: dict[str, ZooModel] = {m.name: m for m in (
-    ZooModel("vgg16", 224, why_size=_FIXED_POOL),
-    ZooModel("alexnet", 223, why_size=_FIXED_POOL + "; 223 = 4 x 55 + 3 makes its first conv "
-             "(11x11, stride 4, padding 2) pad as TF's 'same' does"),
-    ZooModel("resnet18", 65),
-    ZooModel("resnet50", 65),
-    ZooModel("resnext50_32x4d", 65),
-    ZooModel("densenet121", 65),
-    ZooModel("squeezenet1_1", 65),
-    ZooModel("googlenet", 65, {"aux_logits": False, "init_weights": True}),
-    ZooModel("mobilenet_v2", 65),
-    ZooModel("mobilenet_v3_small", 65),
-    ZooModel("efficientnet_b0", 65),
-    ZooModel("mnasnet0_5", 65),
-    ZooModel("regnet_y_400mf", 65),
-    ZooModel("shufflenet_v2_x0_5", 65),
-)}
+ZOO: dict[str, ZooModel] = {
+    m.name: m
+    for m in (
+        ZooModel("vgg16", 224, why_size=_FIXED_POOL),
+        ZooModel(
+            "alexnet",
+            223,
+            why_size=_FIXED_POOL + "; 223 = 4 x 55 + 3 makes its first conv "
+            "(11x11, stride 4, padding 2) pad as TF's 'same' does",
+        ),
+        ZooModel("resnet18", 65),
+        ZooModel("resnet50", 65),
+        ZooModel("resnext50_32x4d", 65),
+        ZooModel("densenet121", 65),
+        ZooModel("squeezenet1_1", 65),
+        ZooModel("googlenet", 65, {"aux_logits": False, "init_weights": True}),
+        ZooModel("mobilenet_v2", 65),
+        ZooModel("mobilenet_v3_small", 65),
+        ZooModel("efficientnet_b0", 65),
+        ZooModel("mnasnet0_5", 65),
+        ZooModel("regnet_y_400mf", 65),
+        ZooModel("shufflenet_v2_x0_5", 65),
+    )
+}
 
 
-def calibrate_batchnorm(model: nn.Module, input_shape: tuple[int, ...], passes: int = 4,
-                        batch: int = 8, seed: int = SEED) -> nn.Module:
+def calibrate_batchnorm(
+    model: nn.Module, input_shape: tuple[int, ...], passes: int = 4, batch: int = 8, seed: int = SEED
+) -> nn.Module:
     """Give every BatchNorm layer running statistics of random inputs, then return to eval mode.
 
     The statistics are reset and accumulated as a plain average over ``passes`` forward passes
@@ -161,7 +190,7 @@ def calibrate_batchnorm(model: nn.Module, input_shape: tuple[int, ...], passes: 
     with torch.no_grad():
         for _ in range(passes if norms else 0):
             model(torch.randn(batch, *input_shape, generator=generator))
-    for norm, momentum in zip(norms, momenta):
+    for norm, momentum in zip(norms, momenta, strict=True):
         norm.momentum = momentum
     return model.eval()
 
@@ -185,8 +214,9 @@ def vision_transformer() -> nn.Module:
     from torchvision.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(SEED)
-    return VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16,
-                             mlp_dim=32, num_classes=10).eval()
+    return VisionTransformer(
+        image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10
+    ).eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,9 +293,10 @@ def run_job(name: str, dtype: str, methods: tuple[str, ...] = METHODS) -> JobRes
     if not result.twin_failure:
         # the reference-side identities need iNNvestigate's input-layer rules, which a hidden
         # input layer (a ZeroPadding2D in front of the first conv) loses; its rows say so
-        extra = {"identities": False} if result.input_layer_hidden else {}
         try:
-            result.run = run_model(name, model, x, entry.input_shape, dtype, list(methods), **extra)
+            result.run = run_model(
+                name, model, x, entry.input_shape, dtype, list(methods), identities=not result.input_layer_hidden
+            )
         except Exception as error:  # a model the harness cannot run is a row saying why
             result.error = _describe(error)
             traceback.print_exc()
@@ -292,8 +323,12 @@ def run_jobs(jobs: list[tuple[str, str]], methods: tuple[str, ...]) -> list[JobR
             try:
                 result = pool.submit(run_job, name, dtype, methods).result()
             except Exception as error:  # the worker died (out of memory, a crash in TensorFlow)
-                result = JobResult(name, dtype, time.perf_counter() - started,
-                                   error=f"the {dtype} job's process failed: {_describe(error)}")
+                result = JobResult(
+                    name,
+                    dtype,
+                    time.perf_counter() - started,
+                    error=f"the {dtype} job's process failed: {_describe(error)}",
+                )
         results.append(result)
         print(f"[zoo] {name} {dtype}: {result.seconds:.0f} s", flush=True)
     return results
@@ -330,18 +365,22 @@ def method_rows(result32: JobResult, result64: JobResult, methods: tuple[str, ..
         # the harness prefixes our failures with 'signxai:'; its other errors are the reference's
         errors = [f"{run.dtype}: {run.errors[method]}" for run in (run32, run64) if method in run.errors]
         problem = next((text for text in errors if ": signxai: " in text), None)
-        missing = next((f"{run.dtype}: {text}" for run in (run32, run64)
-                        for text in (run.unavailable.get(method) or run.skipped.get(method),) if text),
-                       None) or next((f"{text} (iNNvestigate cannot analyse it)" for text in errors), None)
+        missing = next(
+            (
+                f"{run.dtype}: {text}"
+                for run in (run32, run64)
+                for text in (run.unavailable.get(method) or run.skipped.get(method),)
+                if text
+            ),
+            None,
+        ) or next((f"{text} (iNNvestigate cannot analyse it)" for text in errors), None)
         if problem:
             rows.append(MethodRow(name, method, "FAIL", note=problem))
         elif missing:
             rows.append(MethodRow(name, method, "n/a", note=missing))
         else:
-            verdict = judge(run32.ours[method], run32.references[method],
-                            run64.ours[method], run64.references[method])
-            rows.append(MethodRow(name, method, "pass" if verdict.passed else "FAIL", verdict,
-                                  verdict.reason))
+            verdict = judge(run32.ours[method], run32.references[method], run64.ours[method], run64.references[method])
+            rows.append(MethodRow(name, method, "pass" if verdict.passed else "FAIL", verdict, verdict.reason))
     return rows
 
 
@@ -362,14 +401,19 @@ def _fmt(value: float) -> str:
     return "nan" if math.isnan(value) else f"{value:.1e}"
 
 
-def report(results: dict[tuple[str, str], JobResult], methods: tuple[str, ...], vit: str,
-           context: dict[str, str]) -> tuple[str, bool]:
+def report(
+    results: dict[tuple[str, str], JobResult], methods: tuple[str, ...], vit: str, context: dict[str, str]
+) -> tuple[str, bool]:
     """The markdown report and whether every row passed."""
-    model_lines = ["| model | input | twin forward f32 | twin forward f64 | native API "
-                   f"`{NATIVE_METHOD}` | methods pass / FAIL / n/a | time s |",
-                   "|---|---|---|---|---|---|---|"]
-    detail = ["| model | method | status | f64 error | ours f32 vs f64 ref | iNNvestigate f32 vs f64 | "
-              "allowed f32 | note |", "|---|---|---|---|---|---|---|---|"]
+    model_lines = [
+        "| model | input | twin forward f32 | twin forward f64 | native API "
+        f"`{NATIVE_METHOD}` | methods pass / FAIL / n/a | time s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    detail = [
+        "| model | method | status | f64 error | ours f32 vs f64 ref | iNNvestigate f32 vs f64 | allowed f32 | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     all_ok = True
     counts = {"pass": 0, "FAIL": 0, "n/a": 0}
     for name in dict.fromkeys(model for model, _ in results):
@@ -387,11 +431,15 @@ def report(results: dict[tuple[str, str], JobResult], methods: tuple[str, ...], 
         model_lines.append(
             f"| {name} | {entry.size}x{entry.size} | {_cell(t32)} | {_cell(t64)} | "
             f"{'yes' if native_ok else '**NO**: ' + _cell(r32.native)} | "
-            f"{tally['pass']} / {tally['FAIL']} / {tally['n/a']} | {r32.seconds + r64.seconds:.0f} |")
+            f"{tally['pass']} / {tally['FAIL']} / {tally['n/a']} | {r32.seconds + r64.seconds:.0f} |"
+        )
         for row in rows:
             v = row.verdict
-            numbers = ([_fmt(v.float64_error), _fmt(v.ours_float32_error), _fmt(v.reference_float32_error),
-                        _fmt(v.allowed)] if v else ["—"] * 4)
+            numbers = (
+                [_fmt(v.float64_error), _fmt(v.ours_float32_error), _fmt(v.reference_float32_error), _fmt(v.allowed)]
+                if v
+                else ["—"] * 4
+            )
             status = row.status if row.status != "FAIL" else "**FAIL**"
             detail.append(f"| {name} | {row.method} | {status} | {' | '.join(numbers)} | {_cell(row.note)} |")
     sizes: dict[str, list[str]] = {}
@@ -402,21 +450,31 @@ def report(results: dict[tuple[str, str], JobResult], methods: tuple[str, ...], 
     all_ok &= vit_ok
     lines = ["# Model zoo: torchvision architectures against iNNvestigate", ""]
     lines += [f"- {key}: {value}" for key, value in context.items()]
-    lines += [f"- rows: {counts['pass']} pass, {counts['FAIL']} FAIL, {counts['n/a']} n/a (no reference: "
-              "the twin or iNNvestigate cannot provide one; the note says why)",
-              f"- attention models: a VisionTransformer under the native API "
-              f"{'raises' if vit_ok else '**does not raise**'} the named error: {_cell(vit)}",
-              f"- gate: float64 maps within {FORMULA_TOLERANCE:.0e}; our float32 map's error against "
-              f"iNNvestigate's float64 map at most max({FLOAT32_FLOOR:.0e}, {ROUNDING_FACTOR:g} x "
-              "iNNvestigate's own float32 error); errors are max |a - b| / max |b|; twin forward "
-              f"within {TWIN_TOLERANCE:.0e} of the largest |logit|",
-              "", "## Models", "", *model_lines, "", "## Rows", "", *detail]
+    lines += [
+        f"- rows: {counts['pass']} pass, {counts['FAIL']} FAIL, {counts['n/a']} n/a (no reference: "
+        "the twin or iNNvestigate cannot provide one; the note says why)",
+        f"- attention models: a VisionTransformer under the native API "
+        f"{'raises' if vit_ok else '**does not raise**'} the named error: {_cell(vit)}",
+        f"- gate: float64 maps within {FORMULA_TOLERANCE:.0e}; our float32 map's error against "
+        f"iNNvestigate's float64 map at most max({FLOAT32_FLOOR:.0e}, {ROUNDING_FACTOR:g} x "
+        "iNNvestigate's own float32 error); errors are max |a - b| / max |b|; twin forward "
+        f"within {TWIN_TOLERANCE:.0e} of the largest |logit|",
+        "",
+        "## Models",
+        "",
+        *model_lines,
+        "",
+        "## Rows",
+        "",
+        *detail,
+    ]
     return "\n".join(lines) + "\n", all_ok
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m parity.zoo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m parity.zoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="*", choices=list(ZOO), help="zoo models (default: all)")
     parser.add_argument("--methods", nargs="*", help=f"method names (default: {len(METHODS)} of them)")
     parser.add_argument("--out", type=Path, default=Path("docs/zoo.md"), help="markdown report path")
@@ -424,6 +482,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the zoo and write its report; 0 when every model passed (see the module docstring)."""
     args = _parser().parse_args(argv)
     methods = tuple(args.methods or METHODS)
     names = args.models or list(ZOO)
@@ -439,24 +498,26 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, str], JobResult] = {}
     for index, name in enumerate(names):
         jobs = [(name, "float32"), (name, "float64")]
-        results.update(zip(jobs, run_jobs(jobs, methods)))
+        results.update(zip(jobs, run_jobs(jobs, methods), strict=True))
         context = {
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python -m parity.zoo " + " ".join(argv if argv is not None else sys.argv[1:]),
             "versions": f"torch {torch.__version__}, torchvision {torchvision.__version__}, tensorflow "
-                        f"{tf.__version__}, innvestigate {version('innvestigate')}, numpy {np.__version__}, "
-                        f"python {platform.python_version()}",
+            f"{tf.__version__}, innvestigate {version('innvestigate')}, numpy {np.__version__}, "
+            f"python {platform.python_version()}",
             "models": f"torchvision, weights=None, seed {SEED}; BatchNorm statistics from 4 random "
-                      f"batches of 8; {BATCH} standard-normal inputs per model",
+            f"batches of 8; {BATCH} standard-normal inputs per model",
             "runtime": f"{time.time() - started:.0f} s"
-                       + ("" if index + 1 == len(names) else f" (partial: {index + 1} of {len(names)} models)"),
+            + ("" if index + 1 == len(names) else f" (partial: {index + 1} of {len(names)} models)"),
         }
         # rewritten after every model, so a long run that is stopped keeps what it compared
         text, ok = report(results, methods, vit, context)
         args.out.write_text(text)
     print(text)
-    print(f"zoo: {'no failing row' if ok else 'FAILING rows'} ({text.split('- rows: ')[1].split(' (')[0]}); "
-          f"report in {args.out}")
+    print(
+        f"zoo: {'no failing row' if ok else 'FAILING rows'} ({text.split('- rows: ')[1].split(' (')[0]}); "
+        f"report in {args.out}"
+    )
     return 0 if ok else 1
 
 

@@ -11,6 +11,7 @@
   number of examples, and no example database written into the checkout. Set
   ``HYPOTHESIS_PROFILE=thorough`` for a longer run.
 """
+
 from __future__ import annotations
 
 import atexit

@@ -4,6 +4,7 @@ Expected values come from closed forms (a linear model's gradient is a weight ro
 central finite differences, or from the equality of two independent ways of asking for the
 same map (batched vs one by one).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,8 +38,11 @@ def seeded(name: str) -> dict:
 def cnn(seed: int = 0) -> nn.Module:
     """float64 CNN, input (2, 5, 5), 4 classes."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(3 * 2 * 2, 4)).double().eval()
+    return (
+        nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 2 * 2, 4))
+        .double()
+        .eval()
+    )
 
 
 def linear(seed: int = 0, features: int = 5, classes: int = 4) -> nn.Linear:
@@ -64,6 +68,7 @@ CNN_SHAPE = (2, 5, 5)
 
 
 # --------------------------------------------------------------------------- native == TF-compatible
+
 
 @pytest.fixture(scope="module")
 def digits():
@@ -91,33 +96,43 @@ def test_tf_compatible_api_matches_finite_differences():
 
 # --------------------------------------------------------------------------- short forms and defaults
 
+
 def test_default_method_is_the_gradient():
     x = rng_input(CNN_SHAPE, 2)
     t = int(np.argmax(CNN(torch.from_numpy(x[None])).detach().numpy()))
     np.testing.assert_allclose(calculate_relevancemap(CNN, x), fd_gradient(CNN, x, t), rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(calculate_relevancemaps(CNN, x[None]), fd_gradient(CNN, x, t)[None],
-                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        calculate_relevancemaps(CNN, x[None]), fd_gradient(CNN, x, t)[None], rtol=1e-6, atol=1e-9
+    )
 
 
-@pytest.mark.parametrize("short, full", [
-    ("gradients", "gradient"),
-    ("vanilla_gradient", "gradient"),
-    ("input_t_gradient", "gradient_x_input"),
-    ("input_x_gradient", "gradient_x_input"),
-    ("deeplift", "deeplift_method"),
-])
+@pytest.mark.parametrize(
+    "short, full",
+    [
+        ("gradients", "gradient"),
+        ("vanilla_gradient", "gradient"),
+        ("input_t_gradient", "gradient_x_input"),
+        ("input_x_gradient", "gradient_x_input"),
+        ("deeplift", "deeplift_method"),
+    ],
+)
 def test_short_forms_give_the_full_names_maps(short, full):
     x = rng_input(CNN_SHAPE, 3)
-    np.testing.assert_array_equal(calculate_relevancemap(CNN, x, method=short, target_class=1),
-                                  calculate_relevancemap(CNN, x, method=full, target_class=1))
-    np.testing.assert_array_equal(wrappers.calculate_relevancemap(short, x, CNN, neuron_selection=1),
-                                  calculate_relevancemap(CNN, x, method=full, target_class=1))
+    np.testing.assert_array_equal(
+        calculate_relevancemap(CNN, x, method=short, target_class=1),
+        calculate_relevancemap(CNN, x, method=full, target_class=1),
+    )
+    np.testing.assert_array_equal(
+        wrappers.calculate_relevancemap(short, x, CNN, neuron_selection=1),
+        calculate_relevancemap(CNN, x, method=full, target_class=1),
+    )
 
 
 def test_gradients_short_form_matches_finite_differences():
     x = rng_input(CNN_SHAPE, 4)
-    np.testing.assert_allclose(calculate_relevancemap(CNN, x, method="gradients", target_class=0),
-                               fd_gradient(CNN, x, 0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        calculate_relevancemap(CNN, x, method="gradients", target_class=0), fd_gradient(CNN, x, 0), rtol=1e-6, atol=1e-9
+    )
 
 
 # --------------------------------------------------------------------------- batch == per sample
@@ -134,9 +149,14 @@ BATCH_METHODS = {
 }
 
 
-@given(size=st.integers(1, 4), name=st.sampled_from(sorted(BATCH_METHODS)),
-       target_kind=st.sampled_from(["none", "int", "list", "array", "tensor"]),
-       data=st.data(), seed=st.integers(0, 2 ** 16), tf_api=st.booleans())
+@given(
+    size=st.integers(1, 4),
+    name=st.sampled_from(sorted(BATCH_METHODS)),
+    target_kind=st.sampled_from(["none", "int", "list", "array", "tensor"]),
+    data=st.data(),
+    seed=st.integers(0, 2**16),
+    tf_api=st.booleans(),
+)
 def test_batched_maps_equal_per_sample_maps(size, name, target_kind, data, seed, tf_api):
     x = rng_input((size, *CNN_SHAPE), seed)
     kwargs = dict(BATCH_METHODS[name])
@@ -150,8 +170,7 @@ def test_batched_maps_equal_per_sample_maps(size, name, target_kind, data, seed,
         per_sample = [target] * size
     else:
         per_sample = data.draw(st.lists(st.integers(0, 3), min_size=size, max_size=size))
-        target = {"list": per_sample, "array": np.array(per_sample),
-                  "tensor": torch.tensor(per_sample)}[target_kind]
+        target = {"list": per_sample, "array": np.array(per_sample), "tensor": torch.tensor(per_sample)}[target_kind]
     batch_kwargs = dict(kwargs, **({"noise": noise} if noise is not None else {}))
     if tf_api:
         batched = wrappers.calculate_relevancemaps(name, x, CNN, neuron_selection=target, **batch_kwargs)
@@ -178,12 +197,15 @@ class CountingModel(nn.Module):
         return self.linear(x)
 
 
-@pytest.mark.parametrize("name, kwargs, rows", [
-    ("gradient", {}, 6),
-    ("guided_backprop", {}, 6),
-    ("integrated_gradients", {"steps": 8}, 48),
-    ("smoothgrad", {"num_samples": 8}, 48),
-])
+@pytest.mark.parametrize(
+    "name, kwargs, rows",
+    [
+        ("gradient", {}, 6),
+        ("guided_backprop", {}, 6),
+        ("integrated_gradients", {"steps": 8}, 48),
+        ("smoothgrad", {"num_samples": 8}, 48),
+    ],
+)
 def test_maps_of_a_batch_come_from_batched_passes(name, kwargs, rows):
     model = CountingModel()
     x = rng_input((6, 5), 6)
@@ -194,16 +216,19 @@ def test_maps_of_a_batch_come_from_batched_passes(name, kwargs, rows):
 
 # --------------------------------------------------------------------------- targets
 
+
 def test_target_none_is_the_argmax_of_each_input():
     model = linear(7)
     w, b = model.weight.detach().numpy(), model.bias.detach().numpy()
     x = rng_input((6, 5), 7)
     argmax = np.argmax(x @ w.T + b, axis=1)
     assert len(set(argmax.tolist())) > 1, "the inputs should pick different classes"
-    for result in (calculate_relevancemaps(model, x, method="gradient"),
-                   calculate_relevancemaps(model, x, method="gradient", target_class=None),
-                   wrappers.calculate_relevancemaps("gradient", x, model, neuron_selection=None),
-                   calculate_relevancemaps(model, x, method="gradient", neuron_selection="max_activation")):
+    for result in (
+        calculate_relevancemaps(model, x, method="gradient"),
+        calculate_relevancemaps(model, x, method="gradient", target_class=None),
+        wrappers.calculate_relevancemaps("gradient", x, model, neuron_selection=None),
+        calculate_relevancemaps(model, x, method="gradient", neuron_selection="max_activation"),
+    ):
         np.testing.assert_array_equal(result, w[argmax])
     for i in range(6):
         np.testing.assert_array_equal(calculate_relevancemap(model, x[i], method="gradient"), w[argmax[i]])
@@ -214,21 +239,25 @@ def test_target_keywords(key):
     model = linear(8)
     w = model.weight.detach().numpy()
     x = rng_input((3, 5), 8)
-    np.testing.assert_array_equal(calculate_relevancemaps(model, x, method="gradient", **{key: 2}),
-                                  np.stack([w[2]] * 3))
+    np.testing.assert_array_equal(
+        calculate_relevancemaps(model, x, method="gradient", **{key: 2}), np.stack([w[2]] * 3)
+    )
     np.testing.assert_array_equal(calculate_relevancemap(model, x[0], method="gradient", **{key: 1}), w[1])
     np.testing.assert_array_equal(wrappers.calculate_relevancemap("gradient", x[0], model, **{key: 3}), w[3])
 
 
-@pytest.mark.parametrize("make", [list, tuple, np.array, torch.tensor,
-                                  lambda v: np.array(v, dtype=np.int32), lambda v: np.array(v, dtype=float)])
+@pytest.mark.parametrize(
+    "make",
+    [list, tuple, np.array, torch.tensor, lambda v: np.array(v, dtype=np.int32), lambda v: np.array(v, dtype=float)],
+)
 def test_one_target_per_input(make):
     model = linear(9)
     w = model.weight.detach().numpy()
     x = rng_input((4, 5), 9)
     targets = [3, 0, 0, 2]
-    np.testing.assert_array_equal(calculate_relevancemaps(model, x, method="gradient", target_class=make(targets)),
-                                  w[targets])
+    np.testing.assert_array_equal(
+        calculate_relevancemaps(model, x, method="gradient", target_class=make(targets)), w[targets]
+    )
 
 
 @pytest.mark.parametrize("target", [2, np.int64(2), torch.tensor(2), [2], np.array([2]), 2.0])
@@ -236,8 +265,9 @@ def test_single_target_forms(target):
     model = linear(10)
     w = model.weight.detach().numpy()
     x = rng_input((3, 5), 10)
-    np.testing.assert_array_equal(calculate_relevancemaps(model, x, method="gradient", target_class=target),
-                                  np.stack([w[2]] * 3))
+    np.testing.assert_array_equal(
+        calculate_relevancemaps(model, x, method="gradient", target_class=target), np.stack([w[2]] * 3)
+    )
     np.testing.assert_array_equal(calculate_relevancemap(model, x[1], method="gradient", target_class=target), w[2])
 
 
@@ -247,19 +277,30 @@ def test_targets_select_the_map_for_every_gradient_method():
     w = model.weight.detach().numpy()
     x = rng_input((2, 5), 11)
     targets = [1, 3]
-    np.testing.assert_allclose(calculate_relevancemaps(model, x, method="integrated_gradients", target_class=targets),
-                               w[targets] * x, rtol=1e-13)
-    np.testing.assert_allclose(calculate_relevancemaps(model, x, method="deeplift_method", target_class=targets),
-                               w[targets] * x, rtol=1e-13)
-    np.testing.assert_allclose(calculate_relevancemaps(model, x, method="smoothgrad", num_samples=4,
-                                                       target_class=targets, seed=1), w[targets], rtol=1e-13)
+    np.testing.assert_allclose(
+        calculate_relevancemaps(model, x, method="integrated_gradients", target_class=targets),
+        w[targets] * x,
+        rtol=1e-13,
+    )
+    np.testing.assert_allclose(
+        calculate_relevancemaps(model, x, method="deeplift_method", target_class=targets), w[targets] * x, rtol=1e-13
+    )
+    np.testing.assert_allclose(
+        calculate_relevancemaps(model, x, method="smoothgrad", num_samples=4, target_class=targets, seed=1),
+        w[targets],
+        rtol=1e-13,
+    )
     logits = x @ w.T + model.bias.detach().numpy()
     # guided backprop on a model without ReLU is the gradient seeded with the logit's value
-    np.testing.assert_allclose(calculate_relevancemaps(model, x, method="guided_backprop", target_class=targets),
-                               w[targets] * logits[[0, 1], targets][:, None], rtol=1e-13)
+    np.testing.assert_allclose(
+        calculate_relevancemaps(model, x, method="guided_backprop", target_class=targets),
+        w[targets] * logits[[0, 1], targets][:, None],
+        rtol=1e-13,
+    )
 
 
 # --------------------------------------------------------------------------- input forms
+
 
 @pytest.mark.parametrize("as_torch", [False, True])
 def test_single_input_with_and_without_batch_axis(as_torch):
@@ -284,7 +325,7 @@ def test_list_of_inputs(container, as_torch):
     items = container(torch.from_numpy(xi.copy()) if as_torch else xi.copy() for xi in x)
     result = calculate_relevancemaps(CNN, items, method="gradient", target_class=[0, 1, 2])
     assert isinstance(result, np.ndarray) and result.shape == x.shape
-    expected = np.stack([fd_gradient(CNN, xi, t) for xi, t in zip(x, [0, 1, 2])])
+    expected = np.stack([fd_gradient(CNN, xi, t) for xi, t in zip(x, [0, 1, 2], strict=True)])
     np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-9)
     tf_style = wrappers.calculate_relevancemaps("gradient", items, CNN, neuron_selection=[0, 1, 2])
     np.testing.assert_array_equal(tf_style, result)
@@ -296,8 +337,9 @@ def test_feature_vector_inputs_of_a_conv_free_model():
     x = rng_input(5, 14)
     assert calculate_relevancemap(model, x, method="gradient", target_class=1).shape == (5,)
     assert calculate_relevancemap(model, x[None], method="gradient", target_class=1).shape == (1, 5)
-    np.testing.assert_array_equal(calculate_relevancemap(model, torch.from_numpy(x), method="gradient",
-                                                         target_class=1), w[1])
+    np.testing.assert_array_equal(
+        calculate_relevancemap(model, torch.from_numpy(x), method="gradient", target_class=1), w[1]
+    )
     assert calculate_relevancemaps(model, [x, x, x], method="gradient").shape == (3, 5)
 
 

@@ -1,4 +1,5 @@
 """list_methods covers every family of the grammar's tables, with the tables' parameters."""
+
 from __future__ import annotations
 
 import re
@@ -34,7 +35,7 @@ def test_every_engine_family_is_listed():
 def test_every_rule_prefix_alias_and_refusal_is_listed():
     rules = _rows("lrp rule")
     assert len(rules) == len(HIDDEN_RULES)
-    for row, (name, entry) in zip(rules, HIDDEN_RULES.items()):
+    for row, (name, entry) in zip(rules, HIDDEN_RULES.items(), strict=True):
         example = _example(row.pattern) + ("_0_1" if name == "epsilon" else "")
         assert parse(example).rule == name, row.pattern
         assert dict(row.params) == dict(entry.params)

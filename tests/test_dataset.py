@@ -1,6 +1,7 @@
 """explain_dataset in one process: every source gives the maps the library's batched call gives for
 the same batches, an interrupted run resumes to the store an uninterrupted run writes, and a
 store of another job is refused."""
+
 from __future__ import annotations
 
 import os
@@ -12,12 +13,10 @@ import zarr
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from signxai.torch_signxai import calculate_relevancemaps as native_relevancemaps
 from signxai.torch_signxai import dataset as dataset_module
 from signxai.torch_signxai.dataset import explain_dataset
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps
-from signxai.torch_signxai import calculate_relevancemaps as native_relevancemaps
-
-
 
 METHOD = "lrp_epsilon_0_1"
 BATCH = 8
@@ -26,8 +25,14 @@ COUNT = 29  # three full batches and a short last one
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(4 * 4 * 4, 5)).eval()
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 5),
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +51,9 @@ def x() -> np.ndarray:
 
 def _expected(model: nn.Module, x: np.ndarray, **kwargs) -> np.ndarray:
     """The library's own batched call (TF-compatible API) on the same batches, one after the other."""
-    return np.concatenate([calculate_relevancemaps(METHOD, x[i:i + BATCH], model, **kwargs)
-                           for i in range(0, len(x), BATCH)])
+    return np.concatenate(
+        [calculate_relevancemaps(METHOD, x[i : i + BATCH], model, **kwargs) for i in range(0, len(x), BATCH)]
+    )
 
 
 def test_array_source_equals_batched_calls(model, x, tmp_path):
@@ -63,10 +69,12 @@ def test_array_source_equals_batched_calls(model, x, tmp_path):
 
 
 def test_native_api_and_parameters(model, x, tmp_path):
-    result = explain_dataset(model, x, METHOD, tmp_path / "store", batch_size=BATCH, api="pytorch",
-                             epsilon=0.5, progress=False)
-    expected = np.concatenate([native_relevancemaps(model, x[i:i + BATCH], METHOD, epsilon=0.5)
-                               for i in range(0, COUNT, BATCH)])
+    result = explain_dataset(
+        model, x, METHOD, tmp_path / "store", batch_size=BATCH, api="pytorch", epsilon=0.5, progress=False
+    )
+    expected = np.concatenate(
+        [native_relevancemaps(model, x[i : i + BATCH], METHOD, epsilon=0.5) for i in range(0, COUNT, BATCH)]
+    )
     assert np.array_equal(result.maps[:], expected)
     # BatchNorm's true map and iNNvestigate's linearisation differ, so the API choice was applied
     assert not np.allclose(expected, _expected(model, x, epsilon=0.5), rtol=1e-3, atol=0)
@@ -101,8 +109,7 @@ class _Dicts(Dataset):
 
 
 def test_dict_items_need_a_column(model, x, tmp_path):
-    result = explain_dataset(model, _Dicts(x), METHOD, tmp_path / "a", batch_size=BATCH, column="image",
-                             progress=False)
+    result = explain_dataset(model, _Dicts(x), METHOD, tmp_path / "a", batch_size=BATCH, column="image", progress=False)
     assert np.array_equal(result.maps[:], _expected(model, x))
     with pytest.raises(ValueError, match="column="):
         explain_dataset(model, _Dicts(x), METHOD, tmp_path / "b", batch_size=BATCH, progress=False)
@@ -110,11 +117,13 @@ def test_dict_items_need_a_column(model, x, tmp_path):
 
 def test_targets_per_input_are_stored_and_used(model, x, tmp_path):
     targets = np.arange(COUNT) % 5
-    result = explain_dataset(model, x, METHOD, tmp_path / "store", batch_size=BATCH, targets=targets,
-                             progress=False)
-    expected = np.concatenate([calculate_relevancemaps(METHOD, x[i:i + BATCH], model,
-                                                       neuron_selection=targets[i:i + BATCH])
-                               for i in range(0, COUNT, BATCH)])
+    result = explain_dataset(model, x, METHOD, tmp_path / "store", batch_size=BATCH, targets=targets, progress=False)
+    expected = np.concatenate(
+        [
+            calculate_relevancemaps(METHOD, x[i : i + BATCH], model, neuron_selection=targets[i : i + BATCH])
+            for i in range(0, COUNT, BATCH)
+        ]
+    )
     assert np.array_equal(result.maps[:], expected)
     assert np.array_equal(zarr.open_group(str(tmp_path / "store"), mode="r")["targets"][:], targets)
     with pytest.raises(ValueError, match="one per input"):
@@ -190,8 +199,7 @@ def test_parameters_resume(model, x, tmp_path):
 
 def test_bad_input_is_refused_before_any_work(model, x, tmp_path):
     with pytest.raises(ValueError, match="shuffle=False"):
-        explain_dataset(model, DataLoader(TensorDataset(torch.from_numpy(x)), shuffle=True), METHOD,
-                        tmp_path / "a")
+        explain_dataset(model, DataLoader(TensorDataset(torch.from_numpy(x)), shuffle=True), METHOD, tmp_path / "a")
     with pytest.raises(ValueError, match="batch_size"):
         explain_dataset(model, x, METHOD, tmp_path / "b", batch_size=0)
     with pytest.raises(ValueError, match="api"):

@@ -1,4 +1,5 @@
 """Bad input gives a clear error: the exception type and the key words of its message."""
+
 from __future__ import annotations
 
 import re
@@ -23,8 +24,17 @@ def gradient_family_names() -> list[str]:
 
 
 #: one name per gradient family, with a post-multiplier variant
-METHODS = ["gradient", "gradient_x_sign_mu_0_5", "guided_backprop", "deconvnet_x_input", "smoothgrad",
-           "vargrad", "integrated_gradients", "deeplift_method", "random_uniform"]
+METHODS = [
+    "gradient",
+    "gradient_x_sign_mu_0_5",
+    "guided_backprop",
+    "deconvnet_x_input",
+    "smoothgrad",
+    "vargrad",
+    "integrated_gradients",
+    "deeplift_method",
+    "random_uniform",
+]
 SMALL = {"smoothgrad": {"num_samples": 2}, "vargrad": {"num_samples": 2}, "integrated_gradients": {"steps": 2}}
 
 
@@ -35,8 +45,11 @@ def small(name: str) -> dict:
 def cnn() -> nn.Module:
     """float64 CNN, input (2, 5, 5), 4 classes."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(3 * 2 * 2, 4)).double().eval()
+    return (
+        nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 2 * 2, 4))
+        .double()
+        .eval()
+    )
 
 
 def x_cnn(*batch: int, seed: int = 0) -> np.ndarray:
@@ -45,18 +58,26 @@ def x_cnn(*batch: int, seed: int = 0) -> np.ndarray:
 
 # --------------------------------------------------------------------------- unknown method
 
-@pytest.mark.parametrize("call", [
-    lambda m, x, name: calculate_relevancemap(m, x, method=name),
-    lambda m, x, name: calculate_relevancemaps(m, x[None], method=name),
-    lambda m, x, name: wrappers.calculate_relevancemap(name, x, m),
-    lambda m, x, name: wrappers.calculate_relevancemaps(name, x[None], m),
-], ids=["native", "native_batch", "tf", "tf_batch"])
-@pytest.mark.parametrize("name, suggestion", [
-    ("gradeint", "gradient"),
-    ("smoothgrad_x_sing", "smoothgrad_x_sign"),
-    ("integrated_gradient", "integrated_gradients"),
-    ("lrp_epsilon_0_1_stdx", "lrp_epsilon_0_1_std_x"),
-])
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, x, name: calculate_relevancemap(m, x, method=name),
+        lambda m, x, name: calculate_relevancemaps(m, x[None], method=name),
+        lambda m, x, name: wrappers.calculate_relevancemap(name, x, m),
+        lambda m, x, name: wrappers.calculate_relevancemaps(name, x[None], m),
+    ],
+    ids=["native", "native_batch", "tf", "tf_batch"],
+)
+@pytest.mark.parametrize(
+    "name, suggestion",
+    [
+        ("gradeint", "gradient"),
+        ("smoothgrad_x_sing", "smoothgrad_x_sign"),
+        ("integrated_gradient", "integrated_gradients"),
+        ("lrp_epsilon_0_1_stdx", "lrp_epsilon_0_1_std_x"),
+    ],
+)
 def test_unknown_method_names_a_close_valid_name(call, name, suggestion):
     with pytest.raises(ValueError) as info:
         call(cnn(), x_cnn(), name)
@@ -70,18 +91,22 @@ def test_method_must_be_a_string():
         calculate_relevancemap(cnn(), x_cnn(), method=None)
 
 
-@pytest.mark.parametrize("name, kwargs, word", [
-    ("gradient", {"steps": 3}, "steps"),
-    ("smoothgrad", {"epsilon": 0.1}, "epsilon"),
-    ("integrated_gradients", {"num_samples": 0}, "num_samples"),
-    ("smoothgrad", {"num_samples": 0}, "num_samples"),
-])
+@pytest.mark.parametrize(
+    "name, kwargs, word",
+    [
+        ("gradient", {"steps": 3}, "steps"),
+        ("smoothgrad", {"epsilon": 0.1}, "epsilon"),
+        ("integrated_gradients", {"num_samples": 0}, "num_samples"),
+        ("smoothgrad", {"num_samples": 0}, "num_samples"),
+    ],
+)
 def test_bad_method_parameters_name_the_parameter(name, kwargs, word):
     with pytest.raises(ValueError, match=word):
         calculate_relevancemap(cnn(), x_cnn(), method=name, **kwargs)
 
 
 # --------------------------------------------------------------------------- shapes
+
 
 @pytest.mark.parametrize("shape", [(5, 5), (2, 25), (1, 1, 2, 5, 5), (50,)])
 def test_single_input_of_the_wrong_rank(shape):
@@ -121,11 +146,14 @@ def test_conv_free_batch_needs_a_feature_axis():
         calculate_relevancemaps(nn.Linear(3, 2), np.zeros(3), method="gradient")
 
 
-@pytest.mark.parametrize("x, word", [
-    (np.float64(1.0), "scalar"),
-    (np.zeros((0, 2, 5, 5)), "empty"),
-    ([], "empty"),
-])
+@pytest.mark.parametrize(
+    "x, word",
+    [
+        (np.float64(1.0), "scalar"),
+        (np.zeros((0, 2, 5, 5)), "empty"),
+        ([], "empty"),
+    ],
+)
 def test_scalar_and_empty_inputs(x, word):
     with pytest.raises(ValueError, match=word):
         calculate_relevancemaps(cnn(), x, method="gradient")
@@ -143,6 +171,7 @@ def test_model_must_be_a_module():
 
 # --------------------------------------------------------------------------- non-finite values
 
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("as_torch", [False, True])
 @pytest.mark.parametrize("name", METHODS)
@@ -156,8 +185,15 @@ def test_non_finite_input(bad, as_torch, name):
     assert "NaN or inf" in str(info.value) and "2" in str(info.value)
 
 
-@pytest.mark.parametrize("name, key", [("integrated_gradients", "reference"), ("deeplift_method", "reference"),
-                                       ("smoothgrad", "noise"), ("vargrad", "noise")])
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        ("integrated_gradients", "reference"),
+        ("deeplift_method", "reference"),
+        ("smoothgrad", "noise"),
+        ("vargrad", "noise"),
+    ],
+)
 def test_non_finite_reference_or_noise(name, key):
     value = np.zeros((2, 1, 2, 5, 5)) if key == "noise" else np.zeros((2, 5, 5))
     value.flat[7] = np.nan
@@ -183,6 +219,7 @@ def test_reference_of_the_wrong_shape(name):
 
 
 # --------------------------------------------------------------------------- targets
+
 
 @pytest.mark.parametrize("target", [4, -1, 100])
 @pytest.mark.parametrize("name", METHODS)
@@ -222,6 +259,7 @@ def test_target_given_twice():
 
 # --------------------------------------------------------------------------- model output
 
+
 class Reshaped(nn.Module):
     """A conv model whose output is reshaped to something that is not (batch, classes)."""
 
@@ -236,11 +274,14 @@ class Reshaped(nn.Module):
         return features.reshape(self.shape_of(features))
 
 
-@pytest.mark.parametrize("shape_of, shown", [
-    (lambda f: f.shape, "(1, 4, 5, 5)"),  # feature maps, not logits
-    (lambda f: (f.shape[0], 4, 25), "(1, 4, 25)"),
-    (lambda f: (-1,), "(100,)"),
-])
+@pytest.mark.parametrize(
+    "shape_of, shown",
+    [
+        (lambda f: f.shape, "(1, 4, 5, 5)"),  # feature maps, not logits
+        (lambda f: (f.shape[0], 4, 25), "(1, 4, 25)"),
+        (lambda f: (-1,), "(100,)"),
+    ],
+)
 @pytest.mark.parametrize("name", METHODS)
 def test_model_output_must_be_batch_by_classes(name, shape_of, shown):
     with pytest.raises(ValueError) as info:

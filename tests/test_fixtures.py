@@ -15,7 +15,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures import FIXTURES, load_inputs, load_labels, load_model  # noqa: E402
 from fixtures.models import (  # noqa: E402
-    ALL_FIXTURES, CHAIN_FIXTURES, FIXTURE_DIR, GRAPH_FIXTURES, WEIGHTS_DIR,
+    ALL_FIXTURES,
+    CHAIN_FIXTURES,
+    FIXTURE_DIR,
+    GRAPH_FIXTURES,
+    WEIGHTS_DIR,
 )
 
 NAMES = sorted(ALL_FIXTURES)
@@ -91,10 +95,7 @@ def test_factory_gives_an_untrained_model(name):
     fresh = ALL_FIXTURES[name].factory()
     trained = load_model(name)
     assert fresh.state_dict().keys() == trained.state_dict().keys()
-    assert any(
-        not torch.equal(a, b)
-        for a, b in zip(fresh.parameters(), trained.parameters())
-    )
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.parameters(), trained.parameters(), strict=True))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -160,9 +161,7 @@ def test_gradcam_layer_is_the_last_executed_conv(name):
 def test_digits_cnn_registers_classifier_before_features():
     model = load_model("digits_cnn")
     assert [n for n, _ in model.named_children()] == ["classifier", "features"]
-    first_linear_registered = next(
-        n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
-    )
+    first_linear_registered = next(n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
     x = torch.from_numpy(load_inputs("digits_cnn"))
     first_executed = executed_modules(model, x, (nn.Linear, nn.Conv2d))[0]
     assert first_linear_registered == "classifier.1"
@@ -240,8 +239,9 @@ def test_mobilenet_inverted_residuals_are_depthwise_relu6_and_linear():
     assert strides == [(1, 1), (2, 2), (1, 1)]
 
 
-@pytest.mark.parametrize("name, count", [("digits_cnn_bn", 2), ("digits_resnet", 6),
-                                         ("digits_densenet", 6), ("digits_mobilenet", 11)])
+@pytest.mark.parametrize(
+    "name, count", [("digits_cnn_bn", 2), ("digits_resnet", 6), ("digits_densenet", 6), ("digits_mobilenet", 11)]
+)
 def test_batchnorm_statistics_are_trained(name, count):
     bns = [m for m in load_model(name).modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(bns) == count

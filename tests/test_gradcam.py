@@ -72,7 +72,7 @@ def conv2d_np(x, weight, bias, padding=0):
     out = np.empty((k, out_h, out_w))
     for i in range(out_h):
         for j in range(out_w):
-            out[:, i, j] = np.einsum("kchw,chw->k", weight, x[:, i:i + kh, j:j + kw]) + bias
+            out[:, i, j] = np.einsum("kchw,chw->k", weight, x[:, i : i + kh, j : j + kw]) + bias
     return out
 
 
@@ -82,7 +82,7 @@ def conv1d_np(x, weight, bias, stride=1):
     length = (x.shape[1] - width) // stride + 1
     out = np.empty((k, length))
     for i in range(length):
-        out[:, i] = np.einsum("kcw,cw->k", weight, x[:, i * stride:i * stride + width]) + bias
+        out[:, i] = np.einsum("kcw,cw->k", weight, x[:, i * stride : i * stride + width]) + bias
     return out
 
 
@@ -114,11 +114,18 @@ def seeded(seed):
 
 def net2d(inplace=False):
     """Conv(pad 1) + ReLU + Conv + ReLU + Linear on 2x8x8 inputs; the last conv's features are 4x6x6."""
-    return nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(inplace=inplace),
-        nn.Conv2d(3, 4, 3), nn.ReLU(inplace=inplace),
-        nn.Flatten(), nn.Linear(4 * 6 * 6, 5),
-    ).double().eval()
+    return (
+        nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1),
+            nn.ReLU(inplace=inplace),
+            nn.Conv2d(3, 4, 3),
+            nn.ReLU(inplace=inplace),
+            nn.Flatten(),
+            nn.Linear(4 * 6 * 6, 5),
+        )
+        .double()
+        .eval()
+    )
 
 
 def net2d_reference(model, x, target):
@@ -132,11 +139,18 @@ def net2d_reference(model, x, target):
 
 def net1d():
     """Conv1d + ReLU + strided Conv1d + ReLU + Linear on 2x20 inputs; last features 4x7."""
-    return nn.Sequential(
-        nn.Conv1d(2, 3, 3), nn.ReLU(),
-        nn.Conv1d(3, 4, 5, stride=2), nn.ReLU(),
-        nn.Flatten(), nn.Linear(4 * 7, 3),
-    ).double().eval()
+    return (
+        nn.Sequential(
+            nn.Conv1d(2, 3, 3),
+            nn.ReLU(),
+            nn.Conv1d(3, 4, 5, stride=2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(4 * 7, 3),
+        )
+        .double()
+        .eval()
+    )
 
 
 class ConvBNReLU(nn.Module):
@@ -213,8 +227,7 @@ class TinyVGG(nn.Module):
 def hooks_left(model):
     """Every hook still registered on any module of ``model``."""
     kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    return [(name, kind) for name, module in model.named_modules() for kind in kinds
-            if getattr(module, kind)]
+    return [(name, kind) for name, module in model.named_modules() for kind in kinds if getattr(module, kind)]
 
 
 def run(name, model, x, **kwargs):
@@ -307,8 +320,7 @@ def test_inplace_activation_gives_the_same_map():
     inplace = net2d(inplace=True)
     inplace.load_state_dict(model.state_dict())
     x = rng.normal(size=(2, 8, 8))
-    np.testing.assert_allclose(run("grad_cam", inplace, x, neuron_selection=1),
-                               net2d_reference(model, x, 1), **TOL)
+    np.testing.assert_allclose(run("grad_cam", inplace, x, neuron_selection=1), net2d_reference(model, x, 1), **TOL)
 
 
 def test_conv_followed_by_batchnorm_uses_the_conv_output():
@@ -351,8 +363,9 @@ def test_target_layer_alias_is_accepted():
     rng = seeded(8)
     model = Reordered().double().eval()
     x = rng.normal(size=(2, 8, 8))
-    np.testing.assert_array_equal(run("grad_cam", model, x, target_layer="early"),
-                                  run("grad_cam", model, x, layer_name="early"))
+    np.testing.assert_array_equal(
+        run("grad_cam", model, x, target_layer="early"), run("grad_cam", model, x, layer_name="early")
+    )
 
 
 def test_unknown_layer_name_lists_the_conv_layers():
@@ -390,8 +403,9 @@ def test_vgg_presets_name_features_28():
     expected = run("grad_cam", model, x, layer_name="features.28", neuron_selection=1)
     for name in ("grad_cam_VGG16ILSVRC", "grad_cam_VGG16MITPL365"):
         np.testing.assert_array_equal(run(name, model, x, neuron_selection=1), expected)
-    assert not np.array_equal(run("grad_cam_VGG16ILSVRC", model, x, layer_name="features.25",
-                                  neuron_selection=1), expected)
+    assert not np.array_equal(
+        run("grad_cam_VGG16ILSVRC", model, x, layer_name="features.25", neuron_selection=1), expected
+    )
 
 
 # ----------------------------------------------------------------------------- normalisation, batches
@@ -434,7 +448,7 @@ def test_batch_equals_per_sample(name):
     x = rng.normal(size=(4, 2, 8, 8))
     targets = [0, 4, 2, 2]
     batched = calculate_relevancemaps(name, x, model, neuron_selection=targets)
-    single = np.stack([run(name, model, xi, neuron_selection=t) for xi, t in zip(x, targets)])
+    single = np.stack([run(name, model, xi, neuron_selection=t) for xi, t in zip(x, targets, strict=True)])
     np.testing.assert_allclose(batched, single, **TOL)
 
 
@@ -458,15 +472,19 @@ def test_guided_grad_cam_is_guided_backprop_times_grad_cam():
     x = rng.normal(size=(2, 8, 8))
     for target in (0, 3):
         guided = run("guided_grad_cam_MNISTCNN", model, x, neuron_selection=target)
-        product = (run("guided_backprop", model, x, neuron_selection=target)
-                   * run("grad_cam", model, x, neuron_selection=target))
+        product = run("guided_backprop", model, x, neuron_selection=target) * run(
+            "grad_cam", model, x, neuron_selection=target
+        )
         np.testing.assert_allclose(guided, product, **TOL)
     spec = parse("guided_grad_cam", layer_name="0")
     batch = torch.from_numpy(x)[None]
     direct = gradcam.guided_grad_cam(model, batch, 1, spec)
-    np.testing.assert_allclose(direct[0].numpy(),
-                               run("guided_backprop", model, x, neuron_selection=1)
-                               * run("grad_cam", model, x, layer_name="0", neuron_selection=1), **TOL)
+    np.testing.assert_allclose(
+        direct[0].numpy(),
+        run("guided_backprop", model, x, neuron_selection=1)
+        * run("grad_cam", model, x, layer_name="0", neuron_selection=1),
+        **TOL,
+    )
 
 
 def test_timeseries_rejects_a_2d_layer():
@@ -520,8 +538,9 @@ def test_post_multipliers_scale_the_map():
     np.testing.assert_allclose(run("grad_cam_x_sign", model, x), cam * np.where(x >= 0, 1, -1), **TOL)
 
 
-@pytest.mark.parametrize("fixture,name", [("digits_cnn", "grad_cam"), ("digits_cnn_bn", "grad_cam"),
-                                          ("series_cnn1d", "grad_cam_timeseries")])
+@pytest.mark.parametrize(
+    "fixture,name", [("digits_cnn", "grad_cam"), ("digits_cnn_bn", "grad_cam"), ("series_cnn1d", "grad_cam_timeseries")]
+)
 def test_trained_fixtures(fixture, name):
     model = load_model(fixture)
     x = load_inputs(fixture)

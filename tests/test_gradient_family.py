@@ -5,8 +5,10 @@ re-implementations of each formula in METHODS.md (guided backprop, deconvnet, Sm
 integrated gradients on iNNvestigate's path, DeepLIFT's rescale rule). Models are float64, so the
 library computes in float64 and tolerances are tight.
 """
+
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -32,24 +34,25 @@ GRADIENT_FAMILY_NAMES = [name for name in listed_names() if parse(name).family n
 
 # --------------------------------------------------------------------------- models
 
+
 def _seeded(seed: int, build):
     torch.manual_seed(seed)
     return build().double().eval()
 
 
 def mlp_tanh(seed: int = 0, sizes=(6, 5, 4)) -> nn.Sequential:
-    return _seeded(seed, lambda: nn.Sequential(nn.Linear(sizes[0], sizes[1]), nn.Tanh(),
-                                               nn.Linear(sizes[1], sizes[2])))
+    return _seeded(seed, lambda: nn.Sequential(nn.Linear(sizes[0], sizes[1]), nn.Tanh(), nn.Linear(sizes[1], sizes[2])))
 
 
 def mlp_relu(seed: int = 0, sizes=(6, 5, 4)) -> nn.Sequential:
     def build():
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(pairwise(sizes)):
             layers.append(nn.Linear(a, b))
             if i < len(sizes) - 2:
                 layers.append(nn.ReLU())
         return nn.Sequential(*layers)
+
     model = _seeded(seed, build)
     with torch.no_grad():  # biases large enough that some units are off and signs are mixed
         for layer in model:
@@ -60,16 +63,34 @@ def mlp_relu(seed: int = 0, sizes=(6, 5, 4)) -> nn.Sequential:
 
 def cnn2d(seed: int = 0) -> nn.Sequential:
     """Input (2, 6, 6)."""
-    return _seeded(seed, lambda: nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 3 * 3, 5)))
+    return _seeded(
+        seed,
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1),
+            nn.Tanh(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(4 * 3 * 3, 5),
+        ),
+    )
 
 
 def cnn1d(seed: int = 0) -> nn.Sequential:
     """Input (2, 10)."""
-    return _seeded(seed, lambda: nn.Sequential(
-        nn.Conv1d(2, 3, 3, padding=1), nn.ReLU(), nn.AvgPool1d(2),
-        nn.Conv1d(3, 4, 3), nn.Softplus(), nn.Flatten(), nn.Linear(4 * 3, 3)))
+    return _seeded(
+        seed,
+        lambda: nn.Sequential(
+            nn.Conv1d(2, 3, 3, padding=1),
+            nn.ReLU(),
+            nn.AvgPool1d(2),
+            nn.Conv1d(3, 4, 3),
+            nn.Softplus(),
+            nn.Flatten(),
+            nn.Linear(4 * 3, 3),
+        ),
+    )
 
 
 MODELS = {
@@ -81,8 +102,9 @@ MODELS = {
 
 
 def linears(model: nn.Sequential) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy())
-            for m in model if isinstance(m, nn.Linear)]
+    return [
+        (m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy()) for m in model if isinstance(m, nn.Linear)
+    ]
 
 
 def random_input(shape, seed: int) -> np.ndarray:
@@ -90,6 +112,7 @@ def random_input(shape, seed: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- references
+
 
 def forward(model: nn.Module, x: np.ndarray) -> np.ndarray:
     """Logits of a batch, float64 numpy (the model's forward only: no autograd)."""
@@ -137,7 +160,7 @@ def guided_reference(layers, x: np.ndarray, target: int, kind: str, seed: float 
     w_out, b_out = layers[-1]
     logit = w_out[target] @ a + b_out[target]
     signal = (logit if seed is None else seed) * w_out[target]  # at the last hidden activation
-    for (w, _), z in zip(reversed(layers[:-1]), reversed(pre)):
+    for (w, _), z in zip(reversed(layers[:-1]), reversed(pre), strict=True):
         signal = np.maximum(signal, 0)
         if kind == "guided":
             signal = signal * (z > 0)
@@ -158,6 +181,7 @@ def call(model, x, name, **kwargs) -> np.ndarray:
 
 # --------------------------------------------------------------------------- gradient
 
+
 @pytest.mark.parametrize("key", sorted(MODELS))
 @pytest.mark.parametrize("target", [None, 1, 2])
 def test_gradient_matches_finite_differences(key, target):
@@ -177,7 +201,7 @@ def test_batched_gradient_matches_finite_differences_per_input(key):
     x = random_input((3, *shape), 2)
     targets = [2, 0, 1]
     result = calculate_relevancemaps(model, x, method="gradient", target_class=targets)
-    expected = np.stack([fd_gradient(model, xi, t) for xi, t in zip(x, targets)])
+    expected = np.stack([fd_gradient(model, xi, t) for xi, t in zip(x, targets, strict=True)])
     np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-8)
 
 
@@ -191,6 +215,7 @@ def test_gradient_on_a_linear_model_is_the_weight_row():
 
 
 # --------------------------------------------------------------------------- post-multipliers
+
 
 def _cnn_input_with_special_values(mu: float = 0.0) -> np.ndarray:
     x = random_input((2, 6, 6), 4)
@@ -219,14 +244,17 @@ def test_gradient_x_sign_counts_zero_as_positive():
     np.testing.assert_allclose(result[zeros], grad[zeros], rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("name, kwargs, mu", [
-    ("gradient_x_sign_mu_0_5", {}, 0.5),
-    ("gradient_x_sign_mu_neg_0_5", {}, -0.5),
-    ("gradient_x_sign_mu_0", {}, 0.0),
-    ("gradient_x_sign_mu", {}, 0.0),
-    ("gradient_x_sign_mu", {"mu": 0.25}, 0.25),
-    ("gradient_x_sign_mu_0_5", {"mu": -1.0}, -1.0),
-])
+@pytest.mark.parametrize(
+    "name, kwargs, mu",
+    [
+        ("gradient_x_sign_mu_0_5", {}, 0.5),
+        ("gradient_x_sign_mu_neg_0_5", {}, -0.5),
+        ("gradient_x_sign_mu_0", {}, 0.0),
+        ("gradient_x_sign_mu", {}, 0.0),
+        ("gradient_x_sign_mu", {"mu": 0.25}, 0.25),
+        ("gradient_x_sign_mu_0_5", {"mu": -1.0}, -1.0),
+    ],
+)
 def test_gradient_x_sign_mu_thresholds_the_input(name, kwargs, mu):
     model = cnn2d()
     x = _cnn_input_with_special_values(mu)
@@ -252,6 +280,7 @@ def test_x_input_x_sign_is_the_map_times_abs_x(base):
 
 
 # --------------------------------------------------------------------------- guided backprop, deconvnet
+
 
 @pytest.mark.parametrize("sizes", [(6, 5, 4), (6, 8, 7, 4)])
 @pytest.mark.parametrize("kind, name", [("guided", "guided_backprop"), ("deconv", "deconvnet")])
@@ -296,16 +325,19 @@ def test_guided_methods_batched_with_per_input_targets(kind, name):
     x = random_input((4, 6), 9)
     targets = np.array([0, 3, 1, 3])
     result = calculate_relevancemaps(model, x, method=name, neuron_selection=targets)
-    expected = np.stack([guided_reference(layers, xi, int(t), kind) for xi, t in zip(x, targets)])
+    expected = np.stack([guided_reference(layers, xi, int(t), kind) for xi, t in zip(x, targets, strict=True)])
     np.testing.assert_allclose(result, expected, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("suffix, factor", [
-    ("_x_input", lambda x: x),
-    ("_x_sign", lambda x: sign_mu(x)),
-    ("_x_sign_mu_0_5", lambda x: sign_mu(x, 0.5)),
-    ("_x_sign_mu_neg_0_5", lambda x: sign_mu(x, -0.5)),
-])
+@pytest.mark.parametrize(
+    "suffix, factor",
+    [
+        ("_x_input", lambda x: x),
+        ("_x_sign", lambda x: sign_mu(x)),
+        ("_x_sign_mu_0_5", lambda x: sign_mu(x, 0.5)),
+        ("_x_sign_mu_neg_0_5", lambda x: sign_mu(x, -0.5)),
+    ],
+)
 @pytest.mark.parametrize("kind, name", [("guided", "guided_backprop"), ("deconv", "deconvnet")])
 def test_guided_methods_with_post_multipliers(kind, name, suffix, factor):
     model = mlp_relu(10, (6, 8, 4))
@@ -313,11 +345,11 @@ def test_guided_methods_with_post_multipliers(kind, name, suffix, factor):
     x = random_input(6, 10)
     x[0], x[1] = 0.0, 0.5
     expected = guided_reference(layers, x, 2, kind) * factor(x)
-    np.testing.assert_allclose(call(model, x, name + suffix, target_class=2), expected,
-                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(call(model, x, name + suffix, target_class=2), expected, rtol=1e-10, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- SmoothGrad, VarGrad
+
 
 def test_smoothgrad_and_vargrad_with_injected_noise_match_numpy():
     model = mlp_tanh(11)
@@ -325,8 +357,7 @@ def test_smoothgrad_and_vargrad_with_injected_noise_match_numpy():
     x = random_input((3, 6), 11)
     targets = [1, 3, 0]
     noise = random_input((7, 3, 6), 12) * 0.3
-    grads = np.stack([[tanh_mlp_gradient(layers, x[i] + noise[k, i], targets[i]) for i in range(3)]
-                      for k in range(7)])
+    grads = np.stack([[tanh_mlp_gradient(layers, x[i] + noise[k, i], targets[i]) for i in range(3)] for k in range(7)])
     for batch_size in (64, 4, 1):  # one chunk, several, one sample per chunk
         kwargs = dict(noise=noise, num_samples=7, batch_size=batch_size, target_class=targets)
         smooth = calculate_relevancemaps(model, x, method="smoothgrad", **kwargs)
@@ -341,10 +372,18 @@ def test_smoothgrad_noise_without_batch_axis_for_one_input():
     x = random_input(6, 13)
     noise = random_input((5, 6), 14) * 0.2
     grads = np.stack([tanh_mlp_gradient(layers, x + n, 2) for n in noise])
-    np.testing.assert_allclose(call(model, x, "smoothgrad", noise=noise, num_samples=5, target_class=2),
-                               grads.mean(axis=0), rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(call(model, x, "vargrad", noise=noise[:, None], num_samples=5, target_class=2),
-                               grads.var(axis=0), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(
+        call(model, x, "smoothgrad", noise=noise, num_samples=5, target_class=2),
+        grads.mean(axis=0),
+        rtol=1e-12,
+        atol=1e-14,
+    )
+    np.testing.assert_allclose(
+        call(model, x, "vargrad", noise=noise[:, None], num_samples=5, target_class=2),
+        grads.var(axis=0),
+        rtol=1e-10,
+        atol=1e-14,
+    )
 
 
 def test_smoothgrad_keeps_the_clean_inputs_target():
@@ -356,10 +395,12 @@ def test_smoothgrad_keeps_the_clean_inputs_target():
     noisy_argmax = [int(np.argmax(tanh_mlp_forward(layers, x + n))) for n in noise]
     assert any(t != clean for t in noisy_argmax), "the noise must move some argmax for this test"
     grads = np.stack([tanh_mlp_gradient(layers, x + n, clean) for n in noise])
-    np.testing.assert_allclose(call(model, x, "smoothgrad", noise=noise, num_samples=8),
-                               grads.mean(axis=0), rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(call(model, x, "vargrad", noise=noise, num_samples=8),
-                               grads.var(axis=0), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(
+        call(model, x, "smoothgrad", noise=noise, num_samples=8), grads.mean(axis=0), rtol=1e-12, atol=1e-14
+    )
+    np.testing.assert_allclose(
+        call(model, x, "vargrad", noise=noise, num_samples=8), grads.var(axis=0), rtol=1e-10, atol=1e-14
+    )
 
 
 @pytest.mark.parametrize("key", ["cnn2d", "cnn1d"])
@@ -378,8 +419,9 @@ def test_zero_noise_level_gives_the_gradient_and_zero_variance():
     model = cnn2d()
     x = random_input((2, 6, 6), 19)
     grad = fd_gradient(model, x, 4)
-    np.testing.assert_allclose(call(model, x, "smoothgrad", noise_level=0.0, num_samples=3, target_class=4),
-                               grad, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(
+        call(model, x, "smoothgrad", noise_level=0.0, num_samples=3, target_class=4), grad, rtol=1e-6, atol=1e-8
+    )
     # identical gradients: zero up to the rounding of their mean (squared, so ~1e-37 at most)
     var = call(model, x, "vargrad", noise_level=0.0, num_samples=3, target_class=4)
     assert np.all(var >= 0) and np.all(var <= (1e-15 * np.abs(grad).max()) ** 2)
@@ -405,7 +447,7 @@ class Quadratic(nn.Module):
         self.register_buffer("anchor", torch.zeros((), dtype=torch.float64))
 
     def forward(self, x):
-        first = 0.5 * (x ** 2).flatten(1).sum(1)
+        first = 0.5 * (x**2).flatten(1).sum(1)
         return torch.stack([first, torch.zeros_like(first) + self.anchor], dim=1)
 
 
@@ -418,14 +460,14 @@ def test_noise_level_is_the_standard_deviation_in_input_units(sigma):
     var = call(model, x, "vargrad", **kwargs)
     # gradient = x + noise: the mean is x up to sigma / sqrt(n) per element, the variance sigma**2
     assert np.abs(smooth - x).max() < 5 * sigma / np.sqrt(400)
-    assert var.mean() == pytest.approx(sigma ** 2, rel=0.03)
+    assert var.mean() == pytest.approx(sigma**2, rel=0.03)
 
 
 def test_default_noise_level_and_sample_count():
     model = Quadratic()
     x = random_input(400, 22)
     var = call(model, x, "vargrad", seed=1, target_class=0)
-    assert var.mean() == pytest.approx(0.2 ** 2, rel=0.05)  # default noise_level 0.2
+    assert var.mean() == pytest.approx(0.2**2, rel=0.05)  # default noise_level 0.2
     # default num_samples 50: injected noise of 50 draws is accepted and gives the ddof-0 variance
     noise = np.random.default_rng(23).normal(size=(50, 400))
     ddof0 = call(model, x, "vargrad", noise=noise, target_class=0)
@@ -433,6 +475,7 @@ def test_default_noise_level_and_sample_count():
 
 
 # --------------------------------------------------------------------------- integrated gradients
+
 
 def ig_reference(gradient, x: np.ndarray, reference: np.ndarray, steps: int) -> np.ndarray:
     points = [reference + k / steps * (x - reference) for k in range(steps)]
@@ -445,10 +488,15 @@ def test_integrated_gradients_match_the_numpy_path_integral(steps, batch_size):
     layers = linears(model)
     x = random_input((2, 6), 24)
     targets = [3, 1]
-    result = calculate_relevancemaps(model, x, method="integrated_gradients", steps=steps,
-                                     batch_size=batch_size, target_class=targets)
-    expected = np.stack([ig_reference(lambda p, t=t: tanh_mlp_gradient(layers, p, t), xi, np.zeros(6), steps)
-                         for xi, t in zip(x, targets)])
+    result = calculate_relevancemaps(
+        model, x, method="integrated_gradients", steps=steps, batch_size=batch_size, target_class=targets
+    )
+    expected = np.stack(
+        [
+            ig_reference(lambda p, t=t: tanh_mlp_gradient(layers, p, t), xi, np.zeros(6), steps)
+            for xi, t in zip(x, targets, strict=True)
+        ]
+    )
     np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-14)
 
 
@@ -458,10 +506,18 @@ def test_integrated_gradients_default_steps_and_nonzero_reference():
     x = random_input(6, 25)
     reference = random_input(6, 26) * 0.5
     grad = lambda p: tanh_mlp_gradient(layers, p, 2)  # noqa: E731
-    np.testing.assert_allclose(call(model, x, "integrated_gradients", target_class=2),
-                               ig_reference(grad, x, np.zeros(6), 50), rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(call(model, x, "integrated_gradients", target_class=2, reference=reference),
-                               ig_reference(grad, x, reference, 50), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+        call(model, x, "integrated_gradients", target_class=2),
+        ig_reference(grad, x, np.zeros(6), 50),
+        rtol=1e-12,
+        atol=1e-14,
+    )
+    np.testing.assert_allclose(
+        call(model, x, "integrated_gradients", target_class=2, reference=reference),
+        ig_reference(grad, x, reference, 50),
+        rtol=1e-12,
+        atol=1e-14,
+    )
 
 
 def test_integrated_gradients_first_point_is_the_reference():
@@ -469,8 +525,7 @@ def test_integrated_gradients_first_point_is_the_reference():
     model = Quadratic()
     x = random_input(5, 27)
     # gradient at a point p is p: mean over {0, x/2} is x/4, times x
-    np.testing.assert_allclose(call(model, x, "integrated_gradients", steps=2, target_class=0),
-                               x * x / 4, rtol=1e-14)
+    np.testing.assert_allclose(call(model, x, "integrated_gradients", steps=2, target_class=0), x * x / 4, rtol=1e-14)
 
 
 def test_integrated_gradients_on_a_linear_model_is_gradient_times_input():
@@ -485,11 +540,16 @@ def test_integrated_gradients_on_a_conv_net_match_finite_differences():
     model = cnn1d()
     x = random_input((2, 10), 29)
     grad = lambda p: fd_gradient(model, p, 2)  # noqa: E731
-    np.testing.assert_allclose(call(model, x, "integrated_gradients", steps=4, target_class=2),
-                               ig_reference(grad, x, np.zeros_like(x), 4), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(
+        call(model, x, "integrated_gradients", steps=4, target_class=2),
+        ig_reference(grad, x, np.zeros_like(x), 4),
+        rtol=1e-6,
+        atol=1e-8,
+    )
 
 
 # --------------------------------------------------------------------------- DeepLIFT
+
 
 def deeplift_one_hidden(layers, activation, derivative, x, reference, target):
     """Rescale rule on Linear-activation-Linear: multipliers (f(z) - f(z0)) / (z - z0)."""
@@ -508,8 +568,9 @@ def test_deeplift_on_a_linear_model_is_gradient_times_delta(with_reference):
     x = random_input(6, 30)
     reference = random_input(6, 31) if with_reference else np.zeros(6)
     kwargs = {"reference": reference} if with_reference else {}
-    np.testing.assert_allclose(call(model, x, "deeplift_method", target_class=1, **kwargs),
-                               weight[1] * (x - reference), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(
+        call(model, x, "deeplift_method", target_class=1, **kwargs), weight[1] * (x - reference), rtol=1e-13, atol=1e-15
+    )
 
 
 @pytest.mark.parametrize("act", ["relu", "tanh"])
@@ -529,8 +590,9 @@ def test_deeplift_rescale_on_one_hidden_layer(act, with_reference):
         result = call(model, x, "deeplift_method", target_class=t, **kwargs)
         np.testing.assert_allclose(result, expected, rtol=1e-10, atol=1e-13)
     grad_x_input = call(model, x, "gradient_x_input", target_class=0)
-    assert not np.allclose(call(model, x, "deeplift_method", target_class=0), grad_x_input), \
+    assert not np.allclose(call(model, x, "deeplift_method", target_class=0), grad_x_input), (
         "DeepLIFT must differ from gradient*input on this net for the test to mean anything"
+    )
 
 
 @pytest.mark.parametrize("act", ["relu", "tanh"])
@@ -539,8 +601,9 @@ def test_deeplift_completeness(act):
         model = mlp_relu(20, (6, 8, 7, 5))
     else:
         torch.manual_seed(20)
-        model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 7), nn.Sigmoid(),
-                              nn.Linear(7, 5)).double().eval()
+        model = (
+            nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 7), nn.Sigmoid(), nn.Linear(7, 5)).double().eval()
+        )
     x = random_input((4, 6), 34)
     reference = random_input(6, 35) * 0.3
     targets = [0, 4, 2, 2]
@@ -559,13 +622,14 @@ def test_deeplift_short_name_and_post_multipliers():
     step = lambda v: (v > 0).astype(float)  # noqa: E731
     expected = deeplift_one_hidden(layers, relu, step, x, np.zeros(6), 3)
     np.testing.assert_allclose(call(model, x, "deeplift", target_class=3), expected, rtol=1e-10, atol=1e-13)
-    np.testing.assert_allclose(call(model, x, "deeplift_x_input", target_class=3), expected * x,
-                               rtol=1e-10, atol=1e-13)
-    np.testing.assert_allclose(call(model, x, "deeplift_x_sign", target_class=3), expected * sign_mu(x),
-                               rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(call(model, x, "deeplift_x_input", target_class=3), expected * x, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(
+        call(model, x, "deeplift_x_sign", target_class=3), expected * sign_mu(x), rtol=1e-10, atol=1e-13
+    )
 
 
 # --------------------------------------------------------------------------- random_uniform
+
 
 def pooled_cnn(channels: int, dims: int) -> nn.Module:
     conv = nn.Conv2d if dims == 2 else nn.Conv1d
@@ -631,11 +695,21 @@ FIXTURE_MODELS = ["digits_mlp", "digits_cnn", "series_cnn1d"]
 
 def test_gradient_family_names_are_the_expected_ones():
     families = {parse(name).family for name in GRADIENT_FAMILY_NAMES}
-    assert families == {"gradient", "guided_backprop", "deconvnet", "smoothgrad", "vargrad",
-                        "integrated_gradients", "deeplift", "random_uniform"}
-    by_text = [name for name in listed_names()
-                if "grad_cam" not in name and name.split("_")[0] not in {"lrp", "lrpz", "lrpsign", "w2lrp",
-                                                                          "flatlrp", "zblrp"}]
+    assert families == {
+        "gradient",
+        "guided_backprop",
+        "deconvnet",
+        "smoothgrad",
+        "vargrad",
+        "integrated_gradients",
+        "deeplift",
+        "random_uniform",
+    }
+    by_text = [
+        name
+        for name in listed_names()
+        if "grad_cam" not in name and name.split("_")[0] not in {"lrp", "lrpz", "lrpsign", "w2lrp", "flatlrp", "zblrp"}
+    ]
     assert GRADIENT_FAMILY_NAMES == by_text and len(by_text) == 46
 
 
@@ -648,17 +722,25 @@ def _base_and_factor(name: str):
     """(base name, numpy multiplier of x) for a listed gradient-family name."""
     if name == "input_t_gradient":
         return "gradient", lambda x: x
-    base, factor = name, (lambda x: np.ones_like(x))
-    for suffix, mu in (("_x_sign_mu_neg_0_5", -0.5), ("_x_sign_mu_0_5", 0.5), ("_x_sign_mu_0", 0.0),
-                       ("_x_sign_mu", 0.0), ("_x_sign", 0.0)):
+    base, mu = name, None
+    for suffix, value in (
+        ("_x_sign_mu_neg_0_5", -0.5),
+        ("_x_sign_mu_0_5", 0.5),
+        ("_x_sign_mu_0", 0.0),
+        ("_x_sign_mu", 0.0),
+        ("_x_sign", 0.0),
+    ):
         if base.endswith(suffix):
-            base = base[: -len(suffix)]
-            factor = (lambda x, mu=mu: sign_mu(x, mu).astype(x.dtype))
+            base, mu = base[: -len(suffix)], value
             break
-    if base.endswith("_x_input"):
+    times_input = base.endswith("_x_input")
+    if times_input:
         base = base[: -len("_x_input")]
-        inner = factor
-        factor = (lambda x, inner=inner: x * inner(x))
+
+    def factor(x):
+        sign = np.ones_like(x) if mu is None else sign_mu(x, mu).astype(x.dtype)
+        return x * sign if times_input else sign
+
     return base, factor
 
 

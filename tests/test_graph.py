@@ -1,4 +1,5 @@
 """The model graph: node kinds, activations, positions, fusion and the cache."""
+
 from __future__ import annotations
 
 import gc
@@ -129,8 +130,9 @@ def test_input_layer_behind_a_flatten_but_not_behind_a_pad():
 
 
 def test_activation_table_follows_keras_applications():
-    graph = model_graph(nn.Sequential(nn.Linear(3, 3), nn.SiLU(), nn.LeakyReLU(0.2), nn.ELU(), nn.ELU(0.5),
-                                      nn.Hardswish(), nn.Tanh()))
+    graph = model_graph(
+        nn.Sequential(nn.Linear(3, 3), nn.SiLU(), nn.LeakyReLU(0.2), nn.ELU(), nn.ELU(0.5), nn.Hardswish(), nn.Tanh())
+    )
     acts = {node.target: node.activation for node in graph.nodes if node.activation is not None}
     assert dict(acts["1"].keras_config) == {"activation": "swish"} and acts["1"].lrp == "pass"
     assert graph[graph.by_module(graph.module.get_submodule("1"))[0].name].fused_into is not None
@@ -149,6 +151,7 @@ def test_functional_activation_parameters_are_read():
 
         def forward(self, x):
             return F.leaky_relu(torch.relu(self.a(x)), 0.3)
+
     graph = model_graph(Net())
     acts = [node.activation for node in graph.nodes if node.activation is not None]
     assert [a.name for a in acts] == ["relu", "leaky_relu"] and acts[1].keras_config["alpha"] == 0.3
@@ -163,6 +166,7 @@ def test_unknown_operations_are_marked_unsupported():
 
         def forward(self, x):
             return torch.exp(self.norm(self.a(x))) * self.scale
+
     graph = model_graph(Net())
     unsupported = {node.label for node in graph.nodes if node.kind.lrp == "unsupported"}
     assert "'norm'" in unsupported
@@ -205,6 +209,7 @@ def test_every_kind_has_a_known_lrp_treatment(name):
 
 def test_a_softmax_wrapper_has_the_wrapped_graph_without_its_softmax():
     from signxai.torch_signxai import remove_softmax
+
     model = nn.Sequential(Residual(), nn.Softmax(dim=1)).double().eval()
     wrapper = remove_softmax(model)
     graph = model_graph(wrapper)
@@ -228,6 +233,7 @@ def test_in_place_functional_activations_keep_their_semantics_as_modules():
             z = torch.relu(self.a(x))
             z.relu_()
             return self.b(y + F.relu(z, inplace=True))
+
     model = Net().double()
     x = torch.randn(4, 3, dtype=torch.float64)
     modular = of_model(model)

@@ -1,5 +1,6 @@
 """Guided backprop, deconvnet and DeepLIFT treat functional and module activations alike (every
 ReLU-like unit is modified, ReLU6 included), or refuse where they cannot."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -95,8 +96,10 @@ def test_relu6_is_relu_like(kind, spelling):
 
 def test_functional_and_module_guided_backprop_agree_on_a_batch():
     x = np.random.default_rng(3).normal(size=(4, 6))
-    maps = [calculate_relevancemaps(Net(s), x, method="guided_backprop", target_class=[0, 1, 2, 0])
-            for s in ("module", "F.relu")]
+    maps = [
+        calculate_relevancemaps(Net(s), x, method="guided_backprop", target_class=[0, 1, 2, 0])
+        for s in ("module", "F.relu")
+    ]
     np.testing.assert_array_equal(maps[0], maps[1])
 
 
@@ -107,7 +110,7 @@ class Untraceable(nn.Module):
         self.double()
 
     def forward(self, x):
-        if x.shape[0] > 10 ** 9:  # fx cannot trace a branch on the batch size
+        if x.shape[0] > 10**9:  # fx cannot trace a branch on the batch size
             return self.b(self.a(x))
         return self.b(F.relu(self.a(x)))
 
@@ -137,8 +140,10 @@ class TanhNet(nn.Module):
 def test_deeplift_rescales_functional_activations_too():
     x = np.random.default_rng(5).normal(size=5)
     ref = np.random.default_rng(6).normal(size=5)
-    module, functional = (calculate_relevancemap(TanhNet(f), x, method="deeplift_method", target_class=1,
-                                                 reference=ref) for f in (False, True))
+    module, functional = (
+        calculate_relevancemap(TanhNet(f), x, method="deeplift_method", target_class=1, reference=ref)
+        for f in (False, True)
+    )
     np.testing.assert_array_equal(module, functional)
     # completeness: the map sums to the logit's change (rescale rule, one hidden layer)
     net = TanhNet(True)

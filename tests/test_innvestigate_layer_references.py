@@ -28,6 +28,7 @@ lies in (0, 1), so the bias-free analyzers equal their biased forms here, and ZP
 ZPlus; ``tests/test_lrp_rules.py`` tests those against a numpy reference with random biases and
 inputs of both signs.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -135,8 +136,9 @@ def test_matches_innvestigates_stored_layer_reference(data, analyzer, layer):
     with torch.no_grad():
         inputs = torch.from_numpy(x.transpose(0, 3, 1, 2) if _channels_first(layer) else x)
         outputs = model(inputs).numpy()
-    np.testing.assert_allclose(outputs[np.arange(len(targets)), targets], data[f"{prefix}/target_value"],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        outputs[np.arange(len(targets)), targets], data[f"{prefix}/target_value"], rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_array_equal(outputs.argmax(axis=1), targets)  # the neuron iNNvestigate explained
     stored = data[f"{prefix}/attribution"]
     ours64 = _ours(name, kwargs, model, x, layer, targets, np.float64)

@@ -4,6 +4,7 @@ The expected meaning of every name is written here from iNNvestigate 2.1.2's sou
 (``innvestigate/analyzer/__init__.py``'s ``analyzers`` and each analyzer's constructor defaults),
 not read from the library's alias table.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,17 +19,17 @@ from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps
 #: None: refused (no meaning for a PyTorch model)
 INNVESTIGATE_2_1_2 = {
     "input": ("input", {}),
-    "random": ("input", {"stddev": 1.0}),                    # Random(stddev=1)
+    "random": ("input", {"stddev": 1.0}),  # Random(stddev=1)
     "gradient": ("gradient", {}),
     "gradient.baseline": ("gradient", {}),
     "input_t_gradient": ("gradient_x_input", {}),
     "deconvnet": ("deconvnet", {}),
     "guided_backprop": ("guided_backprop", {}),
-    "integrated_gradients": ("integrated_gradients", {}),   # signxai's defaults (see test below)
+    "integrated_gradients": ("integrated_gradients", {}),  # signxai's defaults (see test below)
     "smoothgrad": ("smoothgrad", {}),
     "lrp": None,
     "lrp.z": ("lrp_z", {}),
-    "lrp.epsilon": ("lrp_epsilon", {"epsilon": 1e-7}),       # LRPEpsilon(epsilon=1e-7, bias=True)
+    "lrp.epsilon": ("lrp_epsilon", {"epsilon": 1e-7}),  # LRPEpsilon(epsilon=1e-7, bias=True)
     "lrp.w_square": ("lrp_w_square", {}),
     "lrp.flat": ("lrp_flat", {}),
     "lrp.alpha_beta": ("lrp_alpha_beta", {}),
@@ -44,7 +45,7 @@ INNVESTIGATE_2_1_2 = {
     "lrp.sequential_preset_b_flat": ("flatlrp_sequential_composite_b", {}),
     "lrp.sequential_preset_b_flat_until_idx": None,
     "deep_taylor": ("lrp_deep_taylor", {}),
-    "deep_taylor.bounded": ("zblrp_deep_taylor", {}),       # needs low= and high=
+    "deep_taylor.bounded": ("zblrp_deep_taylor", {}),  # needs low= and high=
 }
 #: iNNvestigate 1.x's bias-free names
 INNVESTIGATE_1 = {
@@ -58,7 +59,12 @@ NEEDS = {"deep_taylor.bounded": {"low": -1.0, "high": 2.0}}
 
 def _same_spec(a, b):
     return (a.family, a.rule, a.input_rule, dict(a.params), a.post) == (
-        b.family, b.rule, b.input_rule, dict(b.params), b.post)
+        b.family,
+        b.rule,
+        b.input_rule,
+        dict(b.params),
+        b.post,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(ACCEPTED))
@@ -68,9 +74,15 @@ def test_every_innvestigate_name_parses_to_the_spec_it_equals(name):
     assert _same_spec(parse(name, **extra), parse(means, **kwargs, **extra))
 
 
-@pytest.mark.parametrize("name, words", [
-    ("lrp", "rule="), ("lrp.sequential_preset_b_flat_until_idx", "model.layers"),
-    ("pattern.net", "trained"), ("pattern.attribution", "trained")])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("lrp", "rule="),
+        ("lrp.sequential_preset_b_flat_until_idx", "model.layers"),
+        ("pattern.net", "trained"),
+        ("pattern.attribution", "trained"),
+    ],
+)
 def test_names_without_a_meaning_here_are_refused_with_the_reason(name, words):
     with pytest.raises(ValueError, match=words):
         parse(name)
@@ -85,7 +97,10 @@ def test_ib_suffix_equals_the_bias_keyword():
 def test_innvestigate_keywords():
     assert parse("lrp.epsilon", epsilon=0.01).params["epsilon"] == 0.01
     assert dict(parse("deep_taylor.bounded", low=-128, high=128).params) == {
-        "low": -128, "high": 128, "last_rule": None}
+        "low": -128,
+        "high": 128,
+        "last_rule": None,
+    }
     assert parse("lrp.epsilon", bias=False).params["bias"] is False
     assert parse("lrp.sequential_preset_b", epsilon=0.5).params["epsilon"] == 0.5
     smooth = parse("smoothgrad", augment_by_n=64, noise_scale=1.0)
@@ -112,8 +127,19 @@ def test_shared_names_keep_signxai_defaults():
 
 def _model():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(3 * 5 * 4, 6), nn.ReLU(), nn.Linear(6, 4)).double().eval()
+    model = (
+        nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1),
+            nn.BatchNorm2d(3),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(3 * 5 * 4, 6),
+            nn.ReLU(),
+            nn.Linear(6, 4),
+        )
+        .double()
+        .eval()
+    )
     with torch.no_grad():
         bn = model[1]
         bn.running_mean.uniform_(-0.5, 0.5)
@@ -129,9 +155,12 @@ X = np.random.default_rng(3).normal(size=(3, 2, 5, 4))
 @pytest.mark.parametrize("name", sorted(ACCEPTED))
 def test_every_innvestigate_name_gives_the_map_of_the_name_it_equals(name):
     means, kwargs = ACCEPTED[name]
-    extra = {**NEEDS.get(name, {}), **({"seed": 7} if means == "input" else {}),
-             **({"seed": 7, "num_samples": 4} if means == "smoothgrad" else {}),
-             **({"steps": 4} if means == "integrated_gradients" else {})}
+    extra = {
+        **NEEDS.get(name, {}),
+        **({"seed": 7} if means == "input" else {}),
+        **({"seed": 7, "num_samples": 4} if means == "smoothgrad" else {}),
+        **({"steps": 4} if means == "integrated_gradients" else {}),
+    }
     got = calculate_relevancemaps(name, X, MODEL, neuron_selection=[0, 1, 2], **extra)
     want = calculate_relevancemaps(means, X, MODEL, neuron_selection=[0, 1, 2], **kwargs, **extra)
     np.testing.assert_array_equal(got, want)

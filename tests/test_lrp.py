@@ -4,6 +4,7 @@ on the first layer *executed*, BatchNorm in both APIs, pooling, conservation ide
 name of ``method_names.txt`` on the fixture models, model hygiene, unsupported layers, and
 Hypothesis on random dense/conv stacks.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,14 +23,6 @@ for _path in (ROOT, Path(__file__).resolve().parent):  # fixtures/, and the shar
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from fixtures.models import load_inputs, load_model  # noqa: E402
-from signxai.torch_signxai import calculate_relevancemap as native_relevancemap  # noqa: E402
-from signxai.torch_signxai.methods.grammar import parse  # noqa: E402
-from signxai.torch_signxai.methods.lrp import UnsupportedLayerError  # noqa: E402
-from signxai.torch_signxai.methods.wrappers import (  # noqa: E402
-    calculate_relevancemap,
-    calculate_relevancemaps,
-)
 from test_lrp_rules import (  # noqa: E402
     API_METHODS,
     Method,
@@ -51,6 +44,15 @@ from test_lrp_rules import (  # noqa: E402
     rule_zbox,
 )
 
+from fixtures.models import load_inputs, load_model  # noqa: E402
+from signxai.torch_signxai import calculate_relevancemap as native_relevancemap  # noqa: E402
+from signxai.torch_signxai.methods.grammar import parse  # noqa: E402
+from signxai.torch_signxai.methods.lrp import UnsupportedLayerError  # noqa: E402
+from signxai.torch_signxai.methods.wrappers import (  # noqa: E402
+    calculate_relevancemap,
+    calculate_relevancemaps,
+)
+
 METHOD_NAMES = Path(__file__).resolve().parents[2] / "shared" / "method_names.txt"
 
 
@@ -65,21 +67,35 @@ LRP_NAMES = _lrp_names()
 
 def test_the_name_list_has_the_lrp_family():
     assert len(LRP_NAMES) >= 100
-    assert {"lrp_z", "lrpsign_z", "zblrp_z_VGG16ILSVRC", "w2lrp_z", "flatlrp_z", "lrpz_epsilon_0_1",
-            "lrp_sequential_composite_a", "lrp_sequential_composite_b", "lrp_epsilon_0_1_std_x",
-            "lrp_gamma", "lrp_w_square", "lrp_flat", "lrp_z_plus"} <= set(LRP_NAMES)
+    assert {
+        "lrp_z",
+        "lrpsign_z",
+        "zblrp_z_VGG16ILSVRC",
+        "w2lrp_z",
+        "flatlrp_z",
+        "lrpz_epsilon_0_1",
+        "lrp_sequential_composite_a",
+        "lrp_sequential_composite_b",
+        "lrp_epsilon_0_1_std_x",
+        "lrp_gamma",
+        "lrp_w_square",
+        "lrp_flat",
+        "lrp_z_plus",
+    } <= set(LRP_NAMES)
 
 
 # =============================================================================================
 # Fixture models (float64 copies) against the reference
 # =============================================================================================
 
+
 def execution_chain(fixture: str, model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Leaf modules in the order the forward pass runs them (digits_cnn registers its classifier
     before its features)."""
     if fixture == "digits_cnn":
-        return ([(f"features.{n}", m) for n, m in model.features.named_children()]
-                + [(f"classifier.{n}", m) for n, m in model.classifier.named_children()])
+        return [(f"features.{n}", m) for n, m in model.features.named_children()] + [
+            (f"classifier.{n}", m) for n, m in model.classifier.named_children()
+        ]
     return leaf_chain(model)
 
 
@@ -87,8 +103,9 @@ def _fixture64(fixture: str):
     model = copy.deepcopy(load_model(fixture)).double()
     x = load_inputs(fixture)[:3].astype(np.float64)
     layers = numpy_layers(execution_chain(fixture, model), x.shape[1:])
-    np.testing.assert_allclose(np_logits(layers, x), model(torch.from_numpy(x)).detach().numpy(),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        np_logits(layers, x), model(torch.from_numpy(x)).detach().numpy(), rtol=1e-12, atol=1e-12
+    )
     return model, x, layers
 
 
@@ -126,10 +143,20 @@ def test_input_rule_goes_to_the_first_layer_executed_not_the_first_registered():
     assert next(n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))) == "classifier.1"
     assert layers[0].name == "features.0"
     registered_first = [layer.name for layer in layers].index("classifier.1")
-    for name in ["lrpz_epsilon_0_1", "lrpsign_epsilon_0_1", "w2lrp_epsilon_0_1", "flatlrp_epsilon_0_1",
-                 "zblrp_epsilon_0_1_VGG16ILSVRC"]:
-        input_rule = {"lrpz": rule_z(), "lrpsign": rule_sign(0.0), "w2lrp": rule_w_square,
-                      "flatlrp": rule_flat, "zblrp": rule_zbox(-123.68, 151.061)}[name.split("_")[0]]
+    for name in [
+        "lrpz_epsilon_0_1",
+        "lrpsign_epsilon_0_1",
+        "w2lrp_epsilon_0_1",
+        "flatlrp_epsilon_0_1",
+        "zblrp_epsilon_0_1_VGG16ILSVRC",
+    ]:
+        input_rule = {
+            "lrpz": rule_z(),
+            "lrpsign": rule_sign(0.0),
+            "w2lrp": rule_w_square,
+            "flatlrp": rule_flat,
+            "zblrp": rule_zbox(-123.68, 151.061),
+        }[name.split("_")[0]]
         method = Method(rule_epsilon(0.1), input_rule)
         got = calculate_relevancemaps(name, x, model, neuron_selection=[3, 3, 3])
         assert_close(got, reference_batch(layers, x, [3, 3, 3], method))
@@ -140,6 +167,7 @@ def test_input_rule_goes_to_the_first_layer_executed_not_the_first_registered():
 # =============================================================================================
 # BatchNorm: iNNvestigate's linearisation (TF-compatible API) and the true map (native API)
 # =============================================================================================
+
 
 def _with_running_stats(model: nn.Module, seed: int) -> nn.Module:
     gen = torch.Generator().manual_seed(seed)
@@ -155,13 +183,29 @@ def _with_running_stats(model: nn.Module, seed: int) -> nn.Module:
 
 BN_MODELS = {
     "dense_bn": (lambda: nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)), (5,)),
-    "conv_bn": (lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
-                                      nn.Flatten(), nn.Linear(3 * 4 * 4, 3)), (2, 4, 4)),
+    "conv_bn": (
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 3)
+        ),
+        (2, 4, 4),
+    ),
 }
 
-BN_NAMES = ["lrp_z", "lrp_epsilon_0_1", "lrp_epsilon_0_5_std_x", "lrp_alpha_1_beta_0", "lrp_alpha_2_beta_1",
-            "lrp_z_plus", "lrp_gamma", "lrp_w_square", "lrp_flat", "lrpsign_epsilon_0_1",
-            "lrp_sequential_composite_a", "lrp_sequential_composite_b", "lrp_deep_taylor"]
+BN_NAMES = [
+    "lrp_z",
+    "lrp_epsilon_0_1",
+    "lrp_epsilon_0_5_std_x",
+    "lrp_alpha_1_beta_0",
+    "lrp_alpha_2_beta_1",
+    "lrp_z_plus",
+    "lrp_gamma",
+    "lrp_w_square",
+    "lrp_flat",
+    "lrpsign_epsilon_0_1",
+    "lrp_sequential_composite_a",
+    "lrp_sequential_composite_b",
+    "lrp_deep_taylor",
+]
 
 
 @pytest.mark.parametrize("model_name", sorted(BN_MODELS))
@@ -171,9 +215,12 @@ def test_batchnorm_in_both_apis(model_name):
     rng = np.random.default_rng(12)
     x = rng.normal(size=shape)
     layers = numpy_layers(leaf_chain(model), shape)
-    methods = {**API_METHODS, **FIXTURE_METHODS,
-               "lrp_alpha_1_beta_0": Method(rule_alpha_beta(1, 0)),
-               "lrpsign_epsilon_0_1": Method(rule_epsilon(0.1), rule_sign(0.0))}
+    methods = {
+        **API_METHODS,
+        **FIXTURE_METHODS,
+        "lrp_alpha_1_beta_0": Method(rule_alpha_beta(1, 0)),
+        "lrpsign_epsilon_0_1": Method(rule_epsilon(0.1), rule_sign(0.0)),
+    }
     logits = model(torch.from_numpy(x)[None]).detach().numpy()[0]
     target = int(np.argmax(logits))
     for name in BN_NAMES:
@@ -183,8 +230,14 @@ def test_batchnorm_in_both_apis(model_name):
         assert_close(native, reference(layers, x.ravel(), target, methods[name], bn="exact").reshape(shape))
         # the bias of the BN stand-in matters to these (W-square and Flat pass relevance through a
         # diagonal map as it is, Z+ only sees the sign of its scale, Deep Taylor takes BN's gradient)
-        if name in ("lrp_z", "lrp_epsilon_0_1", "lrp_epsilon_0_5_std_x", "lrp_alpha_2_beta_1", "lrp_gamma",
-                    "lrpsign_epsilon_0_1"):
+        if name in (
+            "lrp_z",
+            "lrp_epsilon_0_1",
+            "lrp_epsilon_0_5_std_x",
+            "lrp_alpha_2_beta_1",
+            "lrp_gamma",
+            "lrpsign_epsilon_0_1",
+        ):
             assert np.any(tf_map != 0), name
             assert not np.allclose(tf_map, native, rtol=1e-6), name
 
@@ -204,10 +257,12 @@ def test_batchnorm_linearisation_is_innvestigates_not_the_true_map():
     target = 0
     y = model(torch.from_numpy(x)[None]).detach().numpy()[0]
     g, b, m, v = (t.detach().numpy() for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var))
-    for mode, api in (("innvestigate", lambda: calculate_relevancemap("lrp_z", x, model, neuron_selection=target)),
-                      ("exact", lambda: native_relevancemap(model, x, method="lrp_z", target_class=target))):
+    for mode, api in (
+        ("innvestigate", lambda: calculate_relevancemap("lrp_z", x, model, neuron_selection=target)),
+        ("exact", lambda: native_relevancemap(model, x, method="lrp_z", target_class=target)),
+    ):
         if mode == "innvestigate":
-            k, c = g / np.sqrt(v ** 2 + 1e-3), b - m / np.sqrt(v ** 2 + 1e-3)
+            k, c = g / np.sqrt(v**2 + 1e-3), b - m / np.sqrt(v**2 + 1e-3)
         else:
             k, c = g / np.sqrt(v + 1e-3), b - g * m / np.sqrt(v + 1e-3)
         expected = np.zeros(3)
@@ -219,6 +274,7 @@ def test_batchnorm_linearisation_is_innvestigates_not_the_true_map():
 # Pooling
 # =============================================================================================
 
+
 def _pool_model(pool: nn.Module, dim: int = 2) -> tuple[nn.Module, tuple]:
     conv = nn.Conv2d(1, 2, 3, padding=1) if dim == 2 else nn.Conv1d(1, 2, 3, padding=1)
     size = (1, 4, 4) if dim == 2 else (1, 8)
@@ -227,13 +283,28 @@ def _pool_model(pool: nn.Module, dim: int = 2) -> tuple[nn.Module, tuple]:
     return _with_running_stats(model.double(), 21 + dim), size
 
 
-@pytest.mark.parametrize("name", ["lrp_z", "lrp_alpha_2_beta_1", "lrp_epsilon_1", "lrp_w_square", "lrp_flat",
-                                  "lrp_sequential_composite_b", "lrp_deep_taylor"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lrp_z",
+        "lrp_alpha_2_beta_1",
+        "lrp_epsilon_1",
+        "lrp_w_square",
+        "lrp_flat",
+        "lrp_sequential_composite_b",
+        "lrp_deep_taylor",
+    ],
+)
 @pytest.mark.parametrize("pool", ["avg1d", "avg2d", "adaptive1d", "max1d", "max2d"])
 def test_pooling(pool, name):
     dim = 1 if pool.endswith("1d") else 2
-    module = {"avg1d": nn.AvgPool1d(2), "avg2d": nn.AvgPool2d(2), "adaptive1d": nn.AdaptiveAvgPool1d(2),
-              "max1d": nn.MaxPool1d(2), "max2d": nn.MaxPool2d(2)}[pool]
+    module = {
+        "avg1d": nn.AvgPool1d(2),
+        "avg2d": nn.AvgPool2d(2),
+        "adaptive1d": nn.AdaptiveAvgPool1d(2),
+        "max1d": nn.MaxPool1d(2),
+        "max2d": nn.MaxPool2d(2),
+    }[pool]
     if pool == "adaptive1d":
         module = nn.AdaptiveAvgPool1d(1)
         model, shape = _pool_model(module, 1)
@@ -253,9 +324,22 @@ def test_pooling(pool, name):
 def test_deep_taylor_relu_passes_where_fused_and_takes_the_gradient_elsewhere():
     """Conv -> MaxPool -> ReLU (a ReLU of its own: gradient), Conv -> ReLU (fused: passes),
     AvgPool (gradient), Linear -> Dropout -> ReLU (fused through the dropped Dropout), Linear."""
-    model = _with_running_stats(nn.Sequential(
-        nn.Conv2d(1, 3, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
-        nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 2 * 2, 5), nn.Dropout(), nn.ReLU(), nn.Linear(5, 3)).double(), 41)
+    model = _with_running_stats(
+        nn.Sequential(
+            nn.Conv2d(1, 3, 3, padding=1),
+            nn.MaxPool2d(2),
+            nn.ReLU(),
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(4 * 2 * 2, 5),
+            nn.Dropout(),
+            nn.ReLU(),
+            nn.Linear(5, 3),
+        ).double(),
+        41,
+    )
     x = np.random.default_rng(42).normal(size=(4, 1, 8, 8))
     layers = numpy_layers(leaf_chain(model), x.shape[1:])
     logits = model(torch.from_numpy(x)).detach().numpy()
@@ -285,6 +369,7 @@ def test_average_pooling_gets_the_z_rule_whatever_the_analyzer():
 # Conservation and identities
 # =============================================================================================
 
+
 def _bias_free(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model)
     with torch.no_grad():
@@ -306,8 +391,10 @@ def test_conservation_and_identities_on_bias_free_relu_nets(fixture):
         np.testing.assert_allclose(got.reshape(4, -1).sum(axis=1), selected, rtol=1e-10, atol=1e-12)
     lrp_z = calculate_relevancemaps("lrp_z", x, model, neuron_selection=targets)
     assert_close(lrp_z, calculate_relevancemaps("gradient_x_input", x, model, neuron_selection=targets))
-    assert_close(calculate_relevancemaps("lrpsign_z", x, model, neuron_selection=targets),
-                 calculate_relevancemaps("gradient_x_sign", x, model, neuron_selection=targets))
+    assert_close(
+        calculate_relevancemaps("lrpsign_z", x, model, neuron_selection=targets),
+        calculate_relevancemaps("gradient_x_sign", x, model, neuron_selection=targets),
+    )
     # epsilon > 0 absorbs: the bias-free totals shrink towards zero, never past it
     eps = calculate_relevancemaps("lrp_epsilon_1", x, model, neuron_selection=targets).reshape(4, -1).sum(axis=1)
     assert not np.allclose(eps, selected, rtol=1e-3)
@@ -385,6 +472,7 @@ def test_the_apis_differ_on_batchnorm_models():
 # The model is left as it was: hooks, parameters, buffers, flags (also after an error)
 # =============================================================================================
 
+
 def _state(model: nn.Module) -> dict:
     return {
         "params": {n: p.detach().clone() for n, p in model.named_parameters()},
@@ -422,8 +510,16 @@ def _mixed_flags(model: nn.Module) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("name", ["lrp_epsilon_0_1", "lrpsign_sequential_composite_a", "lrp_deep_taylor",
-                                  "zblrp_alpha_1_beta_0_VGG16ILSVRC", "w2lrp_epsilon_0_25_std_x"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lrp_epsilon_0_1",
+        "lrpsign_sequential_composite_a",
+        "lrp_deep_taylor",
+        "zblrp_alpha_1_beta_0_VGG16ILSVRC",
+        "w2lrp_epsilon_0_25_std_x",
+    ],
+)
 @pytest.mark.parametrize("fixture", ["digits_cnn", "digits_cnn_bn"])
 def test_the_model_is_left_as_it_was(fixture, name):
     model = _mixed_flags(load_model(fixture))
@@ -466,7 +562,7 @@ class _UntraceableResidual(nn.Module):
         self.a, self.relu, self.b = nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3)
 
     def forward(self, x):
-        if x.shape[0] > 10 ** 9:  # a branch on the batch size: fx cannot trace it
+        if x.shape[0] > 10**9:  # a branch on the batch size: fx cannot trace it
             return self.b(x)
         return self.b(self.relu(self.a(x)) + x)
 
@@ -501,8 +597,11 @@ class _Attention(nn.Module):
 
 def _unsupported_cases():
     return {
-        "layernorm": (nn.Sequential(nn.Linear(4, 4), _Block(nn.LayerNorm(4)), nn.Linear(4, 3)),
-                      (4,), ["LayerNorm", "'1.norm'"]),
+        "layernorm": (
+            nn.Sequential(nn.Linear(4, 4), _Block(nn.LayerNorm(4)), nn.Linear(4, 3)),
+            (4,),
+            ["LayerNorm", "'1.norm'"],
+        ),
         "untraceable_residual": (_UntraceableResidual(), (4,), ["add", "'relu'"]),
         "functional_exp": (_Exp(), (4,), ["exp", "'exp'"]),
         "scaled": (_Scaled(), (4,), ["mul", "constant"]),
@@ -510,10 +609,12 @@ def _unsupported_cases():
     }
 
 
-@pytest.mark.parametrize("case", ["layernorm", "block_norm", "untraceable_residual", "functional_exp", "scaled",
-                                  "attention"])
+@pytest.mark.parametrize(
+    "case", ["layernorm", "block_norm", "untraceable_residual", "functional_exp", "scaled", "attention"]
+)
 def test_unsupported_layers_raise_naming_the_layer_and_its_path(case):
     if case == "block_norm":
+
         class Net(nn.Module):
             def __init__(self):
                 super().__init__()
@@ -522,6 +623,7 @@ def test_unsupported_layers_raise_naming_the_layer_and_its_path(case):
 
             def forward(self, x):
                 return self.head(self.block(x))
+
         model, shape, needles = Net(), (4,), ["LayerNorm", "'block.norm'"]
     else:
         model, shape, needles = _unsupported_cases()[case]
@@ -549,9 +651,15 @@ def test_a_bare_layer_is_a_model_too():
     before = _state(layer)
     for name in ["lrp_z", "lrp_epsilon_0_1", "lrpsign_alpha_2_beta_1"]:
         got = calculate_relevancemap(name, x, layer, neuron_selection=1)
-        assert_close(got, reference(layers, x, 1, {**API_METHODS,
-                                                   "lrpsign_alpha_2_beta_1": Method(rule_alpha_beta(2, 1),
-                                                                                    rule_sign())}[name]))
+        assert_close(
+            got,
+            reference(
+                layers,
+                x,
+                1,
+                {**API_METHODS, "lrpsign_alpha_2_beta_1": Method(rule_alpha_beta(2, 1), rule_sign())}[name],
+            ),
+        )
     _assert_untouched(layer, before)
 
 
@@ -572,10 +680,11 @@ def test_leaky_relu_takes_the_gradient_as_a_keras_layer_of_its_own():
 # Hypothesis: random small dense/conv stacks
 # =============================================================================================
 
+
 @st.composite
 def stacks(draw, bias=None, positive=False):
     """A random chain (float64, seeded weights): [conv (+ReLU) (+pool)]* Flatten [Linear ReLU]* Linear."""
-    seed = draw(st.integers(0, 2 ** 31 - 1))
+    seed = draw(st.integers(0, 2**31 - 1))
     dim = draw(st.sampled_from([0, 1, 2]))
     has_bias = draw(st.booleans()) if bias is None else bias
     modules = []
@@ -585,8 +694,9 @@ def stacks(draw, bias=None, positive=False):
     else:
         channels, size = draw(st.integers(1, 2)), draw(st.integers(4, 7))
         shape = (channels,) + (size,) * dim
-        conv, maxpool, avgpool = ((nn.Conv1d, nn.MaxPool1d, nn.AvgPool1d) if dim == 1
-                                  else (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d))
+        conv, maxpool, avgpool = (
+            (nn.Conv1d, nn.MaxPool1d, nn.AvgPool1d) if dim == 1 else (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+        )
         for _ in range(draw(st.integers(1, 2))):
             out, k = draw(st.integers(1, 3)), draw(st.integers(1, 3))
             pad, stride = draw(st.integers(0, k // 2)), draw(st.integers(1, 2))
@@ -600,7 +710,7 @@ def stacks(draw, bias=None, positive=False):
                 modules.append(maxpool(2) if pool == "max" else avgpool(2))
                 size //= 2
         modules.append(nn.Flatten())
-        features = channels * size ** dim
+        features = channels * size**dim
     for _ in range(draw(st.integers(0, 1))):
         width = draw(st.integers(2, 5))
         modules += [nn.Linear(features, width, bias=has_bias), nn.ReLU()]
@@ -627,13 +737,19 @@ def _target_pair(model, x):
 def test_hypothesis_lrp_z_is_gradient_times_input_without_biases(case):
     model, x = case
     targets = _target_pair(model, x)
-    assert_close(calculate_relevancemaps("lrp_z", x, model, neuron_selection=targets),
-                 calculate_relevancemaps("gradient_x_input", x, model, neuron_selection=targets), rtol=1e-9)
-    assert_close(calculate_relevancemaps("lrpsign_z", x, model, neuron_selection=targets),
-                 calculate_relevancemaps("gradient_x_sign", x, model, neuron_selection=targets), rtol=1e-9)
+    assert_close(
+        calculate_relevancemaps("lrp_z", x, model, neuron_selection=targets),
+        calculate_relevancemaps("gradient_x_input", x, model, neuron_selection=targets),
+        rtol=1e-9,
+    )
+    assert_close(
+        calculate_relevancemaps("lrpsign_z", x, model, neuron_selection=targets),
+        calculate_relevancemaps("gradient_x_sign", x, model, neuron_selection=targets),
+        rtol=1e-9,
+    )
 
 
-@given(st.integers(0, 2 ** 31 - 1), st.sampled_from([0, 1, 2]), st.floats(0.01, 10.0))
+@given(st.integers(0, 2**31 - 1), st.sampled_from([0, 1, 2]), st.floats(0.01, 10.0))
 def test_hypothesis_epsilon_absorbs_in_one_bias_free_layer(seed, dim, eps):
     """One bias-free layer, relevance z_t at the output: the input total is z_t * z_t / (z_t + eps s(z_t)),
     of z_t's sign and smaller in size."""
@@ -663,8 +779,10 @@ def test_hypothesis_epsilon_totals_shrink_with_epsilon_on_positive_nets(case, ep
     model, x = case
     logits = model(torch.from_numpy(x)).detach().numpy()
     targets = [0, 0]
-    totals = [calculate_relevancemaps("lrp_epsilon", x, model, neuron_selection=targets, epsilon=e)
-              .reshape(2, -1).sum(axis=1) for e in (0.0, eps, eps * factor)]
+    totals = [
+        calculate_relevancemaps("lrp_epsilon", x, model, neuron_selection=targets, epsilon=e).reshape(2, -1).sum(axis=1)
+        for e in (0.0, eps, eps * factor)
+    ]
     np.testing.assert_allclose(totals[0], logits[:, 0], rtol=1e-10)
     tol = 1e-12 * np.abs(logits[:, 0])
     assert np.all(totals[2] >= -tol)
@@ -672,11 +790,25 @@ def test_hypothesis_epsilon_totals_shrink_with_epsilon_on_positive_nets(case, ep
     assert np.all(totals[1] <= totals[0] + tol)
 
 
-HYPOTHESIS_NAMES = ["lrp_z", "lrp_epsilon_0_1", "lrp_epsilon_0_5_std_x", "lrp_alpha_2_beta_1", "lrp_z_plus",
-                    "lrp_gamma", "lrp_w_square", "lrp_flat", "lrpz_epsilon_0_1", "lrpsign_z",
-                    "lrpsign_epsilon_0_1_mu_0_3", "w2lrp_epsilon_0_1", "flatlrp_alpha_1_beta_0",
-                    "zblrp_epsilon_0_1_VGG16ILSVRC", "lrp_sequential_composite_a",
-                    "lrp_sequential_composite_b", "lrp_deep_taylor"]
+HYPOTHESIS_NAMES = [
+    "lrp_z",
+    "lrp_epsilon_0_1",
+    "lrp_epsilon_0_5_std_x",
+    "lrp_alpha_2_beta_1",
+    "lrp_z_plus",
+    "lrp_gamma",
+    "lrp_w_square",
+    "lrp_flat",
+    "lrpz_epsilon_0_1",
+    "lrpsign_z",
+    "lrpsign_epsilon_0_1_mu_0_3",
+    "w2lrp_epsilon_0_1",
+    "flatlrp_alpha_1_beta_0",
+    "zblrp_epsilon_0_1_VGG16ILSVRC",
+    "lrp_sequential_composite_a",
+    "lrp_sequential_composite_b",
+    "lrp_deep_taylor",
+]
 
 
 @settings(max_examples=max(60, settings.default.max_examples))

@@ -15,6 +15,7 @@ without negative entries. Every one of those must give the general path's number
 * adjoints == autograd transposes, bitwise, for conv 1d/2d/3d and dense layers;
 * nothing stays referenced after a call (weak references to the layers' activations die).
 """
+
 from __future__ import annotations
 
 import gc
@@ -31,24 +32,50 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from parity.compare import relative_error  # noqa: E402
 from signxai.torch_signxai.methods.gradient import attribute  # noqa: E402
 from signxai.torch_signxai.methods.grammar import parse  # noqa: E402
 from signxai.torch_signxai.methods.lrp.composite import LRPComposite  # noqa: E402
 from signxai.torch_signxai.methods.lrp.plan import plan_for  # noqa: E402
-from signxai.torch_signxai.methods.private import private_view  # noqa: E402
-from signxai.torch_signxai.methods.lrp.views import (  # noqa: E402
-    batchnorm_view as _batchnorm_view, conv_adjoint as _conv_adjoint, kernel_view as _kernel_view,
-    pool_view as _pool_view)
 from signxai.torch_signxai.methods.lrp.rules import (  # noqa: E402
-    Affine, AlphaBetaRule, EpsilonRule, SignRule, ZRule)
+    Affine,
+    AlphaBetaRule,
+    EpsilonRule,
+    SignRule,
+    ZRule,
+)
+from signxai.torch_signxai.methods.lrp.views import (  # noqa: E402
+    batchnorm_view as _batchnorm_view,
+)
+from signxai.torch_signxai.methods.lrp.views import (
+    conv_adjoint as _conv_adjoint,
+)
+from signxai.torch_signxai.methods.lrp.views import (
+    kernel_view as _kernel_view,
+)
+from signxai.torch_signxai.methods.lrp.views import (
+    pool_view as _pool_view,
+)
+from signxai.torch_signxai.methods.private import private_view  # noqa: E402
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps  # noqa: E402
-from parity.compare import relative_error  # noqa: E402
 
 #: methods whose hidden or input rule takes the fast path, and some that do not
-METHODS = ["lrp_z", "lrp_epsilon_0_1", "lrp_epsilon_0_25_std_x", "lrpsign_epsilon_0_1", "lrpsign_z",
-           "lrpz_epsilon_0_1", "w2lrp_epsilon_0_1", "flatlrp_z", "zblrp_epsilon_0_1_VGG16ILSVRC",
-           "lrp_alpha_1_beta_0", "lrp_alpha_2_beta_1", "lrp_gamma", "lrp_epsilon_0_5_std_x",
-           "lrpsign_epsilon_0_25_std_x"]
+METHODS = [
+    "lrp_z",
+    "lrp_epsilon_0_1",
+    "lrp_epsilon_0_25_std_x",
+    "lrpsign_epsilon_0_1",
+    "lrpsign_z",
+    "lrpz_epsilon_0_1",
+    "w2lrp_epsilon_0_1",
+    "flatlrp_z",
+    "zblrp_epsilon_0_1_VGG16ILSVRC",
+    "lrp_alpha_1_beta_0",
+    "lrp_alpha_2_beta_1",
+    "lrp_gamma",
+    "lrp_epsilon_0_5_std_x",
+    "lrpsign_epsilon_0_25_std_x",
+]
 
 TOLERANCE = 1e-12
 
@@ -62,6 +89,7 @@ def _general(name: str, model: nn.Module, x: np.ndarray, targets) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # a hook-free reference for chains of layers (nn.Sequential of supported leaves)
+
 
 def _reference(name: str, model: nn.Sequential, x: np.ndarray, targets) -> np.ndarray:
     """LRP of a chain of layers, layer by layer: rules on Affine views without adjoints (every
@@ -105,7 +133,7 @@ def _reference(name: str, model: nn.Sequential, x: np.ndarray, targets) -> np.nd
 def chains(draw):
     """Random float64 chains: conv blocks (in-place or not ReLU, optional BN, max or average
     pooling), then dense layers; seeded weights with biases of both signs."""
-    seed = draw(st.integers(0, 2 ** 16))
+    seed = draw(st.integers(0, 2**16))
     torch.manual_seed(seed)
     channels, side = draw(st.integers(1, 3)), 8
     layers: list[nn.Module] = []
@@ -125,8 +153,12 @@ def chains(draw):
             layers.append(draw(st.sampled_from([nn.MaxPool2d(2), nn.AvgPool2d(2)])))
             side //= 2
         channels = width
-    layers += [nn.Flatten(), nn.Linear(channels * side * side, 6), nn.ReLU(inplace=draw(st.booleans())),
-               nn.Linear(6, 4)]
+    layers += [
+        nn.Flatten(),
+        nn.Linear(channels * side * side, 6),
+        nn.ReLU(inplace=draw(st.booleans())),
+        nn.Linear(6, 4),
+    ]
     model = nn.Sequential(*layers).double().eval()
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -148,12 +180,32 @@ def test_fast_path_equals_general_path_and_reference(chain, name):
 
 def test_fast_path_equals_general_path_on_every_method_of_one_model():
     torch.manual_seed(3)
-    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-                          nn.Conv2d(4, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(), nn.AvgPool2d(2),
-                          nn.Flatten(), nn.Linear(20, 7), nn.ReLU(), nn.Linear(7, 3)).double().eval()
+    model = (
+        nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 5, 3, padding=1),
+            nn.BatchNorm2d(5),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(20, 7),
+            nn.ReLU(),
+            nn.Linear(7, 3),
+        )
+        .double()
+        .eval()
+    )
     x = np.random.default_rng(3).standard_normal((4, 2, 8, 8))
-    for name in METHODS + ["lrp_epsilon_1", "lrpsign_epsilon_0_1_mu_0_5", "lrp_z_plus",
-                           "lrp_sequential_composite_a", "lrp_sequential_composite_b", "lrp_flat"]:
+    for name in METHODS + [
+        "lrp_epsilon_1",
+        "lrpsign_epsilon_0_1_mu_0_5",
+        "lrp_z_plus",
+        "lrp_sequential_composite_a",
+        "lrp_sequential_composite_b",
+        "lrp_flat",
+    ]:
         fast = calculate_relevancemaps(name, x, model, neuron_selection=1)
         general = _general(name, model, x, 1)
         assert relative_error(fast, general) <= TOLERANCE, name
@@ -162,6 +214,7 @@ def test_fast_path_equals_general_path_on_every_method_of_one_model():
 
 # ---------------------------------------------------------------------------------------------
 # fall-backs of the fast path
+
 
 def _compare(model: nn.Module, x: np.ndarray, names, targets=0) -> None:
     for name in names:
@@ -183,8 +236,11 @@ def test_epsilon_zero_divides_by_the_true_output():
     # epsilon 0 has no safe divide: a kept ReLU output (zeros where the layer output was
     # negative) would divide zero by zero; the fast path must recompute the output instead
     torch.manual_seed(1)
-    model = nn.Sequential(nn.Conv2d(1, 3, 3, bias=False), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(3 * 4 * 4, 4, bias=False)).double().eval()
+    model = (
+        nn.Sequential(nn.Conv2d(1, 3, 3, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 4, bias=False))
+        .double()
+        .eval()
+    )
     x = np.random.default_rng(1).standard_normal((3, 1, 6, 6))
     _compare(model, x, ["lrp_epsilon_0", "lrp_z"])
     assert not np.isnan(calculate_relevancemaps("lrp_epsilon_0", x, model)).any()
@@ -194,8 +250,13 @@ def test_inplace_leaky_relu_overwrites_a_kept_output():
     # LeakyReLU is a Keras layer of its own (no relevance hook, its gradient); in place, it
     # overwrites the conv output the fast path kept: the rule must recompute it
     torch.manual_seed(2)
-    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.LeakyReLU(0.1, inplace=True), nn.Flatten(),
-                          nn.Linear(3 * 5 * 5, 4)).double().eval()
+    model = (
+        nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1), nn.LeakyReLU(0.1, inplace=True), nn.Flatten(), nn.Linear(3 * 5 * 5, 4)
+        )
+        .double()
+        .eval()
+    )
     x = np.random.default_rng(2).standard_normal((2, 2, 5, 5))
     _compare(model, x, ["lrp_epsilon_0_1", "lrp_z", "lrpsign_z"])
 
@@ -222,8 +283,9 @@ def test_module_called_twice_keeps_one_slot_per_call():
 
 def test_float32_fast_path_matches_general_path():
     torch.manual_seed(5)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-                          nn.Flatten(), nn.Linear(8 * 4 * 4, 5)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 5)
+    ).eval()
     x = np.random.default_rng(5).standard_normal((4, 3, 8, 8)).astype(np.float32)
     for name in ["lrp_epsilon_0_1", "lrp_z", "lrpsign_epsilon_0_1", "lrp_alpha_1_beta_0"]:
         fast = calculate_relevancemaps(name, x, model)
@@ -234,15 +296,21 @@ def test_float32_fast_path_matches_general_path():
 # ---------------------------------------------------------------------------------------------
 # adjoints and the alpha-beta shortcut
 
+
 def _autograd_transpose(view: Affine, v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return Affine(view.weight, view.bias, view.apply).transpose(v, like)
 
 
-@pytest.mark.parametrize("conv", [
-    nn.Conv1d(3, 4, 3), nn.Conv1d(3, 4, 5, stride=2, padding=2, dilation=1),
-    nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
-    nn.Conv3d(2, 3, 3, padding=1, stride=2),
-])
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv1d(3, 4, 3),
+        nn.Conv1d(3, 4, 5, stride=2, padding=2, dilation=1),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+        nn.Conv3d(2, 3, 3, padding=1, stride=2),
+    ],
+)
 def test_conv_adjoint_is_autograd_transpose(conv):
     conv = conv.double()
     view = _kernel_view(conv)
@@ -250,8 +318,10 @@ def test_conv_adjoint_is_autograd_transpose(conv):
     x = torch.randn(2, conv.in_channels, *([9] * (conv.weight.ndim - 2)), dtype=torch.float64)
     v = torch.randn_like(conv(x))
     assert torch.equal(view.transpose(v, x), _autograd_transpose(view, v, x))
-    assert torch.equal(view.transpose(v, x, lambda t: t.clamp(min=0)),
-                       Affine(view.weight.clamp(min=0), None, view.apply).transpose(v, x))
+    assert torch.equal(
+        view.transpose(v, x, lambda t: t.clamp(min=0)),
+        Affine(view.weight.clamp(min=0), None, view.apply).transpose(v, x),
+    )
 
 
 def test_conv_without_plain_zero_padding_uses_autograd():
@@ -303,15 +373,23 @@ def test_rules_take_the_output_they_would_compute(rule):
 # ---------------------------------------------------------------------------------------------
 # nothing held after a call
 
+
 def test_nothing_stays_referenced_after_a_call():
     torch.manual_seed(7)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-                          nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 4 * 4, 3)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 3),
+    ).eval()
     refs: list = []
 
     def keep(module, inputs, output):
         refs.extend(weakref.ref(t) for t in (*inputs, output) if isinstance(t, torch.Tensor))
+
     handles = [module.register_forward_hook(keep) for module in model]
     x = np.random.default_rng(7).standard_normal((2, 3, 8, 8)).astype(np.float32)
     for name in ["lrp_epsilon_0_1", "lrp_z", "lrpsign_epsilon_0_1", "lrp_alpha_1_beta_0"]:
@@ -329,6 +407,7 @@ def test_fast_path_is_taken_on_a_relu_chain(monkeypatch):
     # every conv/dense layer of a plain ReLU chain reuses its output (the ReLU output for those
     # followed by a ReLU), so no rule recomputes a layer output
     from signxai.torch_signxai.methods.lrp import hooks
+
     outputs = []
     original = hooks.Slot.output
 
@@ -336,22 +415,34 @@ def test_fast_path_is_taken_on_a_relu_chain(monkeypatch):
         z = original(self, r)
         outputs.append((self.fused, z is not None))
         return z
+
     monkeypatch.setattr(hooks.Slot, "output", recording)
     torch.manual_seed(8)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-                          nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 4 * 4, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 5),
+        nn.ReLU(),
+        nn.Linear(5, 3),
+    ).eval()
     x = np.random.default_rng(8).standard_normal((2, 3, 8, 8)).astype(np.float32)
     calculate_relevancemaps("lrpsign_epsilon_0_1", x, model)
     assert outputs == [(False, True), (True, True), (True, True), (True, True)]
 
 
-@pytest.mark.parametrize("rule", [AlphaBetaRule(1.0, 0.0), AlphaBetaRule(2.0, 1.0), AlphaBetaRule(1.0, 0.0, bias=False)])
+@pytest.mark.parametrize(
+    "rule", [AlphaBetaRule(1.0, 0.0), AlphaBetaRule(2.0, 1.0), AlphaBetaRule(1.0, 0.0, bias=False)]
+)
 @pytest.mark.parametrize("signed", [False, True])
 def test_dense_weights_modified_in_row_blocks(rule, signed):
     # a large dense weight is modified block by block (no whole modified copy); the blocks'
     # forward and transpose equal the whole modified layer's
     from signxai.torch_signxai.methods.lrp.views import linear_adjoint as _linear_adjoint
+
     torch.manual_seed(9)
     weight, bias = torch.randn(11, 7, dtype=torch.float64), torch.randn(11, dtype=torch.float64)
     whole = Affine(weight, bias, torch.nn.functional.linear, _linear_adjoint, -1)
@@ -372,6 +463,7 @@ def test_vgg_sized_dense_layer_gets_row_blocks():
 # ---------------------------------------------------------------------------------------------
 # channels-last batches (a channels-last input tensor runs channels-last, opt-in)
 
+
 class _ViewFlatten(nn.Module):
     """Features flattened with ``.view``, which a channels-last batch cannot do."""
 
@@ -387,8 +479,15 @@ class _ViewFlatten(nn.Module):
 
 def _layout_cases():
     torch.manual_seed(10)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-                          nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 4)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 4),
+    ).eval()
     x = np.random.default_rng(10).standard_normal((5, 3, 8, 8)).astype(np.float32)
     return model, x
 
@@ -397,13 +496,22 @@ def _channels_last(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("gradient", {}), ("smoothgrad", {"num_samples": 4, "seed": 1}), ("integrated_gradients", {"steps": 4}),
-    ("lrp_epsilon_0_1", {}), ("lrpsign_z", {}), ("lrp_alpha_1_beta_0", {}), ("grad_cam", {"layer_name": "3"}),
-    ("guided_backprop", {}),
-])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("gradient", {}),
+        ("smoothgrad", {"num_samples": 4, "seed": 1}),
+        ("integrated_gradients", {"steps": 4}),
+        ("lrp_epsilon_0_1", {}),
+        ("lrpsign_z", {}),
+        ("lrp_alpha_1_beta_0", {}),
+        ("grad_cam", {"layer_name": "3"}),
+        ("guided_backprop", {}),
+    ],
+)
 def test_channels_last_batch_matches_the_default_layout(name, kwargs):
     from signxai.torch_signxai.methods import io
+
     model, x = _layout_cases()
     assert io.to_batch(x, model, single=False).tensor.is_contiguous()
     assert io.to_batch(_channels_last(x), model, single=False).tensor.is_contiguous(memory_format=torch.channels_last)

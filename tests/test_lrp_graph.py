@@ -3,6 +3,7 @@ formulas (not from our rules): kernel layers get the analyzer's rule, sums and a
 the Z rule with the zero-only safe divide, concatenation, gates, max pooling, nearest upsampling
 and reshapes their gradient, Activation-spelled activations pass relevance; relevance reaching a
 tensor from several consumers is summed."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,15 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from parity.compare import relative_error
 from signxai.torch_signxai import calculate_relevancemap, calculate_relevancemaps
 from signxai.torch_signxai.methods.graph import UnsupportedLayerError
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps as tf_relevancemaps
-from parity.compare import relative_error
 
 TOL = 1e-11  # float64 formula identities: a few hundred roundings of order 1e-16 each
 
 
 # ------------------------------------------------------------------ formulas (plain torch)
+
 
 def _affine_grad(fn, x, share):
     """``W^T share`` of an affine ``fn`` at ``x`` (by autograd on the plain function)."""
@@ -44,8 +46,10 @@ def z_rule(fn, x, r):
 
 def alpha_beta_rule(conv: nn.Module, x, r, alpha, beta):
     """iNNvestigate's alpha-beta for a conv/dense layer, full bias in both halves."""
+
     def layer(w, b):
-        return lambda t: (F.linear(t, w, b) if isinstance(conv, nn.Linear) else conv._conv_forward(t, w, b))
+        return lambda t: F.linear(t, w, b) if isinstance(conv, nn.Linear) else conv._conv_forward(t, w, b)
+
     w, b = conv.weight.detach(), conv.bias.detach()
     wp, wn, bp, bn = w.clamp(min=0), w.clamp(max=0), b.clamp(min=0), b.clamp(max=0)
     xp, xn = x.clamp(min=0), x.clamp(max=0)
@@ -55,6 +59,7 @@ def alpha_beta_rule(conv: nn.Module, x, r, alpha, beta):
             z = layer(w1, b1)(xp) + layer(w2, b2)(xn)
         s = r / torch.where(z == 0, 1e-7, z)
         return xp * _affine_grad(layer(w1, None), xp, s) + xn * _affine_grad(layer(w2, None), xn, s)
+
     return alpha * half(wp, wn, bp, bn) - beta * half(wn, wp, bn, bp)
 
 
@@ -76,6 +81,7 @@ def seed(logits, target):
 
 
 # ------------------------------------------------------------------ models
+
 
 class ResCatNet(nn.Module):
     """conv -> F.relu -> (residual sum with conv2, concatenated with conv3) -> optional SE gate
@@ -140,17 +146,21 @@ def _x(shape=(2, 2, 6, 6), seed_=0):
 
 
 @pytest.mark.parametrize("gate", [True, False])
-@pytest.mark.parametrize("name, rule", [
-    ("lrp_epsilon_0_1", lambda layer, x, r: eps_rule(layer, x, r, 0.1)),
-    ("lrp_z", z_rule),
-    ("lrp_alpha_2_beta_1", lambda layer, x, r: alpha_beta_rule(layer, x, r, 2.0, 1.0)),
-])
+@pytest.mark.parametrize(
+    "name, rule",
+    [
+        ("lrp_epsilon_0_1", lambda layer, x, r: eps_rule(layer, x, r, 0.1)),
+        ("lrp_z", z_rule),
+        ("lrp_alpha_2_beta_1", lambda layer, x, r: alpha_beta_rule(layer, x, r, 2.0, 1.0)),
+    ],
+)
 def test_every_node_kind_against_the_formulas(gate, name, rule):
     model = ResCatNet(gate=gate)
     x = _x()
     got = calculate_relevancemaps(model, x, method=name, target_class=[1, 3])
-    expected = np.stack([reference_rescat(model, torch.from_numpy(x[i:i + 1]), t, rule)[0].numpy()
-                         for i, t in enumerate([1, 3])])
+    expected = np.stack(
+        [reference_rescat(model, torch.from_numpy(x[i : i + 1]), t, rule)[0].numpy() for i, t in enumerate([1, 3])]
+    )
     assert relative_error(got, expected) < TOL
     # the TF-compatible API gives the same map on a model without BatchNorm
     assert relative_error(tf_relevancemaps(name, x, model, neuron_selection=[1, 3]), expected) < TOL
@@ -205,6 +215,7 @@ def test_relevance_from_several_consumers_is_summed():
 
     def rule(layer, v, r):
         return eps_rule(layer, v, r, 0.01)
+
     with torch.no_grad():
         y = torch.relu(model.a(x))
         b, c = model.b(y), model.c(y)
@@ -241,6 +252,7 @@ def test_depthwise_grouped_and_transposed_convolutions_and_relu6():
 
     def rule(layer, v, r):
         return eps_rule(layer, v, r, 0.1)
+
     with torch.no_grad():
         h0 = model.conv(x)
         h1 = model.dw(h0)
@@ -283,14 +295,18 @@ def test_input_layers_are_graph_positions():
 
     def eps(layer, v, r):
         return eps_rule(layer, v, r, 0.1)
+
     with torch.no_grad():
         padded = F.pad(x, (1, 1, 1, 1))
         feats = torch.cat([model.a(x), model.b(x), model.c(padded)], dim=1)
         logits = model(x)
     r = eps(model.head, torch.relu(feats).flatten(1), seed(logits, 1)).view_as(feats)
     r_pad = eps(model.c, padded, r[:, 4:])
-    expected = (z_rule(model.a, x, r[:, :2]) + z_rule(model.b, x, r[:, 2:4])
-                + grad_map(lambda v: F.pad(v, (1, 1, 1, 1)), x, r_pad))[0].numpy()
+    expected = (
+        z_rule(model.a, x, r[:, :2])
+        + z_rule(model.b, x, r[:, 2:4])
+        + grad_map(lambda v: F.pad(v, (1, 1, 1, 1)), x, r_pad)
+    )[0].numpy()
     got = calculate_relevancemap(model, x[0].numpy(), method="lrpz_epsilon_0_1", target_class=1)
     assert relative_error(got, expected) < TOL
 
@@ -352,8 +368,11 @@ def test_the_model_is_left_as_it_was():
 class Attention(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.embed, self.attn, self.head = nn.Linear(4, 8), nn.MultiheadAttention(8, 2, batch_first=True), \
-            nn.Linear(8, 3)
+        self.embed, self.attn, self.head = (
+            nn.Linear(4, 8),
+            nn.MultiheadAttention(8, 2, batch_first=True),
+            nn.Linear(8, 3),
+        )
         self.double()
 
     def forward(self, x):
@@ -367,6 +386,7 @@ def test_attention_raises_the_named_error():
 
 
 # ------------------------------------------------------------------ torchvision architectures
+
 
 def _torchvision(name: str) -> nn.Module:
     torchvision = pytest.importorskip("torchvision")
@@ -400,12 +420,15 @@ def test_torchvision_models_explain(name):
 
 def test_a_softmax_wrapped_graph_model_explains_its_logits():
     from signxai.torch_signxai import remove_softmax
+
     inner = ResCatNet()
     wrapped = remove_softmax(nn.Sequential(inner, nn.Softmax(dim=1)))
     x = _x()[0]
     for method in ("lrp_epsilon_0_1", "guided_backprop"):
-        np.testing.assert_array_equal(calculate_relevancemap(wrapped, x, method=method, target_class=2),
-                                      calculate_relevancemap(inner, x, method=method, target_class=2))
+        np.testing.assert_array_equal(
+            calculate_relevancemap(wrapped, x, method=method, target_class=2),
+            calculate_relevancemap(inner, x, method=method, target_class=2),
+        )
 
 
 class SumOfBranches(nn.Module):

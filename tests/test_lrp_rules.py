@@ -11,13 +11,14 @@ dense and conv layers (through :class:`Affine` views, with random relevance on e
 and every rule end to end through the TF-compatible API on 1- and 2-layer models, where relevance
 starts at the selected logit's value. ``tests/test_lrp.py`` reuses the reference for whole models.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Callable, Optional
+from functools import cache
 
 import numpy as np
 import pytest
@@ -65,6 +66,7 @@ def assert_close(actual, expected, rtol: float = RTOL, nan_where_expected: bool 
 # The numpy reference
 # =============================================================================================
 
+
 def safe(z: np.ndarray) -> np.ndarray:
     """iNNvestigate's safe divide denominator: only exact zeros are replaced (by 1e-7)."""
     return z + SAFE_EPSILON * (z == 0)
@@ -93,17 +95,19 @@ class Linear:
     mask: np.ndarray
     kind: str
 
-    def modified(self, f: Callable[[np.ndarray], np.ndarray]) -> "Linear":
+    def modified(self, f: Callable[[np.ndarray], np.ndarray]) -> Linear:
         """The layer with ``f`` applied to every parameter (entries that are no connection stay 0)."""
         return Linear(np.where(self.mask, f(self.M), 0.0), f(self.b), self.mask, self.kind)
 
 
 # --- rules: (layer, x, R) -> R_in, one sample, flat vectors ---------------------------------
 
+
 def rule_z(bias: bool = True):
     def rule(L, x, R):
         z = L.M @ x + (L.b if bias else 0.0)
         return x * (L.M.T @ (R / safe(z)))
+
     return rule
 
 
@@ -111,13 +115,16 @@ def rule_epsilon(eps: float, bias: bool = True):
     def rule(L, x, R):
         z = L.M @ x + (L.b if bias else 0.0)
         return x * (L.M.T @ (R / (z + eps * sign(z))))
+
     return rule
 
 
 def rule_std_x(factor: float, bias: bool = True):
     """Epsilon = factor * population std (ddof 0) of this layer's input, this sample."""
+
     def rule(L, x, R):
         return rule_epsilon(factor * float(np.sqrt(np.mean((x - x.mean()) ** 2))), bias)(L, x, R)
+
     return rule
 
 
@@ -129,6 +136,7 @@ def rule_z_plus_fast(L, x, R):
 
 def rule_alpha_beta(alpha: float, beta: float, bias: bool = True):
     """Activator: W+ x+ + W- x- (+ b); inhibitor: W- x+ + W+ x- (+ b); alpha * act - beta * inh."""
+
     def rule(L, x, R):
         xp, xn = pos(x), neg(x)
         Mp, Mn = pos(L.M), neg(L.M)
@@ -140,6 +148,7 @@ def rule_alpha_beta(alpha: float, beta: float, bias: bool = True):
         s = R / safe(Mn @ xp + Mp @ xn + b)
         inhibitor = xp * (Mn.T @ s) + xn * (Mp.T @ s)
         return alpha * activator - beta * inhibitor
+
     return rule
 
 
@@ -156,6 +165,7 @@ def rule_gamma(gamma: float):
     def rule(L, x, R):
         G = L.modified(lambda a: a + gamma * pos(a))
         return x * (G.M.T @ (R / safe(G.M @ x + G.b)))
+
     return rule
 
 
@@ -164,10 +174,11 @@ def _weights_only(matrix_of: Callable[[Linear], np.ndarray]):
         V = matrix_of(L)
         z = V @ np.ones_like(x)
         return V.T @ (R / safe(z))
+
     return rule
 
 
-rule_w_square = _weights_only(lambda L: L.M ** 2)
+rule_w_square = _weights_only(lambda L: L.M**2)
 rule_flat = _weights_only(lambda L: L.mask.astype(np.float64))
 
 
@@ -177,12 +188,14 @@ def rule_zbox(low: float, high: float):
         Mp, Mn = pos(L.M), neg(L.M)
         s = R / safe(L.M @ x - Mp @ lo - Mn @ hi)
         return x * (L.M.T @ s) - lo * (Mp.T @ s) - hi * (Mn.T @ s)
+
     return rule
 
 
 def rule_sign(mu: float = 0.0):
     def rule(L, x, R):
         return sign(x, mu) * (L.M.T @ (R / safe(L.M @ x + L.b)))
+
     return rule
 
 
@@ -191,13 +204,15 @@ rule_z_plus = rule_alpha_beta(1.0, 0.0, bias=False)
 
 # --- layers of a model as numpy objects ------------------------------------------------------
 
+
 def _tuple(v, n):
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
 
-@lru_cache(maxsize=None)
-def conv_index(in_shape: tuple, kernel_shape: tuple, stride: tuple, padding: tuple,
-               dilation: tuple) -> tuple[np.ndarray, tuple]:
+@cache
+def conv_index(
+    in_shape: tuple, kernel_shape: tuple, stride: tuple, padding: tuple, dilation: tuple
+) -> tuple[np.ndarray, tuple]:
     """``idx[o, i]``: flat index into the kernel (C_out, C_in, *k) of the weight joining output o
     to input i, or -1 where they are not connected (zero padding is simply no connection)."""
     c_in, *size = in_shape
@@ -219,19 +234,21 @@ def conv_index(in_shape: tuple, kernel_shape: tuple, stride: tuple, padding: tup
     return idx, (c_out, *out)
 
 
-def conv_linear(kernel: np.ndarray, bias: Optional[np.ndarray], in_shape, stride, padding,
-                dilation) -> tuple[Linear, tuple]:
+def conv_linear(
+    kernel: np.ndarray, bias: np.ndarray | None, in_shape, stride, padding, dilation
+) -> tuple[Linear, tuple]:
     """A convolution (zero padding, groups 1) as its unfolded matrix."""
     nd = kernel.ndim - 2
-    idx, out_shape = conv_index(tuple(in_shape), kernel.shape, _tuple(stride, nd), _tuple(padding, nd),
-                                _tuple(dilation, nd))
+    idx, out_shape = conv_index(
+        tuple(in_shape), kernel.shape, _tuple(stride, nd), _tuple(padding, nd), _tuple(dilation, nd)
+    )
     mask = idx >= 0
     M = np.where(mask, kernel.ravel()[np.where(mask, idx, 0)], 0.0)
     b = np.repeat(bias if bias is not None else np.zeros(kernel.shape[0]), math.prod(out_shape[1:]))
     return Linear(M, b, mask, "conv"), out_shape
 
 
-def _numpy(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().cpu().double().numpy().copy()
 
 
@@ -244,9 +261,10 @@ def _windows(in_shape, kernel, stride) -> tuple[list[np.ndarray], tuple]:
     windows = []
     for ch in range(c):
         for where in itertools.product(*map(range, out)):
-            cells = [np.ravel_multi_index((ch, *[where[d] * stride[d] + off[d] for d in range(nd)]),
-                                          (c, *size))
-                     for off in itertools.product(*map(range, kernel))]
+            cells = [
+                np.ravel_multi_index((ch, *[where[d] * stride[d] + off[d] for d in range(nd)]), (c, *size))
+                for off in itertools.product(*map(range, kernel))
+            ]
             windows.append(np.array(cells))
     return windows, (c, *out)
 
@@ -257,11 +275,11 @@ class Layer:
     'avgpool', 'identity'."""
 
     op: str
-    linear: Optional[Linear] = None
-    windows: Optional[list] = None
-    P: Optional[np.ndarray] = None
+    linear: Linear | None = None
+    windows: list | None = None
+    P: np.ndarray | None = None
     slope: float = 0.0
-    bn: Optional[dict] = None
+    bn: dict | None = None
     name: str = ""
 
 
@@ -273,8 +291,13 @@ def numpy_layers(modules: list[tuple[str, nn.Module]], in_shape: tuple) -> list[
         if isinstance(m, nn.Linear):
             W, b = _numpy(m.weight), _numpy(m.bias)
             assert math.prod(shape) == W.shape[1]
-            layers.append(Layer("linear", Linear(W, b if b is not None else np.zeros(W.shape[0]),
-                                                 np.ones_like(W, dtype=bool), "dense"), name=name))
+            layers.append(
+                Layer(
+                    "linear",
+                    Linear(W, b if b is not None else np.zeros(W.shape[0]), np.ones_like(W, dtype=bool), "dense"),
+                    name=name,
+                )
+            )
             shape = (W.shape[0],)
         elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
             assert m.groups == 1 and m.padding_mode == "zeros"
@@ -282,9 +305,12 @@ def numpy_layers(modules: list[tuple[str, nn.Module]], in_shape: tuple) -> list[
             layers.append(Layer("linear", L, name=name))
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             per = math.prod(shape[1:]) if len(shape) > 1 else 1
-            params = {k: np.repeat(v, per) for k, v in dict(
-                gamma=_numpy(m.weight), beta=_numpy(m.bias), mean=_numpy(m.running_mean),
-                var=_numpy(m.running_var)).items()}
+            params = {
+                k: np.repeat(v, per)
+                for k, v in dict(
+                    gamma=_numpy(m.weight), beta=_numpy(m.bias), mean=_numpy(m.running_mean), var=_numpy(m.running_var)
+                ).items()
+            }
             params["eps"] = m.eps
             layers.append(Layer("bn", bn=params, name=name))
         elif isinstance(m, nn.ReLU):
@@ -308,7 +334,7 @@ def numpy_layers(modules: list[tuple[str, nn.Module]], in_shape: tuple) -> list[
             c, per = shape[0], math.prod(shape[1:])
             P = np.zeros((c, c * per))
             for ch in range(c):
-                P[ch, ch * per:(ch + 1) * per] = 1.0 / per
+                P[ch, ch * per : (ch + 1) * per] = 1.0 / per
             layers.append(Layer("avgpool", P=P, name=name))
             shape = (c,) + (1,) * (len(shape) - 1)
         elif isinstance(m, (nn.Flatten, nn.Dropout)):
@@ -367,15 +393,21 @@ class Method:
     preset: 'a' or 'b' (iNNvestigate's sequential presets); deep_taylor: iNNvestigate's DeepTaylor.
     """
 
-    hidden: Optional[Callable] = None
-    input: Optional[Callable] = None
-    preset: Optional[str] = None
+    hidden: Callable | None = None
+    input: Callable | None = None
+    preset: str | None = None
     deep_taylor: bool = False
     post: tuple = field(default=())
 
 
-def reference(layers: list[Layer], x: np.ndarray, target: int, method: Method, bn: str = "innvestigate",
-              input_layer: Optional[int] = None) -> np.ndarray:
+def reference(
+    layers: list[Layer],
+    x: np.ndarray,
+    target: int,
+    method: Method,
+    bn: str = "innvestigate",
+    input_layer: int | None = None,
+) -> np.ndarray:
     """The relevance map of one sample (flat) for ``method``.
 
     Relevance starts at the selected logit's value (Deep Taylor: at max(logit, 0)). Activations pass
@@ -384,7 +416,8 @@ def reference(layers: list[Layer], x: np.ndarray, target: int, method: Method, b
     gradient, max pooling routes to the first maximum of the window, average pooling gets the Z
     rule (Deep Taylor: its gradient). BatchNorm gets the analyzer's rule on ``bn``'s linear map
     (Deep Taylor: the gradient of the true map, in either mode: iNNvestigate's DeepTaylor checks
-    "no kernel and only ReLU activations" before its BN mapping, and a BN layer passes that test). ``input_layer`` overrides which layer index gets the input rule.
+    "no kernel and only ReLU activations" before its BN mapping, and a BN layer passes that test).
+    ``input_layer`` overrides which layer index gets the input rule.
     """
     acts = forward(layers, x)
     kernels = [i for i, layer in enumerate(layers) if layer.op == "linear"]
@@ -399,8 +432,11 @@ def reference(layers: list[Layer], x: np.ndarray, target: int, method: Method, b
             if i == first and method.input is not None:
                 rule = method.input
             elif method.preset is not None:
-                rule = rule_epsilon(0.1) if L.kind == "dense" else (
-                    rule_alpha_beta(1, 0) if method.preset == "a" else rule_alpha_beta(2, 1))
+                rule = (
+                    rule_epsilon(0.1)
+                    if L.kind == "dense"
+                    else (rule_alpha_beta(1, 0) if method.preset == "a" else rule_alpha_beta(2, 1))
+                )
             elif method.deep_taylor:
                 rule = rule_z_plus
             else:
@@ -447,8 +483,7 @@ def reference_batch(layers, X: np.ndarray, targets, method: Method, **kwargs) ->
 def leaf_chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The leaf modules of a plain chain (Sequential, or a module whose children run in
     registration order), with their paths."""
-    return [(name, m) for name, m in model.named_modules() if next(m.children(), None) is None
-            and m is not model]
+    return [(name, m) for name, m in model.named_modules() if next(m.children(), None) is None and m is not model]
 
 
 def np_logits(layers, X) -> np.ndarray:
@@ -460,29 +495,31 @@ def np_logits(layers, X) -> np.ndarray:
 # The reference checks itself: the unfolded conv matrix is the convolution
 # =============================================================================================
 
-@pytest.mark.parametrize("dim,stride,padding,dilation", [(1, 1, 2, 1), (1, 2, 1, 2), (2, 1, 1, 1),
-                                                          (2, (2, 1), (0, 1), (1, 2))])
+
+@pytest.mark.parametrize(
+    "dim,stride,padding,dilation", [(1, 1, 2, 1), (1, 2, 1, 2), (2, 1, 1, 1), (2, (2, 1), (0, 1), (1, 2))]
+)
 def test_unfolded_conv_matrix_is_the_convolution(dim, stride, padding, dilation):
     torch.manual_seed(0)
-    conv = (nn.Conv1d if dim == 1 else nn.Conv2d)(2, 3, 3, stride=stride, padding=padding,
-                                                 dilation=dilation).double()
+    conv = (nn.Conv1d if dim == 1 else nn.Conv2d)(2, 3, 3, stride=stride, padding=padding, dilation=dilation).double()
     shape = (2, 9) if dim == 1 else (2, 7, 6)
     x = torch.randn(4, *shape, dtype=torch.float64)
-    L, out_shape = conv_linear(_numpy(conv.weight), _numpy(conv.bias), shape, conv.stride, conv.padding,
-                               conv.dilation)
+    L, out_shape = conv_linear(_numpy(conv.weight), _numpy(conv.bias), shape, conv.stride, conv.padding, conv.dilation)
     expected = conv(x).detach().numpy()
     assert expected.shape[1:] == out_shape
     mine = (x.numpy().reshape(4, -1) @ L.M.T + L.b).reshape(expected.shape)
     np.testing.assert_allclose(mine, expected, rtol=1e-12, atol=1e-12)
     # every kernel entry appears, and the mask is exactly the structural connectivity
-    assert L.mask.sum() == np.count_nonzero(conv_index(shape, tuple(conv.weight.shape),
-                                                       _tuple(stride, dim), _tuple(padding, dim),
-                                                       _tuple(dilation, dim))[0] >= 0)
+    assert L.mask.sum() == np.count_nonzero(
+        conv_index(shape, tuple(conv.weight.shape), _tuple(stride, dim), _tuple(padding, dim), _tuple(dilation, dim))[0]
+        >= 0
+    )
 
 
 # =============================================================================================
 # Rule classes on single layers (Affine views), random relevance on every output unit
 # =============================================================================================
+
 
 def _dense_case(seed: int, bias: bool = True):
     rng = np.random.default_rng(seed)
@@ -499,8 +536,7 @@ def _dense_case(seed: int, bias: bool = True):
 def _conv_case(seed: int, dim: int, bias: bool = True):
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    conv = (nn.Conv1d if dim == 1 else nn.Conv2d)(2, 3, 3, stride=(2 if dim == 1 else 1), padding=1,
-                                                 bias=bias).double()
+    conv = (nn.Conv1d if dim == 1 else nn.Conv2d)(2, 3, 3, stride=(2 if dim == 1 else 1), padding=1, bias=bias).double()
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(rng.normal(size=tuple(conv.weight.shape))))
         if bias:
@@ -509,8 +545,9 @@ def _conv_case(seed: int, dim: int, bias: bool = True):
     X = rng.normal(size=(3, *shape))
     X.reshape(3, -1)[0, 3] = 0.0
     X.reshape(3, -1)[1, 5] = 0.3
-    ref, out_shape = conv_linear(_numpy(conv.weight), _numpy(conv.bias), shape, conv.stride, conv.padding,
-                                 conv.dilation)
+    ref, out_shape = conv_linear(
+        _numpy(conv.weight), _numpy(conv.bias), shape, conv.stride, conv.padding, conv.dilation
+    )
     R = rng.normal(size=(3, *out_shape))
     layer = Affine(conv.weight.detach(), None if conv.bias is None else conv.bias.detach(), conv._conv_forward)
     return layer, ref, X, R
@@ -567,7 +604,7 @@ def test_rules_differ_where_their_formulas_differ():
     maps = {name: _rule_on_case(rule, ref, case) for name, (rule, ref) in RULE_CASES.items()}
     names = sorted(maps)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             assert not np.allclose(maps[a], maps[b], rtol=1e-6, atol=1e-9), (a, b)
 
 
@@ -583,7 +620,7 @@ def test_safe_divide_replaces_only_exact_zeros_by_1e_7():
     got = ZRule().relevance(_two_input_layer([0.5, -0.5]), x, r).numpy()
     np.testing.assert_allclose(got, [[0.5e7, -0.5e7]], rtol=1e-12)
     # z = 2**-30 exactly (tiny, not zero): divided as it is, no stabiliser (Zennit would add 1e-6)
-    tiny = 2.0 ** -30
+    tiny = 2.0**-30
     got = ZRule().relevance(_two_input_layer([0.5, -0.5 + tiny]), x, r).numpy()
     np.testing.assert_allclose(got, [[0.5 / tiny, (-0.5 + tiny) / tiny]], rtol=1e-12)
     # the same for the alpha-beta halves: z+ = 0 (no positive part at all) -> 1e-7
@@ -620,12 +657,12 @@ def test_w_square_drops_the_bias_and_gamma_modifies_it():
     layer = Affine(torch.from_numpy(W), torch.tensor([5.0], dtype=torch.float64), torch.nn.functional.linear)
     x = torch.tensor([[3.0, 1.0]], dtype=torch.float64)
     r = torch.tensor([[10.0]], dtype=torch.float64)
-    np.testing.assert_allclose(WSquareRule().relevance(layer, x, r).numpy(), [[10 * 1 / 5, 10 * 4 / 5]],
-                               rtol=1e-12)
+    np.testing.assert_allclose(WSquareRule().relevance(layer, x, r).numpy(), [[10 * 1 / 5, 10 * 4 / 5]], rtol=1e-12)
     np.testing.assert_allclose(FlatRule().relevance(layer, x, r).numpy(), [[5.0, 5.0]], rtol=1e-12)
     # gamma 1: W' = [2, -2], b' = 5 + 5 = 10, z' = 6 - 2 + 10 = 14
-    np.testing.assert_allclose(GammaRule(1.0).relevance(layer, x, r).numpy(), [[3 * 2 * 10 / 14, -2 * 10 / 14]],
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        GammaRule(1.0).relevance(layer, x, r).numpy(), [[3 * 2 * 10 / 14, -2 * 10 / 14]], rtol=1e-12
+    )
 
 
 def test_alpha_beta_puts_the_full_bias_in_both_halves():
@@ -694,10 +731,22 @@ def small_models() -> dict[str, tuple[nn.Module, tuple]]:
         "dense1": (_seeded(nn.Sequential(nn.Linear(6, 4)).double(), 1), (6,)),
         "dense2": (_seeded(nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double(), 2), (6,)),
         "conv1": (_seeded(nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.Flatten()).double(), 3), (2, 4, 3)),
-        "conv2": (_seeded(nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                                        nn.Linear(3 * 4 * 3, 4)).double(), 4), (2, 4, 3)),
-        "conv1d2": (_seeded(nn.Sequential(nn.Conv1d(1, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
-                                          nn.Linear(3 * 5, 3)).double(), 5), (1, 9)),
+        "conv2": (
+            _seeded(
+                nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 3, 4)).double(),
+                4,
+            ),
+            (2, 4, 3),
+        ),
+        "conv1d2": (
+            _seeded(
+                nn.Sequential(
+                    nn.Conv1d(1, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 5, 3)
+                ).double(),
+                5,
+            ),
+            (1, 9),
+        ),
     }
 
 

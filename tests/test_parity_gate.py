@@ -1,5 +1,6 @@
 """The parity gate (``parity/compare.py``), the report rows it judges and the reference cache,
 on maps made up for the purpose (no TensorFlow)."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -10,8 +11,7 @@ import pytest
 
 from parity import cache as cache_module
 from parity.cache import ReferenceCache, twin_digest
-from parity.compare import (FLOAT32_FLOOR, FORMULA_TOLERANCE, ROUNDING_FACTOR, judge,
-                            relative_error)
+from parity.compare import FLOAT32_FLOOR, FORMULA_TOLERANCE, ROUNDING_FACTOR, judge, relative_error
 from parity.harness import ModelRun, merge_runs
 from parity.report import model_summaries, rows_from, terminal_summary
 
@@ -67,8 +67,7 @@ def test_nan_in_our_map_fails():
     assert not judge(REF64, REF64, ours, REF64).passed
 
 
-def _run(dtype: str, maps: dict[str, tuple[np.ndarray, np.ndarray]], label: str = "m",
-         targets=(0, 1)) -> ModelRun:
+def _run(dtype: str, maps: dict[str, tuple[np.ndarray, np.ndarray]], label: str = "m", targets=(0, 1)) -> ModelRun:
     run = ModelRun(label, dtype, np.zeros((2, 3, 4, 4), dtype), np.asarray(targets))
     for method, (ours, reference) in maps.items():
         run.ours[method], run.references[method] = ours.astype(dtype), reference.astype(dtype)
@@ -154,8 +153,7 @@ def test_cache_key_changes_with_everything_a_reference_depends_on(environment):
     changed_weight[0][0, 0] = np.nextafter(np.float32(1), np.float32(2))
     keys = {
         "weight": cache.key(twin_digest(_FakeKeras(changed_weight)), {"rule": "z"}, x, targets),
-        "architecture": cache.key(twin_digest(_FakeKeras(weights, '{"layers": ["conv"]}')), {"rule": "z"}, x,
-                                  targets),
+        "architecture": cache.key(twin_digest(_FakeKeras(weights, '{"layers": ["conv"]}')), {"rule": "z"}, x, targets),
         "method": cache.key(twin_digest(_FakeKeras(weights)), {"rule": "epsilon"}, x, targets),
         "input": cache.key(twin_digest(_FakeKeras(weights)), {"rule": "z"}, x + 1, targets),
         "dtype": cache.key(twin_digest(_FakeKeras(weights)), {"rule": "z"}, x.astype(np.float64), targets),
@@ -194,6 +192,7 @@ def test_cache_stores_identity_records_and_never_an_exception(tmp_path, environm
 
     def fails():
         raise RuntimeError("iNNvestigate refused")
+
     with pytest.raises(RuntimeError):
         cache.get_or_compute("cd34", fails)
     assert not (tmp_path / "cd").exists() or not list((tmp_path / "cd").iterdir())
@@ -202,8 +201,7 @@ def test_cache_stores_identity_records_and_never_an_exception(tmp_path, environm
 def _fill(folder: str) -> list[bytes]:
     """Read or compute 40 entries of the cache in ``folder`` (run by two processes at once)."""
     cache = ReferenceCache(Path(folder))
-    return [cache.get_or_compute(f"{i:064x}", lambda i=i: np.full(4096, i, np.float32)).tobytes()
-            for i in range(40)]
+    return [cache.get_or_compute(f"{i:064x}", lambda i=i: np.full(4096, i, np.float32)).tobytes() for i in range(40)]
 
 
 def test_two_runs_sharing_a_cache_folder_see_whole_entries(tmp_path):

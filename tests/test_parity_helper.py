@@ -1,5 +1,6 @@
 """parity.testing.assert_parity from a test process that stays in eager mode: TensorFlow runs in a
 child process that imports this module to unpickle :class:`TinyCNN`."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -14,8 +15,10 @@ from parity.testing import assert_parity
 
 pytestmark = [
     pytest.mark.tf,
-    pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
-                       reason="needs the parity extra (TensorFlow, iNNvestigate) for the child process"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("tensorflow") is None,
+        reason="needs the parity extra (TensorFlow, iNNvestigate) for the child process",
+    ),
 ]
 
 X = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
@@ -78,9 +81,16 @@ class PooledCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(5)
-        self.layers = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                    nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                    nn.Flatten(), nn.Linear(8 * 8 * 8, 5))
+        self.layers = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(8 * 8 * 8, 5),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -88,6 +98,7 @@ class PooledCNN(nn.Module):
 
 def test_channels_last_pooling_path_keeps_parity_with_innvestigate():
     from signxai.torch_signxai.methods import pooling
+
     x = np.random.default_rng(1).standard_normal((32, 3, 32, 32)).astype(np.float32)
     assert 32 * 8 * 16 * 16 >= pooling.MIN_ENTRIES  # the smaller pooling input takes the path too
     methods = ["gradient", "lrp_epsilon_0_1", "lrp_alpha_1_beta_0", "lrpsign_z", "guided_backprop"]

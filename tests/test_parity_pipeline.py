@@ -1,6 +1,7 @@
 """The parity pipeline's plan and bookkeeping, without TensorFlow: every applicable name lands in
 exactly one task, names sharing a map share a task, each (model, dtype) checks the reference
 identities once, and rows lost or doubled between the tasks are refused."""
+
 import dataclasses
 
 import numpy as np
@@ -40,6 +41,7 @@ def test_plan_covers_every_applicable_name_once_per_dtype(subjects):
 
 def _fake_execute(drop: str | None = None, double: str | None = None):
     """An executor that returns a run holding each task's names (one dropped or doubled)."""
+
     def execute(subjects, tasks, backend, *, ours, cache, done):
         runs = []
         for task in tasks:
@@ -52,11 +54,12 @@ def _fake_execute(drop: str | None = None, double: str | None = None):
         if double is not None:  # the doubled name also comes back from the next task
             runs[1].references[double] = np.zeros(1)
         return runs
+
     return execute
 
 
 def test_run_jobs_merges_tasks_and_refuses_lost_or_doubled_rows(subjects, monkeypatch):
-    names = method_names()[:2 * GROUP_ROWS + 3]
+    names = method_names()[: 2 * GROUP_ROWS + 3]
     monkeypatch.setattr(pipeline, "execute", _fake_execute())
     runs = run_jobs(subjects, ["float32"], names, backend=Backend(workers=1))
     for subject in subjects:
@@ -98,8 +101,7 @@ def test_list_methods_needs_no_model(capsys):
     assert main(["--list-methods"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert any(line.lstrip().startswith("<prefix>_epsilon[_<number>][_ib]") and "LRPEpsilon" in line
-               for line in lines)
+    assert any(line.lstrip().startswith("<prefix>_epsilon[_<number>][_ib]") and "LRPEpsilon" in line for line in lines)
     assert any(line.lstrip().startswith("lrp.epsilon ") for line in lines)
 
 

@@ -1,11 +1,12 @@
 """The channels-last max pooling path gives exactly PyTorch's own pooling: values, winners
 (gradient routing, ties included) and whole explanations, bit for bit."""
+
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
-from torch.nn import functional as F
 
 from signxai.torch_signxai import calculate_relevancemaps
 from signxai.torch_signxai.methods import pooling
@@ -80,16 +81,24 @@ class _Net(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(3)
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                      nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True))
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2, ceil_mode=True),
+        )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 8 * 8, 5))
 
     def forward(self, x):
         return self.head(self.features(x))
 
 
-@pytest.mark.parametrize("method", ["gradient", "smoothgrad", "lrp_epsilon_0_1", "lrp_alpha_1_beta_0",
-                                    "lrpsign_z", "guided_backprop", "grad_cam"])
+@pytest.mark.parametrize(
+    "method",
+    ["gradient", "smoothgrad", "lrp_epsilon_0_1", "lrp_alpha_1_beta_0", "lrpsign_z", "guided_backprop", "grad_cam"],
+)
 def test_explanations_equal_those_with_pytorch_pooling(monkeypatch, method):
     model = _Net().eval()
     x = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(0)).repeat(1, 1, 2, 2)

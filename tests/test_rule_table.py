@@ -1,5 +1,6 @@
 """The rule table is the one home of a rule's identity: the grammar, the plan and the analyzer
 classes read it."""
+
 from __future__ import annotations
 
 import pytest
@@ -34,8 +35,9 @@ def test_every_hidden_rule_plans(name):
 @pytest.mark.parametrize("prefix", sorted(p for p in PREFIXES if PREFIXES[p] is not None))
 def test_every_input_rule_plans(prefix):
     entry = INPUT_RULES[PREFIXES[prefix]]
-    spec = parse(f"{prefix}_z", **{**entry.analyzer_defaults, **{k: v for k, v in entry.params.items()
-                                                                 if v is not None}})
+    spec = parse(
+        f"{prefix}_z", **{**entry.analyzer_defaults, **{k: v for k, v in entry.params.items() if v is not None}}
+    )
     assert plan_for(spec).input == build(entry, spec.params)
 
 
@@ -44,8 +46,11 @@ def test_every_analyzer_spelling_of_the_table_is_accepted():
     for entry in HIDDEN_RULES.values():
         for spelling in entry.spellings:
             kwargs = {"epsilon": 0.1} if spelling == "epsilon" else {}
-            analyzer = zennit_impl.AdvancedLRPAnalyzer(model, spelling, **kwargs) if spelling not in (
-                "z", "zplus", "z_plus") else zennit_impl.LRPAnalyzer(model, spelling)
+            analyzer = (
+                zennit_impl.AdvancedLRPAnalyzer(model, spelling, **kwargs)
+                if spelling not in ("z", "zplus", "z_plus")
+                else zennit_impl.LRPAnalyzer(model, spelling)
+            )
             assert analyzer.spec.rule == parse(f"lrp_{entry.spellings[spelling]}", **kwargs).rule
     for entry in INPUT_RULES.values():
         for spelling, prefix in entry.spellings.items():

@@ -4,6 +4,7 @@ Checked after every gradient-family method: hooks on every module (none added, n
 parameters and buffers bit-identical, ``requires_grad`` flags, ``.grad`` of parameters, every
 module's train/eval flag (a mix is set up before the call), and the caller's tensor or array.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,12 +21,26 @@ from signxai.torch_signxai.methods import wrappers
 from signxai.torch_signxai.methods.grammar import parse
 
 NAMES_FILE = Path(__file__).resolve().parents[2] / "shared" / "method_names.txt"
-HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-              "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called",
-              "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
-              "_load_state_dict_post_hooks")
-GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                "_global_backward_pre_hooks", "_global_forward_hooks_always_called")
+HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+GLOBAL_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+    "_global_forward_hooks_always_called",
+)
 
 
 def gradient_family_names() -> list[str]:
@@ -35,14 +50,24 @@ def gradient_family_names() -> list[str]:
 
 
 NAMES = gradient_family_names()
-METHODS = ["gradient", "guided_backprop", "deconvnet", "smoothgrad", "vargrad", "integrated_gradients",
-           "deeplift_method", "random_uniform", "gradient_x_input_x_sign"]
+METHODS = [
+    "gradient",
+    "guided_backprop",
+    "deconvnet",
+    "smoothgrad",
+    "vargrad",
+    "integrated_gradients",
+    "deeplift_method",
+    "random_uniform",
+    "gradient_x_input_x_sign",
+]
 
 
 def fast(name: str) -> dict:
     family = parse(name).family
-    return {"smoothgrad": {"num_samples": 3}, "vargrad": {"num_samples": 3},
-            "integrated_gradients": {"steps": 3}}.get(family, {})
+    return {"smoothgrad": {"num_samples": 3}, "vargrad": {"num_samples": 3}, "integrated_gradients": {"steps": 3}}.get(
+        family, {}
+    )
 
 
 class Net(nn.Module):
@@ -51,8 +76,7 @@ class Net(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.features = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                                      nn.MaxPool2d(2))
+        self.features = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2))
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3))
         with torch.no_grad():
             self.features[1].running_mean.uniform_(-0.2, 0.2)
@@ -82,8 +106,9 @@ def snapshot(model: nn.Module) -> dict:
         "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
         "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
         "training": {n: m.training for n, m in model.named_modules()},
-        "hooks": {n: {attr: list(getattr(m, attr, {}).keys()) for attr in HOOK_DICTS}
-                  for n, m in model.named_modules()},
+        "hooks": {
+            n: {attr: list(getattr(m, attr, {}).keys()) for attr in HOOK_DICTS} for n, m in model.named_modules()
+        },
         "globals": {attr: len(getattr(module_globals, attr, {})) for attr in GLOBAL_HOOKS},
     }
 
@@ -108,8 +133,14 @@ def assert_unchanged(model: nn.Module, before: dict) -> None:
 
 def assert_no_hooks(model: nn.Module) -> None:
     for name, module in model.named_modules():
-        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-                     "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs"):
+        for attr in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+            "_forward_hooks_with_kwargs",
+            "_forward_pre_hooks_with_kwargs",
+        ):
             assert len(getattr(module, attr)) == 0, f"{attr} left on {name or 'the model'}"
 
 
@@ -121,6 +152,7 @@ def input_tensor(seed: int = 0, batch: int | None = None, requires_grad: bool = 
 
 
 # --------------------------------------------------------------------------- successful calls
+
 
 def test_the_prepared_state_is_mixed():
     """The set-up the other tests rely on: otherwise restoring flags would be trivially true."""
@@ -174,9 +206,11 @@ def test_torch_input_without_grad_and_float32_input(name):
 def test_users_hooks_are_kept(name):
     net = prepared_net()
     calls = []
-    handles = [net.head[4].register_forward_hook(lambda m, i, o: calls.append("forward")),
-               net.features[0].register_forward_pre_hook(lambda m, i: calls.append("pre")),
-               net.head[1].register_full_backward_hook(lambda m, gi, go: None)]
+    handles = [
+        net.head[4].register_forward_hook(lambda m, i, o: calls.append("forward")),
+        net.features[0].register_forward_pre_hook(lambda m, i: calls.append("pre")),
+        net.head[1].register_full_backward_hook(lambda m, gi, go: None),
+    ]
     before = snapshot(net)
     calculate_relevancemap(net, input_tensor(3), method=name, **fast(name))
     assert_unchanged(net, before)
@@ -200,11 +234,13 @@ def test_maps_are_of_the_inference_function(name):
     first = calculate_relevancemaps(net, x, method=name, target_class=2, **fast(name))
     second = calculate_relevancemaps(net, x, method=name, target_class=2, **fast(name))
     np.testing.assert_array_equal(first, second)
-    np.testing.assert_allclose(first, calculate_relevancemaps(reference, x, method=name, target_class=2,
-                                                              **fast(name)), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+        first, calculate_relevancemaps(reference, x, method=name, target_class=2, **fast(name)), rtol=1e-12, atol=1e-14
+    )
 
 
 # --------------------------------------------------------------------------- calls that raise
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_untouched_when_the_target_is_out_of_range(name):
@@ -270,6 +306,7 @@ def test_untouched_when_the_input_is_rejected(name):
 
 # --------------------------------------------------------------------------- through remove_softmax
 
+
 class SoftmaxNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -297,6 +334,7 @@ def test_wrapped_model_keeps_its_flags(name):
 
 
 # --------------------------------------------------------------------------- models that modify their input
+
 
 class ScalesInPlace(nn.Module):
     """A linear model that doubles its input in place before using it: logit = W (2 x) + b."""

@@ -6,6 +6,7 @@ float32 and float64 (``fixtures/make_references.py``); every row is judged by th
 equals the stored float64 map to the formula tolerance, and our float32 map is as accurate as
 iNNvestigate's stored float32 map.
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,24 +42,34 @@ def loaded():
             model = load_model(fixture)
             # each dtype's model and inputs cast, as the parity harness casts them
             models = {"float32": model, "float64": copy.deepcopy(model).double()}
-            cache[fixture] = (models, load_inputs(fixture), load_references(fixture),
-                              load_references(fixture, "float64"))
+            cache[fixture] = (
+                models,
+                load_inputs(fixture),
+                load_references(fixture),
+                load_references(fixture, "float64"),
+            )
         return cache[fixture]
+
     return get
 
 
 def _ours(models, x, method, targets, dtype):
     x = x.astype(dtype)
-    return calculate_relevancemaps(method, x, models[dtype], neuron_selection=targets,
-                                   **method_kwargs(parse(method), x))
+    return calculate_relevancemaps(
+        method, x, models[dtype], neuron_selection=targets, **method_kwargs(parse(method), x)
+    )
 
 
 @pytest.mark.parametrize("fixture, method", list(_cases()))
 def test_matches_stored_innvestigate_reference(loaded, fixture, method):
     models, x, stored32, stored64 = loaded(fixture)
     targets = stored32[TARGETS_KEY]
-    verdict = judge(_ours(models, x, method, targets, "float32"), stored32[method],
-                    _ours(models, x, method, targets, "float64"), stored64[method])
+    verdict = judge(
+        _ours(models, x, method, targets, "float32"),
+        stored32[method],
+        _ours(models, x, method, targets, "float64"),
+        stored64[method],
+    )
     assert verdict.passed, f"{fixture} {method}: {verdict}"
 
 

@@ -7,6 +7,7 @@ see weight updates (in place, ``load_state_dict``, replaced tensors), a swapped 
 not keep a deleted model alive. Several models explained at once each give their own maps, and
 tracing a model (fx patches ``nn.Module`` for the whole process) leaves other threads alone.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,8 +27,15 @@ from signxai.torch_signxai.methods import private
 from signxai.torch_signxai.methods.graph import model_graph
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemap as tf_map
 
-HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-              "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
+HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
 
 #: (method, parameters): LRP, the gradient family and Grad-CAM
 CALLS = [
@@ -58,8 +66,14 @@ class SmallCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-                                      nn.MaxPool2d(2), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1),
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3, padding=1),
+            nn.ReLU(),
+        )
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(8 * 6 * 6, 4))
         with torch.no_grad():
             self.features[1].running_mean.uniform_(-0.3, 0.3)
@@ -98,8 +112,10 @@ def state(model: nn.Module) -> dict:
         "forward": {n: ("forward" in vars(m), type(m).forward) for n, m in model.named_modules()},
         "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
         "grad": {n: p.grad is None for n, p in model.named_parameters()},
-        "tensors": {n: (id(t), t.data_ptr(), t._version, t.detach().clone())
-                    for n, t in model.state_dict(keep_vars=True).items()},
+        "tensors": {
+            n: (id(t), t.data_ptr(), t._version, t.detach().clone())
+            for n, t in model.state_dict(keep_vars=True).items()
+        },
     }
 
 
@@ -108,7 +124,8 @@ def same_state(a: dict, b: dict) -> bool:
         return False
     return a["tensors"].keys() == b["tensors"].keys() and all(
         a["tensors"][n][:3] == b["tensors"][n][:3] and torch.equal(a["tensors"][n][3], b["tensors"][n][3])
-        for n in a["tensors"])
+        for n in a["tensors"]
+    )
 
 
 @pytest.mark.parametrize("build", [SmallCNN, Branching])
@@ -116,8 +133,7 @@ def test_four_threads_get_the_maps_of_calls_made_alone(build):
     model = build().train()
     model.features[0].weight.requires_grad_(False)  # a mixed set of flags, to be kept
     xs = inputs(3)
-    jobs = [(api, i, method, params) for api in ("tf", "native") for i in range(len(xs))
-            for method, params in CALLS]
+    jobs = [(api, i, method, params) for api in ("tf", "native") for i in range(len(xs)) for method, params in CALLS]
     alone = {job[:3]: explain(job[0], model, xs[job[1]], job[2], job[3]) for job in jobs}
     # eval semantics: the train-mode model explains as a deep copy of it in eval mode does
     evaluated = copy.deepcopy(model).eval()
@@ -237,12 +253,12 @@ def test_a_deleted_model_is_freed(build):
 def test_the_view_shares_storage_but_not_parameters_or_flags():
     model = SmallCNN().train()
     view = private.build_view(model)
-    for (name, param), (view_name, alias) in zip(model.named_parameters(), view.named_parameters()):
+    for (name, param), (view_name, alias) in zip(model.named_parameters(), view.named_parameters(), strict=True):
         assert name == view_name
         assert alias is not param and alias.data_ptr() == param.data_ptr()
         assert param.requires_grad and not alias.requires_grad
     assert all(not m.training for m in view.modules()) and all(m.training for m in model.modules())
-    assert all(a is not b for a, b in zip(model.modules(), view.modules()))
+    assert all(a is not b for a, b in zip(model.modules(), view.modules(), strict=True))
 
 
 def test_tracing_a_model_leaves_other_threads_forward_passes_alone():

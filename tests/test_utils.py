@@ -1,4 +1,5 @@
 """remove_softmax / NoSoftmaxWrapper and calculate_sign_mu."""
+
 from __future__ import annotations
 
 import copy
@@ -55,6 +56,7 @@ def logits_of(model_trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- remove_softmax
 
+
 @pytest.mark.parametrize("layer", [nn.Softmax(dim=1), nn.LogSoftmax(dim=1), nn.Softmax(dim=-1)])
 def test_softmax_module_at_the_end_of_a_sequential(layer):
     body = trunk()
@@ -86,9 +88,11 @@ def test_functional_softmax_in_forward(call):
         torch.testing.assert_close(remove_softmax(model)(x), logits_of(model.body, x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("model", [trunk(3), Functional(torch.tanh),
-                                   nn.Sequential(nn.Linear(4, 4), nn.Softmax(dim=1), nn.Linear(4, 2))],
-                         ids=["plain", "tanh", "softmax_in_the_middle"])
+@pytest.mark.parametrize(
+    "model",
+    [trunk(3), Functional(torch.tanh), nn.Sequential(nn.Linear(4, 4), nn.Softmax(dim=1), nn.Linear(4, 2))],
+    ids=["plain", "tanh", "softmax_in_the_middle"],
+)
 def test_models_without_a_final_softmax_are_unchanged(model):
     model = model.double()
     x = batch(3)
@@ -124,8 +128,9 @@ def test_root_parameters_and_buffers_are_shared():
     assert wrapper.weight is model.weight and wrapper.shift is model.shift
     x = batch(5)[0].numpy()
     # logit t is 2 * x_t + 1: the gradient of the selected logit is 2 at input t
-    np.testing.assert_array_equal(calculate_relevancemap(wrapper, x, method="gradient", target_class=1),
-                                  np.array([0.0, 2.0, 0.0, 0.0]))
+    np.testing.assert_array_equal(
+        calculate_relevancemap(wrapper, x, method="gradient", target_class=1), np.array([0.0, 2.0, 0.0, 0.0])
+    )
 
 
 def test_the_wrapped_model_is_not_modified():
@@ -170,8 +175,9 @@ def test_gradient_through_the_wrapper_is_the_logits_gradient():
     x = batch(7)[0].numpy()
     w = linear.weight.detach().numpy()
     for t in range(3):
-        np.testing.assert_array_equal(calculate_relevancemap(remove_softmax(model), x, method="gradient",
-                                                             target_class=t), w[t])
+        np.testing.assert_array_equal(
+            calculate_relevancemap(remove_softmax(model), x, method="gradient", target_class=t), w[t]
+        )
     # without the wrapper, the softmax's gradient is a different map
     assert not np.allclose(calculate_relevancemap(model, x, method="gradient", target_class=0), w[0])
 
@@ -200,6 +206,7 @@ def test_wrapper_can_be_deep_copied():
 
 
 # --------------------------------------------------------------------------- calculate_sign_mu
+
 
 def expected_sign(x: np.ndarray, mu: float) -> np.ndarray:
     return 1.0 - 2.0 * (np.asarray(x, dtype=np.float64) < mu)
@@ -240,9 +247,10 @@ def test_sign_mu_torch_integers():
     assert result.tolist() == [-1.0, 1.0, 1.0]
 
 
-@given(x=hnp.arrays(np.float64, hnp.array_shapes(max_dims=3, max_side=4),
-                    elements=st.floats(-10, 10, allow_nan=False)),
-       mu=st.one_of(st.just(0.0), st.floats(-10, 10, allow_nan=False)))
+@given(
+    x=hnp.arrays(np.float64, hnp.array_shapes(max_dims=3, max_side=4), elements=st.floats(-10, 10, allow_nan=False)),
+    mu=st.one_of(st.just(0.0), st.floats(-10, 10, allow_nan=False)),
+)
 def test_sign_mu_property(x, mu):
     expected = expected_sign(x, mu)
     np.testing.assert_array_equal(calculate_sign_mu(x, mu), expected)

@@ -1,4 +1,5 @@
 """The model-zoo check's pieces that need no TensorFlow (``parity/zoo.py``)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,9 +10,22 @@ from torch import nn
 from parity import zoo
 from parity.harness import ModelRun
 
-ISSUE_MODELS = {"vgg16", "alexnet", "resnet18", "resnet50", "resnext50_32x4d", "densenet121",
-                "squeezenet1_1", "googlenet", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
-                "mnasnet0_5", "regnet_y_400mf", "shufflenet_v2_x0_5"}
+ISSUE_MODELS = {
+    "vgg16",
+    "alexnet",
+    "resnet18",
+    "resnet50",
+    "resnext50_32x4d",
+    "densenet121",
+    "squeezenet1_1",
+    "googlenet",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "mnasnet0_5",
+    "regnet_y_400mf",
+    "shufflenet_v2_x0_5",
+}
 
 
 def test_zoo_is_the_issues_model_list():
@@ -32,8 +46,9 @@ def test_methods_cover_every_rule_and_input_prefix():
 
 def _bn_net():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.3), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(4 * 3 * 3, 2))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 3 * 3, 2)
+    )
 
 
 def test_calibration_gives_the_plain_average_of_the_batch_statistics():
@@ -56,7 +71,7 @@ def test_calibration_leaves_a_model_without_batchnorm_unchanged():
     net = nn.Sequential(nn.Linear(3, 2)).train()
     before = [p.clone() for p in net.parameters()]
     assert zoo.calibrate_batchnorm(net, (3,)) is net and not net.training
-    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
 
 
 def test_inputs_are_seeded_and_batched():
@@ -67,17 +82,35 @@ def test_inputs_are_seeded_and_batched():
 
 def _run(dtype, ours=None, references=None, errors=None, unavailable=None):
     x = np.zeros((2, 3, 4, 4), dtype)
-    return ModelRun("m", dtype, x, np.zeros(2, int), ours=ours or {}, references=references or {},
-                    errors=errors or {}, unavailable=unavailable or {})
+    return ModelRun(
+        "m",
+        dtype,
+        x,
+        np.zeros(2, int),
+        ours=ours or {},
+        references=references or {},
+        errors=errors or {},
+        unavailable=unavailable or {},
+    )
 
 
 def test_method_rows_name_each_outcome():
     ref = np.ones((2, 3, 4, 4))
     off = ref * (1 + 1e-6)
-    run32 = _run("float32", ours={"a": ref, "b": ref}, references={"a": ref, "b": ref},
-                 errors={"c": "signxai: UnsupportedLayerError: no rule"}, unavailable={"d": "cannot"})
-    run64 = _run("float64", ours={"a": ref, "b": off}, references={"a": ref, "b": ref},
-                 unavailable={"c": "x", "d": "cannot"}, errors={"e": "NotImplementedError: checks"})
+    run32 = _run(
+        "float32",
+        ours={"a": ref, "b": ref},
+        references={"a": ref, "b": ref},
+        errors={"c": "signxai: UnsupportedLayerError: no rule"},
+        unavailable={"d": "cannot"},
+    )
+    run64 = _run(
+        "float64",
+        ours={"a": ref, "b": off},
+        references={"a": ref, "b": ref},
+        unavailable={"c": "x", "d": "cannot"},
+        errors={"e": "NotImplementedError: checks"},
+    )
     results = [zoo.JobResult("m", dtype, 1.0, run=run) for dtype, run in (("float32", run32), ("float64", run64))]
     rows = {row.method: row for row in zoo.method_rows(*results, ("a", "b", "c", "d", "e"))}
     assert rows["a"].status == "pass"
@@ -100,13 +133,13 @@ def test_a_model_the_harness_cannot_run_is_a_failing_row():
     crashed = zoo.JobResult("m", "float64", 1.0, error="FailedPreconditionError: no variable")
     rows = zoo.method_rows(ok, crashed, ("a",))
     assert [(r.method, r.status, r.note) for r in rows] == [
-        ("all 1 methods", "FAIL", "FailedPreconditionError: no variable")]
+        ("all 1 methods", "FAIL", "FailedPreconditionError: no variable")
+    ]
 
 
 def test_a_long_error_keeps_its_first_and_last_lines():
     error = RuntimeError("Graph execution error:\n\n  trace line\n  another\nCould not find variable bn/moving_mean")
-    assert zoo._describe(error) == ("RuntimeError: Graph execution error: [...] Could not find variable "
-                                    "bn/moving_mean")
+    assert zoo._describe(error) == ("RuntimeError: Graph execution error: [...] Could not find variable bn/moving_mean")
 
 
 def test_native_check_names_the_error_of_an_attention_model():
@@ -153,8 +186,9 @@ def test_report_of_a_failed_job_and_a_passing_one():
     assert "| resnet18 | 65x65 | 1.0e-07 | 1.0e-15 | yes | 1 / 0 / 0 | 5 |" in text
     assert "| vgg16 | 224x224 | 2.0e-07 | not checked | yes | 0 / 1 / 0 | 2 |" in text
     assert "rows: 1 pass, 1 FAIL, 0 n/a" in text
-    ok_text, ok = zoo.report({k: v for k, v in results.items() if k[0] == "resnet18"}, ("a",),
-                             "UnsupportedLayerError: attention", {})
+    ok_text, ok = zoo.report(
+        {k: v for k, v in results.items() if k[0] == "resnet18"}, ("a",), "UnsupportedLayerError: attention", {}
+    )
     assert ok
     _, not_refused = zoo.report({k: v for k, v in results.items() if k[0] == "resnet18"}, ("a",), "yes", {})
     assert not not_refused

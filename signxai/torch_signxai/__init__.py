@@ -5,6 +5,7 @@ PyTorch-native API: :func:`calculate_relevancemap` / :func:`calculate_relevancem
 TensorFlow-compatible API: :mod:`signxai.torch_signxai.methods.wrappers`.
 Whole datasets into a resumable zarr store, locally or on Ray: :func:`explain_dataset`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,8 +17,7 @@ from .dataset import explain_dataset
 from .methods.api import run_method
 from .utils import NoSoftmaxWrapper, remove_softmax
 
-__all__ = ["calculate_relevancemap", "calculate_relevancemaps", "remove_softmax", "NoSoftmaxWrapper",
-           "explain_dataset"]
+__all__ = ["calculate_relevancemap", "calculate_relevancemaps", "remove_softmax", "NoSoftmaxWrapper", "explain_dataset"]
 
 
 def calculate_relevancemap(model: nn.Module, input_tensor: Any, method: str = "gradients", **kwargs: Any) -> np.ndarray:
@@ -45,7 +45,9 @@ def calculate_relevancemap(model: nn.Module, input_tensor: Any, method: str = "g
     return run_method(method, model, input_tensor, kwargs, single=True, batchnorm="exact")
 
 
-def calculate_relevancemaps(model: nn.Module, input_tensors: Any, method: str = "gradients", **kwargs: Any) -> np.ndarray:
+def calculate_relevancemaps(
+    model: nn.Module, input_tensors: Any, method: str = "gradients", **kwargs: Any
+) -> np.ndarray:
     """Calculate relevance maps for several inputs in one batched pass, PyTorch-native style.
 
     Parameters

@@ -7,6 +7,7 @@ dashboard off (Ray otherwise advertises the host's own address); any other addre
 import the classes of the models they receive; on a cluster of other machines those must be
 installed there.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,13 @@ def connect(address: str, cpus: int, environment: dict[str, str] | None = None) 
         return False
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(source_folders()), **(environment or {})}}
     if address == "local":
-        ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 runtime_env=runtime_env, log_to_driver=False)
+        ray.init(
+            num_cpus=cpus,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            runtime_env=runtime_env,
+            log_to_driver=False,
+        )
     else:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
     return True

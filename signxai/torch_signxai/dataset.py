@@ -15,6 +15,7 @@ what the same batch gives in this process in the same dtype, device and number o
 
 Needs the dataset extra (``pip install 'signxai[dataset]'``: zarr, tqdm); Ray needs the ray extra.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -67,8 +68,9 @@ class Job:
         """The maps of batch ``chunk``, whose inputs are ``x``."""
         kwargs = dict(self.params)
         if self.targets is not None:
-            kwargs["neuron_selection"] = (self.targets[self.rows(chunk)] if isinstance(self.targets, np.ndarray)
-                                          else self.targets)
+            kwargs["neuron_selection"] = (
+                self.targets[self.rows(chunk)] if isinstance(self.targets, np.ndarray) else self.targets
+            )
         batchnorm = "innvestigate" if self.api == "tensorflow" else "exact"
         return run_method(self.method, model, x, kwargs, single=False, batchnorm=batchnorm)
 
@@ -114,6 +116,7 @@ class ArraySource:
         self.array = array
 
     def __len__(self) -> int:
+        """The number of inputs."""
         return len(self.array)
 
     def chunk(self, rows: slice) -> np.ndarray:
@@ -126,17 +129,23 @@ class ArraySource:
             yield chunk, self.chunk(job.rows(chunk))
 
     def __reduce__(self) -> tuple:
+        """Pickle a memory map as its file, any other array as its values."""
         # a memory map travels as its file, not its bytes
         if isinstance(self.array, np.memmap) and self.array.filename is not None:
-            return _open_memmap, (self.array.filename, self.array.dtype.str, self.array.shape,
-                                  self.array.offset, "F" if self.array.flags.f_contiguous
-                                  and not self.array.flags.c_contiguous else "C")
+            return _open_memmap, (
+                self.array.filename,
+                self.array.dtype.str,
+                self.array.shape,
+                self.array.offset,
+                "F" if self.array.flags.f_contiguous and not self.array.flags.c_contiguous else "C",
+            )
         return ArraySource, (np.asarray(self.array),)
 
 
-def _open_memmap(filename: str, dtype: str, shape: tuple[int, ...], offset: int, order: str) -> ArraySource:
-    return ArraySource(np.memmap(filename, dtype=np.dtype(dtype), mode="r", shape=shape, offset=offset,
-                                 order=order))
+def _open_memmap(
+    filename: str, dtype: str, shape: tuple[int, ...], offset: int, order: Literal["C", "F"]
+) -> ArraySource:
+    return ArraySource(np.memmap(filename, dtype=np.dtype(dtype), mode="r", shape=shape, offset=offset, order=order))
 
 
 class TorchSource:
@@ -144,20 +153,29 @@ class TorchSource:
     first element or ``column`` is), batched by ``collate_fn`` with ``num_workers`` loader
     processes."""
 
-    def __init__(self, dataset: Dataset, column: str | None = None, collate_fn: Any = None,
-                 num_workers: int = 0) -> None:
+    def __init__(
+        self, dataset: Dataset, column: str | None = None, collate_fn: Any = None, num_workers: int = 0
+    ) -> None:
         if not hasattr(dataset, "__len__"):
-            raise TypeError("explain_dataset needs a map-style torch Dataset (with __len__ and "
-                            "__getitem__); an IterableDataset has no order to resume from")
+            raise TypeError(
+                "explain_dataset needs a map-style torch Dataset (with __len__ and "
+                "__getitem__); an IterableDataset has no order to resume from"
+            )
         self.dataset, self.column = dataset, column
         self.collate_fn, self.num_workers = collate_fn, num_workers
 
     def __len__(self) -> int:
+        """The number of inputs."""
         return len(self.dataset)
 
     def _loader(self, indices: Sequence[int], batch_size: int) -> DataLoader:
-        return DataLoader(Subset(self.dataset, list(indices)), batch_size=batch_size, shuffle=False,
-                          collate_fn=self.collate_fn, num_workers=self.num_workers)
+        return DataLoader(
+            Subset(self.dataset, list(indices)),
+            batch_size=batch_size,
+            shuffle=False,
+            collate_fn=self.collate_fn,
+            num_workers=self.num_workers,
+        )
 
     def chunk(self, rows: slice) -> Any:
         """The inputs ``rows``, collated."""
@@ -169,7 +187,7 @@ class TorchSource:
         (chunks are ``batch_size`` long except the last of the dataset, so its batches are the
         chunks)."""
         indices = [i for chunk in chunks for i in range(job.rows(chunk).start, job.rows(chunk).stop)]
-        for chunk, batch in zip(chunks, self._loader(indices, job.batch_size)):
+        for chunk, batch in zip(chunks, self._loader(indices, job.batch_size), strict=True):
             yield chunk, _inputs_of(batch, self.column)
 
 
@@ -177,8 +195,7 @@ def _inputs_of(batch: Any, column: str | None) -> Any:
     """The inputs of a collated batch: the batch, its first element, or its ``column``."""
     if isinstance(batch, dict):
         if column is None or column not in batch:
-            raise ValueError(f"the dataset's items are dicts with keys {sorted(batch)}: name the input "
-                             f"with column=")
+            raise ValueError(f"the dataset's items are dicts with keys {sorted(batch)}: name the input with column=")
         return batch[column]
     if isinstance(batch, (tuple, list)):
         return batch[0]
@@ -193,14 +210,18 @@ def source_of(data: Any, column: str | None = None) -> ArraySource | TorchSource
         return ArraySource(data.detach().cpu().numpy())
     if isinstance(data, DataLoader):
         if not isinstance(data.sampler, SequentialSampler) or data.batch_sampler is None:
-            raise ValueError("explain_dataset needs a DataLoader that keeps the dataset's order "
-                             "(shuffle=False, no custom sampler), so that a batch is the same "
-                             "inputs when a run resumes; or pass the Dataset itself")
+            raise ValueError(
+                "explain_dataset needs a DataLoader that keeps the dataset's order "
+                "(shuffle=False, no custom sampler), so that a batch is the same "
+                "inputs when a run resumes; or pass the Dataset itself"
+            )
         return TorchSource(data.dataset, column, data.collate_fn, data.num_workers)
     if isinstance(data, Dataset):
         return TorchSource(data, column)
-    raise TypeError(f"explain_dataset takes a numpy array or memory map, a torch Dataset or "
-                    f"DataLoader, or a Ray Dataset; got {type(data).__name__}")
+    raise TypeError(
+        f"explain_dataset takes a numpy array or memory map, a torch Dataset or "
+        f"DataLoader, or a Ray Dataset; got {type(data).__name__}"
+    )
 
 
 def _is_ray_dataset(data: Any) -> bool:
@@ -222,8 +243,14 @@ def _versions() -> dict[str, str]:
             return version(name)
         except PackageNotFoundError:
             return "not installed"
-    return {"signxai": installed("signxai"), "zennit": installed("zennit"), "torch": torch.__version__,
-            "numpy": np.__version__, "zarr": zarr.__version__}
+
+    return {
+        "signxai": installed("signxai"),
+        "zennit": installed("zennit"),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "zarr": zarr.__version__,
+    }
 
 
 def _open_store(path: Path, job: Job, model: nn.Module) -> Any:
@@ -240,8 +267,9 @@ def _open_store(path: Path, job: Job, model: nn.Module) -> Any:
         changed = {key: (held[key], attributes[key]) for key in _JOB_KEYS if held[key] != attributes[key]}
         if changed:
             details = "; ".join(f"{key}: store has {old!r}, this call {new!r}" for key, (old, new) in changed.items())
-            raise ValueError(f"the store {path} holds another job ({details}): give another store, or "
-                             f"delete this one to start over")
+            raise ValueError(
+                f"the store {path} holds another job ({details}): give another store, or delete this one to start over"
+            )
         return group
     group = zarr.open_group(str(path), mode="w")
     group.create_array("done", shape=(job.chunks(),), chunks=(1,), dtype="bool", fill_value=False)
@@ -257,12 +285,19 @@ def _write(group: Any, job: Job, chunk: int, maps: np.ndarray) -> None:
     if maps.shape[0] != rows.stop - rows.start:
         raise ValueError(f"batch {chunk} gave {maps.shape[0]} maps for {rows.stop - rows.start} inputs")
     if "maps" not in group:
-        group.create_array("maps", shape=(job.count, *maps.shape[1:]), chunks=(job.batch_size, *maps.shape[1:]),
-                           dtype=maps.dtype, fill_value=0)
+        group.create_array(
+            "maps",
+            shape=(job.count, *maps.shape[1:]),
+            chunks=(job.batch_size, *maps.shape[1:]),
+            dtype=maps.dtype,
+            fill_value=0,
+        )
     stored = group["maps"]
     if stored.shape[1:] != maps.shape[1:] or stored.dtype != maps.dtype:
-        raise ValueError(f"batch {chunk} gave maps of shape {maps.shape[1:]} and dtype {maps.dtype}; the store "
-                         f"holds {stored.shape[1:]} {stored.dtype}")
+        raise ValueError(
+            f"batch {chunk} gave maps of shape {maps.shape[1:]} and dtype {maps.dtype}; the store "
+            f"holds {stored.shape[1:]} {stored.dtype}"
+        )
     stored[rows] = maps
     group["done"][chunk] = True
 
@@ -280,10 +315,21 @@ class ExplainedDataset:
     duplicates: int = 0
 
 
-def explain_dataset(model: nn.Module, data: Any, method: str, store: str | Path, *, batch_size: int = 32,
-                    targets: Any = None, api: str = "tensorflow", column: str | None = None,
-                    ray: str | bool | None = None, workers: int = 1, progress: bool = True,
-                    **params: Any) -> ExplainedDataset:
+def explain_dataset(
+    model: nn.Module,
+    data: Any,
+    method: str,
+    store: str | Path,
+    *,
+    batch_size: int = 32,
+    targets: Any = None,
+    api: str = "tensorflow",
+    column: str | None = None,
+    ray: str | bool | None = None,
+    workers: int = 1,
+    progress: bool = True,
+    **params: Any,
+) -> ExplainedDataset:
     """Explain every input of ``data`` with ``method`` into the zarr store ``store``.
 
     Parameters
@@ -352,6 +398,7 @@ def explain_dataset(model: nn.Module, data: Any, method: str, store: str | Path,
         address = "local" if ray in (None, True) else str(ray)
         results = explain_on_ray(model, data if source is None else source, job, pending, address, workers, column)
     else:
+        assert source is not None  # only a Ray dataset has none, and it runs on Ray
         results = ((chunk, job.explain(model, x, chunk)) for chunk, x in source.batches(job, pending))
     computed, duplicates = set(), 0
     for chunk, maps in results:
@@ -366,8 +413,9 @@ def explain_dataset(model: nn.Module, data: Any, method: str, store: str | Path,
         bar.close()
     if len(computed) != len(pending):
         raise RuntimeError(f"batches {sorted(set(pending) - computed)} were not computed")
-    return ExplainedDataset(path, group["maps"] if "maps" in group else None, len(computed),
-                            job.chunks() - len(pending), duplicates)
+    return ExplainedDataset(
+        path, group["maps"] if "maps" in group else None, len(computed), job.chunks() - len(pending), duplicates
+    )
 
 
 def _targets(targets: Any, count: int) -> Any:
@@ -376,8 +424,10 @@ def _targets(targets: Any, count: int) -> Any:
         return None if targets is None else int(targets)
     values = np.asarray(targets.detach().cpu() if isinstance(targets, torch.Tensor) else targets)
     if values.ndim != 1 or len(values) != count or not np.issubdtype(values.dtype, np.integer):
-        raise ValueError(f"targets must be None, an int, or {count} integers (one per input); got "
-                         f"{values.dtype} of shape {values.shape}")
+        raise ValueError(
+            f"targets must be None, an int, or {count} integers (one per input); got "
+            f"{values.dtype} of shape {values.shape}"
+        )
     return values.astype(np.int64)
 
 
@@ -387,4 +437,3 @@ def _bar(progress: bool, total: int, initial: int) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, unit="input", desc="explain_dataset")
-

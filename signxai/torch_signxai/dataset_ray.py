@@ -11,6 +11,7 @@ exception raised by the method itself is not retried).
 A local cluster gets one CPU more than it has actors, for Ray Data's own tasks (actors holding
 every CPU starve them).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -44,12 +45,14 @@ class BatchExplainer:
         The input column of a Ray Dataset source.
     """
 
-    def __init__(self, model: nn.Module, device: str, job: Job, source: ArraySource | TorchSource | None,
-                 column: str | None) -> None:
+    def __init__(
+        self, model: nn.Module, device: str, job: Job, source: ArraySource | TorchSource | None, column: str | None
+    ) -> None:
         torch.set_num_threads(1)
         self.model, self.job, self.source, self.column = model.to(device), job, source, column
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The maps of one batch of the store (``batch['chunk']`` names it)."""
         chunks = [int(c) for c in np.unique(batch["chunk"])]
         if len(chunks) != 1:
             raise ValueError(f"a unit of work must be one batch of the store, got batches {chunks}")
@@ -59,15 +62,18 @@ class BatchExplainer:
         else:
             order = np.argsort(batch[INDEX_COLUMN], kind="stable")
             if not np.array_equal(batch[INDEX_COLUMN][order], np.arange(rows.start, rows.stop)):
-                raise ValueError(f"batch {chunk} needs rows {rows.start}..{rows.stop - 1} exactly once "
-                                 f"(column {INDEX_COLUMN!r})")
-            x = np.stack(batch[self.column][order])
+                raise ValueError(
+                    f"batch {chunk} needs rows {rows.start}..{rows.stop - 1} exactly once (column {INDEX_COLUMN!r})"
+                )
+            assert self.column is not None  # explain_on_ray refuses a Ray Dataset without one
+            x = np.stack(list(batch[self.column][order]))
         maps = self.job.explain(self.model, x, chunk)
         return {"chunk": np.array([chunk]), "maps": maps[None]}
 
 
-def explain_on_ray(model: nn.Module, data: Any, job: Job, pending: list[int], address: str, workers: int,
-                   column: str | None) -> Iterator[tuple[int, np.ndarray]]:
+def explain_on_ray(
+    model: nn.Module, data: Any, job: Job, pending: list[int], address: str, workers: int, column: str | None
+) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(batch, maps)`` for each batch of ``pending``, computed on Ray Data.
 
     Parameters
@@ -101,28 +107,37 @@ def explain_on_ray(model: nn.Module, data: Any, job: Job, pending: list[int], ad
         resources = {"num_gpus": 1} if device == "cuda" else {"num_cpus": 1}
         cpus = ray.cluster_resources().get("CPU", 0)
         if device == "cpu" and cpus < workers + 1:
-            raise ValueError(f"the Ray cluster has {cpus:g} CPUs: {workers} actors of one CPU each would leave "
-                             f"none for Ray Data's own tasks, which then never run; use workers <= "
-                             f"{max(int(cpus) - 1, 1)} or a cluster with more CPUs (ray.init(num_cpus=...))")
-        actor = {"compute": ray.data.ActorPoolStrategy(size=workers), **resources}
+            raise ValueError(
+                f"the Ray cluster has {cpus:g} CPUs: {workers} actors of one CPU each would leave "
+                f"none for Ray Data's own tasks, which then never run; use workers <= "
+                f"{max(int(cpus) - 1, 1)} or a cluster with more CPUs (ray.init(num_cpus=...))"
+            )
+        actor: dict[str, Any] = {"compute": ray.data.ActorPoolStrategy(size=workers), **resources}
         cpu_model = _on_cpu(model)
         if isinstance(data, (ArraySource, TorchSource)):
             work = ray.data.from_items([{"chunk": chunk} for chunk in pending], override_num_blocks=len(pending))
-            mapped = work.map_batches(BatchExplainer, batch_size=1,
-                                      fn_constructor_args=(cpu_model, device, job, data, None), **actor)
+            mapped = work.map_batches(
+                BatchExplainer, batch_size=1, fn_constructor_args=(cpu_model, device, job, data, None), **actor
+            )
         else:
             if column is None:
                 raise ValueError("a Ray Dataset source needs column= naming its input column")
             missing = {column, INDEX_COLUMN} - set(data.columns())
             if missing:
-                raise ValueError(f"the Ray Dataset has columns {data.columns()}; explain_dataset needs "
-                                 f"{sorted(missing)} (an 'id' column of row numbers, as ray.data.range gives)")
+                raise ValueError(
+                    f"the Ray Dataset has columns {data.columns()}; explain_dataset needs "
+                    f"{sorted(missing)} (an 'id' column of row numbers, as ray.data.range gives)"
+                )
             wanted = set(pending)
-            rows = data.map_batches(_with_chunk, fn_kwargs={"batch_size": job.batch_size, "wanted": wanted},
-                                    batch_format="numpy")
+            rows = data.map_batches(
+                _with_chunk, fn_kwargs={"batch_size": job.batch_size, "wanted": wanted}, batch_format="numpy"
+            )
             mapped = rows.groupby("chunk").map_groups(
-                BatchExplainer, batch_format="numpy", fn_constructor_args=(cpu_model, device, job, None, column),
-                **actor)
+                BatchExplainer,
+                batch_format="numpy",
+                fn_constructor_args=(cpu_model, device, job, None, column),
+                **actor,
+            )
         for row in mapped.iter_rows():
             yield int(row["chunk"]), np.asarray(row["maps"])
     finally:

@@ -1,6 +1,8 @@
 """Model utilities: strip a trailing softmax so explanations start from logits."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -10,8 +12,14 @@ from torch.overrides import TorchFunctionMode
 __all__ = ["remove_softmax", "NoSoftmaxWrapper"]
 
 _SOFTMAX_FUNCTIONS = {
-    torch.softmax, torch.log_softmax, torch.nn.functional.softmax, torch.nn.functional.log_softmax,
-    torch.Tensor.softmax, torch.Tensor.log_softmax, torch.special.softmax, torch.special.log_softmax,
+    torch.softmax,
+    torch.log_softmax,
+    torch.nn.functional.softmax,
+    torch.nn.functional.log_softmax,
+    torch.Tensor.softmax,
+    torch.Tensor.log_softmax,
+    torch.special.softmax,
+    torch.special.log_softmax,
 }
 
 
@@ -24,7 +32,10 @@ class _SoftmaxRecorder(TorchFunctionMode):
         self.inputs: dict[int, torch.Tensor] = {}
         self._keep: list[torch.Tensor] = []
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        """Call ``func``; remember the input of a softmax."""
         result = func(*args, **(kwargs or {}))
         if func in _SOFTMAX_FUNCTIONS and isinstance(result, torch.Tensor):
             self.inputs[id(result)] = args[0]
@@ -47,6 +58,8 @@ class NoSoftmaxWrapper(nn.Module):
     model : torch.nn.Module
         PyTorch model with softmax.
     """
+
+    wrapped: nn.Module
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):

@@ -3,6 +3,7 @@
 Every test in this folder gets the ``ray`` marker (``nox -s ray``); without Ray installed the
 folder is not collected, so the ray session then collects nothing and fails.
 """
+
 import importlib.util
 from pathlib import Path
 
@@ -28,9 +29,8 @@ def cluster():
     """A local Ray cluster, connected for the whole session."""
     import ray
 
-    from signxai.torch_signxai.cluster import connect
-
     from parity.determinism import ENVIRONMENT
+    from signxai.torch_signxai.cluster import connect
 
     connect("local", CPUS, dict(ENVIRONMENT))
     yield ray

@@ -1,4 +1,5 @@
 """Killing a Ray worker mid-run, as a crash or an out-of-memory kill would."""
+
 import os
 import signal
 import threading

@@ -1,24 +1,35 @@
 """explain_dataset on Ray Data: maps bitwise equal to a run in this process (one thread, as each
 actor has), from arrays, memory maps and Ray Datasets; a killed actor is restarted and its
 batch rerun, with every batch written once."""
+
 import numpy as np
 import pytest
 import torch
 import zarr
+from killing import Killer
 from torch import nn
 
 from signxai.torch_signxai.dataset import explain_dataset
-
-from killing import Killer
 
 METHOD = "lrp_epsilon_0_1"
 
 
 def _vgg_like() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
-                         nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(32 * 8 * 8, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 8 * 8, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +47,9 @@ def local(model, x, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = explain_dataset(model, x, METHOD, tmp_path_factory.mktemp("local") / "store", batch_size=8,
-                                 progress=False)
+        result = explain_dataset(
+            model, x, METHOD, tmp_path_factory.mktemp("local") / "store", batch_size=8, progress=False
+        )
     finally:
         torch.set_num_threads(threads)
     return result.maps[:]
@@ -46,8 +58,9 @@ def local(model, x, tmp_path_factory):
 def test_array_and_memmap_on_ray_equal_local(cluster, model, x, local, tmp_path):
     np.save(tmp_path / "x.npy", x)
     for name, data in {"array": x, "memmap": np.load(tmp_path / "x.npy", mmap_mode="r")}.items():
-        result = explain_dataset(model, data, METHOD, tmp_path / name, batch_size=8, ray=True, workers=2,
-                                 progress=False)
+        result = explain_dataset(
+            model, data, METHOD, tmp_path / name, batch_size=8, ray=True, workers=2, progress=False
+        )
         assert (result.computed, result.reused, result.duplicates) == (12, 0, 0), name
         assert np.array_equal(result.maps[:], local), name
 
@@ -56,8 +69,9 @@ def test_ray_dataset_source_equals_local(cluster, model, x, local, tmp_path):
     import ray.data
 
     rows = ray.data.from_items([{"id": i, "image": x[i]} for i in range(len(x))], override_num_blocks=7)
-    result = explain_dataset(model, rows, METHOD, tmp_path / "store", batch_size=8, column="image", workers=2,
-                             progress=False)
+    result = explain_dataset(
+        model, rows, METHOD, tmp_path / "store", batch_size=8, column="image", workers=2, progress=False
+    )
     assert (result.computed, result.duplicates) == (12, 0)
     assert np.array_equal(result.maps[:], local)
     with pytest.raises(ValueError, match="'id' column"):

@@ -1,12 +1,12 @@
 """The parity harness on a local Ray cluster gives bitwise the rows of one process, and a worker
 killed mid-run is retried by Ray without losing or duplicating a row."""
+
 import numpy as np
 import pytest
+from killing import Killer
 
 from parity.fanout import Backend
 from parity.pipeline import fixture_subjects, run_jobs
-
-from killing import Killer
 
 METHODS = ["gradient", "lrp_epsilon_0_1", "lrpsign_z", "guided_backprop", "smoothgrad", "grad_cam"]
 
@@ -31,8 +31,7 @@ def _assert_same(runs, local):
 
 
 def test_ray_run_equals_one_process(cluster, local):
-    _assert_same(run_jobs(fixture_subjects(), ["float32"], METHODS, backend=Backend(workers=2, ray="local")),
-                 local)
+    _assert_same(run_jobs(fixture_subjects(), ["float32"], METHODS, backend=Backend(workers=2, ray="local")), local)
 
 
 def test_killed_worker_is_retried_without_lost_or_duplicate_rows(cluster, local):

@@ -3,6 +3,7 @@
 Each factory seeds torch, builds the model in eval mode with random BatchNorm statistics and
 returns ``(model, input_shape)``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -52,8 +53,12 @@ def resnet_block(batchnorm: bool = True):
     """Stem conv, a residual block with a stride-2 projection, global pooling, dense head."""
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), ResidualBlock(4, 6, 2, batchnorm),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        ResidualBlock(4, 6, 2, batchnorm),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 5),
     )
     return _ready(model), (3, 8, 8)
 
@@ -64,8 +69,11 @@ class DenseBlock(nn.Module):
     def __init__(self, cin: int, growth: int, layers: int):
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.Sequential(nn.BatchNorm2d(cin + i * growth), nn.ReLU(),
-                          nn.Conv2d(cin + i * growth, growth, 3, padding=1, bias=False))
+            nn.Sequential(
+                nn.BatchNorm2d(cin + i * growth),
+                nn.ReLU(),
+                nn.Conv2d(cin + i * growth, growth, 3, padding=1, bias=False),
+            )
             for i in range(layers)
         )
 
@@ -80,8 +88,14 @@ def densenet_block():
     """Stem conv, a dense block of three layers, a transition (1x1 conv, avg pool), head."""
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), DenseBlock(4, 3, 3), nn.BatchNorm2d(13), nn.ReLU(),
-        nn.Conv2d(13, 6, 1), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(6 * 4 * 4, 5),
+        nn.Conv2d(3, 4, 3, padding=1),
+        DenseBlock(4, 3, 3),
+        nn.BatchNorm2d(13),
+        nn.ReLU(),
+        nn.Conv2d(13, 6, 1),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 5),
     )
     return _ready(model), (3, 8, 8)
 
@@ -95,10 +109,14 @@ class InvertedResidual(nn.Module):
         hidden = cin * expand
         norm = (lambda c: nn.BatchNorm2d(c)) if batchnorm else (lambda c: nn.Identity())
         self.block = nn.Sequential(
-            nn.Conv2d(cin, hidden, 1, bias=not batchnorm), norm(hidden), nn.ReLU6(),
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=not batchnorm), norm(hidden),
+            nn.Conv2d(cin, hidden, 1, bias=not batchnorm),
+            norm(hidden),
             nn.ReLU6(),
-            nn.Conv2d(hidden, cout, 1, bias=not batchnorm), norm(cout),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=not batchnorm),
+            norm(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, cout, 1, bias=not batchnorm),
+            norm(cout),
         )
         self.residual = stride == 1 and cin == cout
 
@@ -113,10 +131,15 @@ def mobilenet_block(batchnorm: bool = True):
     torch.manual_seed(0)
     norm = nn.BatchNorm2d(4) if batchnorm else nn.Identity()
     model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1, bias=not batchnorm), norm, nn.ReLU6(),
-        InvertedResidual(4, 4, 1, 2, batchnorm), InvertedResidual(4, 6, 2, 3, batchnorm),
+        nn.Conv2d(3, 4, 3, padding=1, bias=not batchnorm),
+        norm,
+        nn.ReLU6(),
+        InvertedResidual(4, 4, 1, 2, batchnorm),
+        InvertedResidual(4, 6, 2, 3, batchnorm),
         InvertedResidual(6, 6, 1, 2, batchnorm),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 5),
     )
     return _ready(model), (3, 8, 8)
 
@@ -158,8 +181,13 @@ def grouped_net():
     """Grouped convolutions (groups 2 and 3, neither depthwise), with BatchNorm."""
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(4, 6, 3, groups=2), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 6, 1, groups=3), nn.Tanh(),
-        nn.Flatten(), nn.Linear(6 * 4 * 4, 3),
+        nn.Conv2d(4, 6, 3, groups=2),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 6, 1, groups=3),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 3),
     )
     return _ready(model), (4, 6, 6)
 
@@ -168,8 +196,12 @@ def transpose_net():
     """Transposed convolutions with and without padding and output padding."""
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(2, 4, 3), nn.ReLU(), nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1),
-        nn.ReLU(), nn.ConvTranspose2d(3, 2, 4, stride=2, bias=False), nn.Flatten(),
+        nn.Conv2d(2, 4, 3),
+        nn.ReLU(),
+        nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1),
+        nn.ReLU(),
+        nn.ConvTranspose2d(3, 2, 4, stride=2, bias=False),
+        nn.Flatten(),
         nn.Linear(2 * 18 * 18, 3),
     )
     return _ready(model), (2, 6, 6)

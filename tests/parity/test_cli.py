@@ -1,5 +1,6 @@
 """``signxai-parity`` on user models (factories in ``user_models.py``): passing and failing runs,
 the report files, and one line with exit status 2 for every mistake a user can make."""
+
 from __future__ import annotations
 
 import json
@@ -69,12 +70,27 @@ def test_passing_model_writes_report_figure_and_json(tmp_path, capsys):
 
 def test_state_dict_and_npy_inputs(tmp_path, capsys):
     torch.manual_seed(1)
-    trained = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-                                  torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 3))
+    trained = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 4 * 4, 3),
+    )
     torch.save(trained.state_dict(), tmp_path / "weights.pt")
     np.save(tmp_path / "x.npy", np.random.default_rng(1).standard_normal((2, 1, 8, 8)).astype(np.float32))
-    code = main(["--model", "user_models:small_cnn", "--state-dict", str(tmp_path / "weights.pt"),
-                 "--inputs", str(tmp_path / "x.npy"), "--methods", "gradient,lrp_z"])
+    code = main(
+        [
+            "--model",
+            "user_models:small_cnn",
+            "--state-dict",
+            str(tmp_path / "weights.pt"),
+            "--inputs",
+            str(tmp_path / "x.npy"),
+            "--methods",
+            "gradient,lrp_z",
+        ]
+    )
     assert code == 0
     assert "parity: 2/2 passed" in capsys.readouterr().out
 
@@ -92,8 +108,9 @@ def test_float32_only_compares_float32_maps_directly(tmp_path, capsys):
     # float32 rounding differs between the frameworks for epsilon-LRP (rel. error ~1e-7), so a
     # floor of 1e-12 fails that row in the direct comparison
     record = tmp_path / "parity.json"
-    code = main([*SMALL, "--methods", "lrp_epsilon_0_1", "--float32-only", "--tolerance", "1e-12",
-                 "--json", str(record)])
+    code = main(
+        [*SMALL, "--methods", "lrp_epsilon_0_1", "--float32-only", "--tolerance", "1e-12", "--json", str(record)]
+    )
     (row,) = json.loads(record.read_text())["rows"]
     assert code == 1
     assert row["rel_error_f64"] is None and row["tolerance"] == 1e-12 and row["rel_error"] > 1e-12
@@ -105,36 +122,52 @@ def test_perturbed_twin_fails_naming_the_methods(tmp_path, capsys):
     record = tmp_path / "parity.json"
     code = main([*SMALL, "--methods", FAST, "--json", str(record)])
     assert code == 1
-    assert capsys.readouterr().out.splitlines()[-1] == \
-        "failing: gradient, lrp_epsilon_0_1, lrp_z, lrpsign_z"
+    assert capsys.readouterr().out.splitlines()[-1] == "failing: gradient, lrp_epsilon_0_1, lrp_z, lrpsign_z"
     assert not any(r["passed"] for r in json.loads(record.read_text())["rows"])
 
 
 def test_functional_relu_model_passes(capsys):
     """A ReLU written as ``F.relu`` in ``forward`` is explained on the model's graph (LRP passes
     relevance through it, guided backprop modifies it), as iNNvestigate does on the twin."""
-    code = main(["--model", "user_models:functional_relu", "--input-shape", "1,8,8", "--methods",
-                 "gradient,lrp_z,guided_backprop"])
+    code = main(
+        [
+            "--model",
+            "user_models:functional_relu",
+            "--input-shape",
+            "1,8,8",
+            "--methods",
+            "gradient,lrp_z,guided_backprop",
+        ]
+    )
     assert code == 0
     assert "parity: 3/3 passed" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args, says", [
-    (["--model", "no_such_module:build", "--input-shape", "1,8,8"], "cannot find module 'no_such_module'"),
-    (["--model", "user_models:no_such_factory", "--input-shape", "1,8,8"], "'no_such_factory'"),
-    (["--model", "user_models", "--input-shape", "1,8,8"], "--model takes MODULE:FUNCTION"),
-    (["--model", "user_models:not_a_model", "--input-shape", "1,8,8"], "not a torch.nn.Module"),
-    (["--model", "user_models:small_cnn", "--input-shape", "3,8,8"], "inputs of shape (4, 3, 8, 8)"),
-    (["--model", "user_models:small_cnn", "--input-shape", "1,eight"], "--input-shape takes positive"),
-    (["--model", "user_models:hardswish_mlp", "--input-shape", "1,8,8", "--methods", "gradient"],
-     "unsupported layer for the Keras twin: Hardswish"),
-    (["--model", "user_models:small_cnn", "--inputs", "missing.npy"], "no such file: missing.npy"),
-    (["--model", "user_models:small_cnn", "--input-shape", "1,8,8", "--methods", "lrp_epsilom_0_1"],
-     "unknown method 'lrp_epsilom_0_1'"),
-    (["--model", "user_models:small_cnn", "--state-dict", "missing.pt", "--input-shape", "1,8,8"],
-     "no such file: missing.pt"),
-    (["--input-shape", "1,8,8"], "one of the arguments --model --torchscript is required"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--model", "no_such_module:build", "--input-shape", "1,8,8"], "cannot find module 'no_such_module'"),
+        (["--model", "user_models:no_such_factory", "--input-shape", "1,8,8"], "'no_such_factory'"),
+        (["--model", "user_models", "--input-shape", "1,8,8"], "--model takes MODULE:FUNCTION"),
+        (["--model", "user_models:not_a_model", "--input-shape", "1,8,8"], "not a torch.nn.Module"),
+        (["--model", "user_models:small_cnn", "--input-shape", "3,8,8"], "inputs of shape (4, 3, 8, 8)"),
+        (["--model", "user_models:small_cnn", "--input-shape", "1,eight"], "--input-shape takes positive"),
+        (
+            ["--model", "user_models:hardswish_mlp", "--input-shape", "1,8,8", "--methods", "gradient"],
+            "unsupported layer for the Keras twin: Hardswish",
+        ),
+        (["--model", "user_models:small_cnn", "--inputs", "missing.npy"], "no such file: missing.npy"),
+        (
+            ["--model", "user_models:small_cnn", "--input-shape", "1,8,8", "--methods", "lrp_epsilom_0_1"],
+            "unknown method 'lrp_epsilom_0_1'",
+        ),
+        (
+            ["--model", "user_models:small_cnn", "--state-dict", "missing.pt", "--input-shape", "1,8,8"],
+            "no such file: missing.pt",
+        ),
+        (["--input-shape", "1,8,8"], "one of the arguments --model --torchscript is required"),
+    ],
+)
 def test_user_error_is_one_line_and_exit_2(args, says, capsys):
     assert main(args) == 2
     assert says in error_line(capsys)
@@ -158,8 +191,20 @@ def test_torchscript_model_is_refused_in_one_line(tmp_path, capsys):
 def test_help_explains_every_option_and_ends_with_an_example(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    for option in ("--model", "--state-dict", "--torchscript", "--input-shape", "--batch", "--seed",
-                   "--inputs", "--methods", "--tolerance", "--float32-only", "--out", "--json"):
+    for option in (
+        "--model",
+        "--state-dict",
+        "--torchscript",
+        "--input-shape",
+        "--batch",
+        "--seed",
+        "--inputs",
+        "--methods",
+        "--tolerance",
+        "--float32-only",
+        "--out",
+        "--json",
+    ):
         assert option in text
     assert text.rstrip().splitlines()[-2].strip().startswith("signxai-parity --model my_model:build")
 

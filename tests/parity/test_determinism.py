@@ -1,5 +1,6 @@
 """Deterministic references: two live runs of iNNvestigate in two fresh processes give the same
 bits, on the fixture whose float32 maps are the most ill-conditioned (BatchNorm)."""
+
 from __future__ import annotations
 
 import multiprocessing

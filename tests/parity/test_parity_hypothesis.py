@@ -1,6 +1,7 @@
 """Hypothesis parity suite: random small architectures, weights and inputs, converted to Keras
 twins; a sample of method names each must pass the parity gate against iNNvestigate (both
 frameworks in float32 and float64, :func:`parity.compare.judge`)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,7 +29,7 @@ def architectures(draw):
     kind = draw(st.sampled_from(["mlp", "cnn", "cnn1d"]))
     bias = draw(st.booleans())
     classes = draw(st.integers(2, 4))
-    torch.manual_seed(draw(st.integers(0, 2 ** 16)))
+    torch.manual_seed(draw(st.integers(0, 2**16)))
     layers: list[nn.Module] = []
     if kind == "mlp":
         features = draw(st.integers(3, 8))
@@ -38,8 +39,11 @@ def architectures(draw):
             layers += [nn.Linear(width, out, bias=bias), nn.ReLU()]
             width = out
     else:
-        conv, pools, norm = ((nn.Conv2d, (nn.MaxPool2d, nn.AvgPool2d), nn.BatchNorm2d) if kind == "cnn"
-                             else (nn.Conv1d, (nn.MaxPool1d, nn.AvgPool1d), nn.BatchNorm1d))
+        conv, pools, norm = (
+            (nn.Conv2d, (nn.MaxPool2d, nn.AvgPool2d), nn.BatchNorm2d)
+            if kind == "cnn"
+            else (nn.Conv1d, (nn.MaxPool1d, nn.AvgPool1d), nn.BatchNorm1d)
+        )
         size = draw(st.integers(5, 9))
         channels = draw(st.integers(1, 2))
         shape = (channels, size, size) if kind == "cnn" else (channels, size)
@@ -66,12 +70,18 @@ def architectures(draw):
 
 
 @settings(max_examples=12, deadline=None)
-@given(arch=architectures(), methods=st.lists(st.sampled_from(NAMES), min_size=3, max_size=3, unique=True),
-       seed=st.integers(0, 2 ** 16))
+@given(
+    arch=architectures(),
+    methods=st.lists(st.sampled_from(NAMES), min_size=3, max_size=3, unique=True),
+    seed=st.integers(0, 2**16),
+)
 def test_random_models_match_innvestigate(arch, methods, seed):
     model, shape, _ = arch
     x = np.random.default_rng(seed).standard_normal((2, *shape)).astype(np.float32)
     run32, run64 = (run_model("random", model, x, shape, dtype, methods) for dtype in ("float32", "float64"))
-    failures = [f"{row.method}: {row.note}" for row in rows_from(run32, run64)
-                if not row.passed and not row.note.startswith("no reference")]
+    failures = [
+        f"{row.method}: {row.note}"
+        for row in rows_from(run32, run64)
+        if not row.passed and not row.note.startswith("no reference")
+    ]
     assert not failures, f"{model}\n" + "\n".join(failures)

@@ -5,6 +5,7 @@ its unfolded (n_in, n_out) matrix, BatchNorm iNNvestigate's diagonal stand-in), 
 backward pass is written out in that matrix form. The Keras models are built from the same
 parameters; ``parity.reference`` runs iNNvestigate (or its own TF code) on them.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -59,7 +60,8 @@ def assert_close(actual, expected, floatx, what=""):
     worst = np.unravel_index(np.argmax(np.abs(actual - expected)), actual.shape)
     assert gap <= TOL[floatx] * scale, (
         f"{what}: max |diff| {gap:.3e} = {gap / scale:.3e} of max |expected| {scale:.3e}; "
-        f"worst at {worst}: got {actual[worst]!r}, expected {expected[worst]!r}")
+        f"worst at {worst}: got {actual[worst]!r}, expected {expected[worst]!r}"
+    )
 
 
 def safe(z):
@@ -73,6 +75,7 @@ def sign_mu(v, mu):
 # ---------------------------------------------------------------------------------------------
 # Layers as explicit matrices (numpy, float64) and their Keras twins
 # ---------------------------------------------------------------------------------------------
+
 
 def identity(w):
     return w
@@ -132,10 +135,12 @@ class Kernel:
         if self.kind == "dense":
             return keras.layers.Dense(self.kernel.shape[1], activation=act, name=name)
         if self.kind == "conv2d":
-            return keras.layers.Conv2D(self.kernel.shape[3], self.kernel.shape[:2],
-                                       padding=self.padding, activation=act, name=name)
-        return keras.layers.Conv1D(self.kernel.shape[2], self.kernel.shape[0],
-                                   padding=self.padding, activation=act, name=name)
+            return keras.layers.Conv2D(
+                self.kernel.shape[3], self.kernel.shape[:2], padding=self.padding, activation=act, name=name
+            )
+        return keras.layers.Conv1D(
+            self.kernel.shape[2], self.kernel.shape[0], padding=self.padding, activation=act, name=name
+        )
 
     def weights(self):
         return [self.kernel, self.bias]
@@ -147,8 +152,8 @@ class BatchNorm:
     def __init__(self, gamma, beta, mean, var, eps=1e-3):
         self.gamma, self.beta, self.mean, self.var, self.eps = gamma, beta, mean, var, eps
         self.act = None
-        denom = np.sqrt(var ** 2 + eps)
-        self.kernel = gamma / denom           # what iNNvestigate puts in the BN's place
+        denom = np.sqrt(var**2 + eps)
+        self.kernel = gamma / denom  # what iNNvestigate puts in the BN's place
         self.bias = beta - mean / denom
 
     def setup(self, in_shape):
@@ -212,7 +217,8 @@ class MaxPool(Relu):
     def setup(self, in_shape):
         self.in_shape = in_shape
         self.out_shape = (in_shape[0] // self.p,) + (
-            (in_shape[1] // self.p, in_shape[2]) if len(in_shape) == 3 else (in_shape[1],))
+            (in_shape[1] // self.p, in_shape[2]) if len(in_shape) == 3 else (in_shape[1],)
+        )
         return self.out_shape
 
     def _windows(self, x):
@@ -302,8 +308,7 @@ class Net:
             if isinstance(layer, Kernel):
                 layer.kernel, layer.bias = cast(layer.kernel), cast(layer.bias)
             if isinstance(layer, BatchNorm):
-                layer.__init__(cast(layer.gamma), cast(layer.beta), cast(layer.mean),
-                               cast(layer.var), layer.eps)
+                layer.__init__(cast(layer.gamma), cast(layer.beta), cast(layer.mean), cast(layer.var), layer.eps)
         shape = input_shape
         for layer in layers:
             shape = layer.setup(shape)
@@ -320,6 +325,7 @@ class Net:
             model = keras.Model(inp, h)
             model.set_weights(weights)
             return model
+
         return build
 
     def forward(self, x):
@@ -342,6 +348,7 @@ def onehot(logits, targets, value=True):
 # ---------------------------------------------------------------------------------------------
 # Rules in matrix form
 # ---------------------------------------------------------------------------------------------
+
 
 def pos(w):
     return w * (w > 0)
@@ -419,10 +426,8 @@ def hidden_rule(name, **p):
     table = {
         "z": lambda L, x, r: rule_z(L, x, r, bias=p.get("bias", True)),
         "epsilon": lambda L, x, r: rule_epsilon(L, x, r, p.get("epsilon"), p.get("bias", True)),
-        "std_x": lambda L, x, r: rule_epsilon(L, x, r, p.get("stdfactor", 0) * x.std(axis=1),
-                                              p.get("bias", True)),
-        "alpha_beta": lambda L, x, r: rule_alpha_beta(L, x, r, p.get("alpha"), p.get("beta"),
-                                                      p.get("bias", True)),
+        "std_x": lambda L, x, r: rule_epsilon(L, x, r, p.get("stdfactor", 0) * x.std(axis=1), p.get("bias", True)),
+        "alpha_beta": lambda L, x, r: rule_alpha_beta(L, x, r, p.get("alpha"), p.get("beta"), p.get("bias", True)),
         "z_plus": lambda L, x, r: rule_alpha_beta(L, x, r, 1, 0, bias=False),
         "z_plus_fast": lambda L, x, r: rule_z(L, x, r, f=pos, bias=False),
         "gamma": lambda L, x, r: rule_gamma(L, x, r, p.get("gamma")),
@@ -494,6 +499,7 @@ def backward_numpy(net, x, targets, mode, reference=None):
 # Test networks and inputs
 # ---------------------------------------------------------------------------------------------
 
+
 def mlp(dtype, seed=0):
     rng = np.random.default_rng(seed)
     layers = [
@@ -521,8 +527,9 @@ def convnet(dtype, seed=2):
         Kernel(rng.normal(size=(3, 3, 2, 4)) * 0.4, rng.normal(size=4) * 0.2, "relu", "same"),
         MaxPool(2),
         Kernel(rng.normal(size=(2, 2, 4, 5)) * 0.4, rng.normal(size=5) * 0.2, None, "same"),
-        BatchNorm(rng.uniform(0.5, 1.5, 5), rng.normal(size=5) * 0.2, rng.normal(size=5) * 0.2,
-                  rng.uniform(0.5, 1.5, 5)),
+        BatchNorm(
+            rng.uniform(0.5, 1.5, 5), rng.normal(size=5) * 0.2, rng.normal(size=5) * 0.2, rng.uniform(0.5, 1.5, 5)
+        ),
         Relu(),
         AvgPool(3),
         Flatten(),
@@ -584,22 +591,25 @@ def test_lrp_hidden_rules_mlp(name, floatx):
     net = mlp(floatx)
     x = cast(mlp_input(), floatx)
     rule, params = HIDDEN_RULES[name]
-    expected = to_cf(lrp_numpy(net, to_cl(x).astype(np.float64), TARGETS_MLP,
-                               lambda i, layer: hidden_rule(rule, **params)))
+    expected = to_cf(
+        lrp_numpy(net, to_cl(x).astype(np.float64), TARGETS_MLP, lambda i, layer: hidden_rule(rule, **params))
+    )
     got = reference_map(parse(name), net.factory(), x, TARGETS_MLP)
     assert got.dtype == np.dtype(floatx)
     assert_close(got, expected, floatx, name)
 
 
-@pytest.mark.parametrize("name", sorted(set(HIDDEN_RULES) - {
-    "lrp_epsilon_0_001", "lrp_gamma", "lrp_alpha_1_beta_0"}))  # those: MLP and presets tests
+@pytest.mark.parametrize(
+    "name", sorted(set(HIDDEN_RULES) - {"lrp_epsilon_0_001", "lrp_gamma", "lrp_alpha_1_beta_0"})
+)  # those: MLP and presets tests
 def test_lrp_hidden_rules_convnet_with_batchnorm(name, floatx):
     """Conv, max/avg pooling and iNNvestigate's BN stand-in, which gets the analyzer's rule."""
     net = convnet(floatx)
     x = cast(conv_input(), floatx)
     rule, params = HIDDEN_RULES[name]
-    expected = to_cf(lrp_numpy(net, to_cl(x).astype(np.float64), TARGETS_CONV,
-                               lambda i, layer: hidden_rule(rule, **params)))
+    expected = to_cf(
+        lrp_numpy(net, to_cl(x).astype(np.float64), TARGETS_CONV, lambda i, layer: hidden_rule(rule, **params))
+    )
     got = reference_map(parse(name), net.factory(), x, TARGETS_CONV)
     assert_close(got, expected, floatx, name)
 
@@ -608,8 +618,7 @@ INPUT_RULES = {
     "lrpz_epsilon_0_1": (("z", {}), ("epsilon", {"epsilon": 0.1})),
     "lrpsign_z": (("sign", {"mu": 0.0}), ("z", {})),
     "lrpsign_epsilon_0_1_mu_0_5": (("sign", {"mu": 0.5}), ("epsilon", {"epsilon": 0.1})),
-    "lrpsign_epsilon_0_25_std_x_mu_neg_0_5": (("sign", {"mu": -0.5}),
-                                               ("std_x", {"stdfactor": 0.25})),
+    "lrpsign_epsilon_0_25_std_x_mu_neg_0_5": (("sign", {"mu": -0.5}), ("std_x", {"stdfactor": 0.25})),
     "w2lrp_epsilon_0_1": (("w_square", {}), ("epsilon", {"epsilon": 0.1})),
     "flatlrp_alpha_1_beta_0": (("flat", {}), ("alpha_beta", {"alpha": 1, "beta": 0})),
     "zblrp_epsilon_0_1": (("zbox", {"low": -2.5, "high": 3.0}), ("epsilon", {"epsilon": 0.1})),
@@ -622,10 +631,16 @@ def test_lrp_input_layer_rules_mlp(name, floatx):
     x = cast(mlp_input(mu=0.5), floatx)
     (first, first_params), (rest, rest_params) = INPUT_RULES[name]
     first_kernel = next(i for i, layer in enumerate(net.layers) if isinstance(layer, Kernel))
-    expected = to_cf(lrp_numpy(
-        net, to_cl(x).astype(np.float64), TARGETS_MLP,
-        lambda i, layer: hidden_rule(first, **first_params) if i == first_kernel
-        else hidden_rule(rest, **rest_params)))
+    expected = to_cf(
+        lrp_numpy(
+            net,
+            to_cl(x).astype(np.float64),
+            TARGETS_MLP,
+            lambda i, layer: (
+                hidden_rule(first, **first_params) if i == first_kernel else hidden_rule(rest, **rest_params)
+            ),
+        )
+    )
     kwargs = {"low": -2.5, "high": 3.0} if name.startswith("zblrp") else {}
     got = reference_map(parse(name, **kwargs), net.factory(), x, TARGETS_MLP)
     assert_close(got, expected, floatx, name)
@@ -634,16 +649,21 @@ def test_lrp_input_layer_rules_mlp(name, floatx):
 def test_sign_rule_on_a_conv_input_layer(floatx):
     net = convnet(floatx)
     x = cast(conv_input(), floatx)
-    expected = to_cf(lrp_numpy(
-        net, to_cl(x).astype(np.float64), TARGETS_CONV,
-        lambda i, layer: hidden_rule("sign", mu=0.0) if i == 0 else hidden_rule("epsilon",
-                                                                                 epsilon=0.01)))
+    expected = to_cf(
+        lrp_numpy(
+            net,
+            to_cl(x).astype(np.float64),
+            TARGETS_CONV,
+            lambda i, layer: hidden_rule("sign", mu=0.0) if i == 0 else hidden_rule("epsilon", epsilon=0.01),
+        )
+    )
     got = reference_map(parse("lrpsign_epsilon_0_01"), net.factory(), x, TARGETS_CONV)
     assert_close(got, expected, floatx, "lrpsign_epsilon_0_01")
 
 
-@pytest.mark.parametrize("name,conv_rule", [("lrp_sequential_composite_a", (1, 0)),
-                                            ("lrp_sequential_composite_b", (2, 1))])
+@pytest.mark.parametrize(
+    "name,conv_rule", [("lrp_sequential_composite_a", (1, 0)), ("lrp_sequential_composite_b", (2, 1))]
+)
 def test_sequential_presets(name, conv_rule, floatx):
     """Dense: epsilon 0.1; conv: alpha-beta with bias; BN: AlphaBetaX2m100."""
     net = convnet(floatx)
@@ -679,9 +699,7 @@ def test_deep_taylor_mlp(floatx):
     net = mlp(floatx)
     x = cast(mlp_input(), floatx)
     trace, logits = net.forward(to_cl(x).astype(np.float64))
-    expected = to_cf(lrp_numpy(
-        net, to_cl(x).astype(np.float64), TARGETS_MLP,
-        lambda i, layer: hidden_rule("z_plus")))
+    expected = to_cf(lrp_numpy(net, to_cl(x).astype(np.float64), TARGETS_MLP, lambda i, layer: hidden_rule("z_plus")))
     positive = logits[np.arange(len(x)), TARGETS_MLP] > 0
     expected = expected * positive.reshape(-1, 1, 1, 1)
     got = reference_map(parse("lrp_deep_taylor"), net.factory(), x, TARGETS_MLP)
@@ -693,6 +711,7 @@ def test_deep_taylor_mlp(floatx):
 # Gradient family
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", ["gradient", "guided_backprop", "deconvnet"])
 def test_gradient_and_guided_maps(mode, floatx):
     net = convnet(floatx)
@@ -702,8 +721,9 @@ def test_gradient_and_guided_maps(mode, floatx):
     assert_close(got, expected, floatx, mode)
 
 
-@pytest.mark.parametrize("name", ["gradient_x_input", "gradient_x_sign_mu_0_5",
-                                  "gradient_x_input_x_sign", "guided_backprop_x_sign"])
+@pytest.mark.parametrize(
+    "name", ["gradient_x_input", "gradient_x_sign_mu_0_5", "gradient_x_input_x_sign", "guided_backprop_x_sign"]
+)
 def test_post_multipliers(name, floatx):
     net = mlp(floatx)
     x = cast(mlp_input(mu=0.5), floatx)
@@ -724,11 +744,9 @@ def test_integrated_gradients(floatx):
     x = cast(conv_input(), floatx)
     steps = 7
     x64 = to_cl(x).astype(np.float64)
-    grads = [backward_numpy(net, (k / steps) * x64, TARGETS_CONV, "gradient")
-             for k in range(steps)]
+    grads = [backward_numpy(net, (k / steps) * x64, TARGETS_CONV, "gradient") for k in range(steps)]
     expected = to_cf(np.mean(grads, axis=0) * x64)
-    got = reference_map(parse("integrated_gradients", steps=steps), net.factory(), x,
-                        TARGETS_CONV)
+    got = reference_map(parse("integrated_gradients", steps=steps), net.factory(), x, TARGETS_CONV)
     assert_close(got, expected, floatx, "integrated_gradients")
 
 
@@ -738,11 +756,9 @@ def test_smoothgrad_and_vargrad_with_given_noise(name, floatx):
     x = cast(conv_input(), floatx)
     noise = cast(np.random.default_rng(4).normal(size=(5,) + x.shape) * 0.3, floatx)
     noisy = (x[None] + noise).astype(np.float64)  # the addition in floatx, as the harness does
-    grads = np.stack([to_cf(backward_numpy(net, to_cl(xn), TARGETS_CONV, "gradient"))
-                      for xn in noisy])
+    grads = np.stack([to_cf(backward_numpy(net, to_cl(xn), TARGETS_CONV, "gradient")) for xn in noisy])
     expected = grads.mean(0) if name == "smoothgrad" else grads.var(0)
-    got = reference_map(parse(name, noise=noise, num_samples=5), net.factory(), x,
-                        TARGETS_CONV)
+    got = reference_map(parse(name, noise=noise, num_samples=5), net.factory(), x, TARGETS_CONV)
     assert_close(got, expected, floatx, name)
 
 
@@ -761,13 +777,15 @@ def test_deeplift_rescale(which, floatx):
         _, ref_logits = net.forward(np.zeros_like(x64))
         idx = np.arange(len(targets))
         delta = logits[idx, targets] - ref_logits[idx, targets]
-        np.testing.assert_allclose(got.reshape(len(x), -1).sum(1), delta,
-                                   rtol=100 * TOL[floatx], atol=100 * TOL[floatx])
+        np.testing.assert_allclose(
+            got.reshape(len(x), -1).sum(1), delta, rtol=100 * TOL[floatx], atol=100 * TOL[floatx]
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # Grad-CAM
 # ---------------------------------------------------------------------------------------------
+
 
 def resize_linear_loop(v, size_out):
     """1-D linear interpolation with half-pixel centres, clamped at the ends (loop form)."""
@@ -832,7 +850,7 @@ def test_grad_cam_named_layer(floatx):
     x = cast(np.random.default_rng(6).normal(size=(3, 3, 9, 9)), floatx)
     targets = np.array([1, 3, 0])
     factory = net.factory()
-    conv_name = [l.name for l in factory().layers if isinstance(l, keras.layers.Conv2D)][1]
+    conv_name = [layer.name for layer in factory().layers if isinstance(layer, keras.layers.Conv2D)][1]
     expected = to_cf(gradcam_numpy(net, to_cl(x).astype(np.float64), targets, 1))
     spec = parse("grad_cam", layer_name="features.2")
     got = reference_map(spec, factory, x, targets, layer_names={"features.2": conv_name})
@@ -853,7 +871,7 @@ def test_grad_cam_first_layer_is_upsampled_bilinearly(floatx):
     x = cast(np.random.default_rng(7).normal(size=(2, 3, 9, 9)), floatx)
     targets = np.array([2, 2])
     factory = net.factory()
-    first = [l.name for l in factory().layers if isinstance(l, keras.layers.Conv2D)][0]
+    first = [layer.name for layer in factory().layers if isinstance(layer, keras.layers.Conv2D)][0]
     expected = to_cf(gradcam_numpy(net, to_cl(x).astype(np.float64), targets, 0))
     got = reference_map(parse("grad_cam", layer_name=first), factory, x, targets)
     assert_close(got, expected, floatx, "grad_cam first conv")
@@ -861,13 +879,17 @@ def test_grad_cam_first_layer_is_upsampled_bilinearly(floatx):
 
 def test_grad_cam_timeseries(floatx):
     rng = np.random.default_rng(8)
-    net = Net((20, 2), [
-        Kernel(rng.normal(size=(5, 2, 4)) * 0.5, rng.normal(size=4) * 0.2, "relu"),
-        MaxPool(2),
-        Kernel(rng.normal(size=(3, 4, 6)) * 0.5, rng.normal(size=6) * 0.2 + 0.2, "relu"),
-        AvgPool(None),
-        Kernel(rng.normal(size=(6, 3)) * 0.5, rng.normal(size=3) * 0.2),
-    ], floatx)
+    net = Net(
+        (20, 2),
+        [
+            Kernel(rng.normal(size=(5, 2, 4)) * 0.5, rng.normal(size=4) * 0.2, "relu"),
+            MaxPool(2),
+            Kernel(rng.normal(size=(3, 4, 6)) * 0.5, rng.normal(size=6) * 0.2 + 0.2, "relu"),
+            AvgPool(None),
+            Kernel(rng.normal(size=(6, 3)) * 0.5, rng.normal(size=3) * 0.2),
+        ],
+        floatx,
+    )
     x = cast(rng.normal(size=(3, 2, 20)), floatx)
     targets = np.array([0, 1, 2])
     expected = to_cf(gradcam_numpy(net, to_cl(x).astype(np.float64), targets, 2))
@@ -881,20 +903,21 @@ def test_resize_matrix_matches_tf_image_resize(sizes):
     size_in, size_out = sizes
     img = np.random.default_rng(9).normal(size=(1, size_in, size_in + 1, 1)).astype(np.float32)
     with tf.compat.v1.Session(graph=tf.Graph()) as sess:
-        t = tf.image.resize(tf.constant(img), (size_out, size_out + 2), method="bilinear",
-                            antialias=False)
+        t = tf.image.resize(tf.constant(img), (size_out, size_out + 2), method="bilinear", antialias=False)
         tf_out = sess.run(t)[0, :, :, 0]
     m_h = bilinear_resize_matrix(size_in, size_out)
     m_w = bilinear_resize_matrix(size_in + 1, size_out + 2)
     ours = m_h @ img[0, :, :, 0].astype(np.float64) @ m_w.T
     np.testing.assert_allclose(ours, tf_out, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(ours, resize_bilinear_loop(img[0, :, :, 0].astype(np.float64),
-                                                          (size_out, size_out + 2)), atol=1e-12)
+    np.testing.assert_allclose(
+        ours, resize_bilinear_loop(img[0, :, :, 0].astype(np.float64), (size_out, size_out + 2)), atol=1e-12
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Refusals and identity guards
 # ---------------------------------------------------------------------------------------------
+
 
 def test_random_uniform_has_no_reference(floatx):
     net = mlp(floatx)
@@ -944,8 +967,7 @@ def test_input_rule_refused_when_innvestigate_would_drop_it(floatx):
 def test_identities_hold_without_batchnorm(floatx):
     net = mlp(floatx)
     gaps = check_identities(net.factory(), cast(mlp_input(), floatx), TARGETS_MLP)
-    assert set(gaps) == {"lrp_z_vs_gradient_x_input", "lrpsign_z_vs_gradient_x_sign",
-                         "lrp_z_vs_lrpsign_z_x_abs"}
+    assert set(gaps) == {"lrp_z_vs_gradient_x_input", "lrpsign_z_vs_gradient_x_sign", "lrp_z_vs_lrpsign_z_x_abs"}
     assert max(gaps.values()) < TOL[floatx], gaps
 
 
@@ -1007,8 +1029,9 @@ def test_fixture_twins_against_torch_autograd(fixture, float64_session):
     mode = "bilinear" if feats.dim() == 4 else "linear"
     cam = torch.nn.functional.interpolate(cam, size=x.shape[2:], mode=mode, align_corners=False)
     expected = np.broadcast_to(cam.detach().numpy(), x.shape)
-    got = reference_map(parse("grad_cam", layer_name=info.gradcam_layer), twin.fresh, x, targets,
-                        layer_names=twin.layer_names)
+    got = reference_map(
+        parse("grad_cam", layer_name=info.gradcam_layer), twin.fresh, x, targets, layer_names=twin.layer_names
+    )
     assert_close(got, expected, "float64", f"{fixture} grad_cam")
 
 
@@ -1038,8 +1061,12 @@ def test_standalone_keras_relu_layers(floatx):
     with pytest.raises(ReferenceUnavailable, match="standalone keras ReLU"):
         reference_map(parse("deconvnet"), standalone, x, TARGETS_MLP)
     for name in ("gradient", "deeplift_method", "guided_backprop", "lrp_z", "lrp_epsilon_0_1"):
-        assert_close(reference_map(parse(name), standalone, x, TARGETS_MLP),
-                     reference_map(parse(name), fused, x, TARGETS_MLP), floatx, name)
+        assert_close(
+            reference_map(parse(name), standalone, x, TARGETS_MLP),
+            reference_map(parse(name), fused, x, TARGETS_MLP),
+            floatx,
+            name,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1048,14 +1075,18 @@ def test_standalone_keras_relu_layers(floatx):
 
 #: keywords both sides get: the ones a name needs, and iNNvestigate's integrated-gradients steps
 #: (the signxai name keeps its own default of 50)
-NAME_KWARGS = {"deep_taylor.bounded": {"low": -2.5, "high": 3.0}, "lrp.alpha_beta": {"alpha": 2},
-               "integrated_gradients": {"steps": 64}}
+NAME_KWARGS = {
+    "deep_taylor.bounded": {"low": -2.5, "high": 3.0},
+    "lrp.alpha_beta": {"alpha": 2},
+    "integrated_gradients": {"steps": 64},
+}
 #: names whose maps are random (their noise is iNNvestigate's own draw): compared by parameters
 RANDOM_NAMES = {"random", "smoothgrad"}
 
 
 def _innvestigate_names():
     import innvestigate.analyzer as ia
+
     return sorted(set(ia.analyzers) - RANDOM_NAMES)
 
 
@@ -1063,6 +1094,7 @@ def test_random_innvestigate_names_have_its_noise_parameters():
     """Random: the input plus N(0, 1) noise (stddev=1); SmoothGrad: 64 samples of N(0, 1) noise
     when given iNNvestigate's defaults in its keyword spellings."""
     import innvestigate.analyzer as ia
+
     assert RANDOM_NAMES <= set(ia.analyzers)
     assert (parse("random").family, parse("random").params["stddev"]) == ("input", 1.0)
     smooth = parse("smoothgrad", augment_by_n=64, noise_scale=1.0)
@@ -1075,6 +1107,7 @@ def test_every_create_analyzer_name_computes_what_create_analyzer_does(name, flo
     (so the alias table means what iNNvestigate's names mean); the names without a meaning for
     a PyTorch model are refused with the reason."""
     import innvestigate.analyzer as ia
+
     kwargs = NAME_KWARGS.get(name, {})
     try:
         spec = parse(name, **kwargs)

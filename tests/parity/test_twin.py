@@ -11,11 +11,11 @@ import pytest
 import tensorflow as tf
 import torch
 import torch.nn.functional as F
+from graph_models import randomize_batchnorm
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from graph_models import randomize_batchnorm
 from parity import twin as twin_module
 from parity.twin import (
     Twin,
@@ -184,7 +184,12 @@ def test_activation_not_directly_after_conv_is_an_activation_layer():
     model = _seq(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.ReLU(), nn.MaxPool2d(2), nn.Sigmoid())
     twin = to_keras(model, (2, 6, 6))
     assert _layer_types(twin) == [
-        "Conv2D", "BatchNormalization", "Activation", "Activation", "MaxPooling2D", "Activation",
+        "Conv2D",
+        "BatchNormalization",
+        "Activation",
+        "Activation",
+        "MaxPooling2D",
+        "Activation",
     ]
     assert _layer(twin, "5").activation is tf.keras.activations.get("sigmoid")
 
@@ -319,7 +324,12 @@ def test_batchnorm1d_after_flatten_gets_permuted_statistics():
 
 def test_dropout_and_identity_have_no_keras_layer():
     model = _seq(
-        nn.Conv2d(2, 3, 3), nn.Dropout2d(0.5), nn.ReLU(), nn.Identity(), nn.Flatten(), nn.Dropout(0.9),
+        nn.Conv2d(2, 3, 3),
+        nn.Dropout2d(0.5),
+        nn.ReLU(),
+        nn.Identity(),
+        nn.Flatten(),
+        nn.Dropout(0.9),
         nn.Linear(27, 3),
     )
     model.train()  # the twin reproduces eval mode whatever mode the model is in
@@ -348,7 +358,11 @@ def test_nested_sequentials_keep_module_paths():
     model = _seq(nn.Sequential(features), nn.Flatten(), nn.Linear(2 * 2 * 2, 3))
     twin = to_keras(model, (1, 6, 6))
     assert twin.layer_names == {
-        "0.0.0": "0_0_0", "0.0.1.0": "0_0_0", "0.0.1.1": "0_0_1_1", "1": "1", "2": "2",
+        "0.0.0": "0_0_0",
+        "0.0.1.0": "0_0_0",
+        "0.0.1.1": "0_0_1_1",
+        "1": "1",
+        "2": "2",
     }
 
 
@@ -418,7 +432,11 @@ class _FunctionalPool(nn.Module):
         ([nn.Linear(2, 2), _Scale()], (2,), ["'1.scale'", "directly"]),
         ([nn.Conv2d(2, 2, 1), _PlusOne()], (2, 5, 5), ["_PlusOne", "'1'", "add"]),
         ([nn.Conv2d(2, 2, 1), _FunctionalPool()], (2, 5, 5), ["_FunctionalPool", "'1'", "max_pool2d"]),
-        ([nn.Conv2d(2, 2, 1), nn.Upsample(scale_factor=2, mode="bilinear")], (2, 5, 5), ["Upsample", "'1'", "bilinear"]),
+        (
+            [nn.Conv2d(2, 2, 1), nn.Upsample(scale_factor=2, mode="bilinear")],
+            (2, 5, 5),
+            ["Upsample", "'1'", "bilinear"],
+        ),
         ([nn.Conv1d(2, 2, 1), nn.Linear(5, 3)], (2, 5), ["Linear", "'1'", "flat"]),
         ([nn.Linear(4, 4), nn.Softmax(dim=1), nn.Linear(4, 2)], (4,), ["Softmax", "'1'", "final"]),
         ([nn.Conv2d(2, 2, 1), nn.MaxPool2d(2, ceil_mode=True)], (2, 5, 5), ["MaxPool2d", "'1'", "negative"]),
@@ -492,8 +510,12 @@ def test_input_layer_hidden_when_a_layer_precedes_the_first_conv():
 
 def test_float64_twin():
     model = _seq(
-        nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ELU(), nn.AvgPool2d(2),
-        nn.Flatten(), nn.Linear(16, 3),
+        nn.Conv2d(2, 4, 3, stride=2, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ELU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, 3),
     )
     floatx = tf.keras.backend.floatx()
     twin = to_keras(model, (2, 9, 9), dtype="float64", rtol=1e-12)
@@ -543,8 +565,16 @@ def test_conversion_check_catches_a_missing_flatten_permutation(monkeypatch):
 def test_innvestigate_analyses_a_fresh_twin_and_sees_input_layer_rules():
     innvestigate = pytest.importorskip("innvestigate")
     model = _seq(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 5),
+        nn.ReLU(),
+        nn.Linear(5, 3),
     )
     twin = to_keras(model, (3, 8, 8))
     assert not twin.input_layer_hidden
@@ -587,9 +617,7 @@ def test_innvestigate_drops_input_layer_rules_on_a_hidden_twin():
 
 def _run_python(code: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_twin_works_in_eager_mode_and_parity_imports_without_tensorflow():
@@ -637,9 +665,7 @@ def _conv_nets(draw, rank: int):
         if min(new_sizes) < 1:
             break
         out_channels = draw(st.integers(1, 4))
-        modules.append(
-            conv_cls(channels, out_channels, kernel, stride, padding, dilation, bias=draw(st.booleans()))
-        )
+        modules.append(conv_cls(channels, out_channels, kernel, stride, padding, dilation, bias=draw(st.booleans())))
         channels, sizes = out_channels, new_sizes
         if draw(st.booleans()):
             modules.append(bn_cls(channels, eps=draw(st.sampled_from([1e-5, 1e-3]))))
@@ -682,9 +708,7 @@ def _convert_or_explain(model: nn.Module, shape: tuple[int, ...]) -> None:
         event("converted")
 
 
-_RANDOM = settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+_RANDOM = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @_RANDOM

@@ -8,17 +8,16 @@ import tensorflow as tf
 import torch
 import torch.nn.functional as F
 import torchvision
-from torch import nn
-
 from graph_models import (
     GRAPH_MODELS,
-    InvertedResidual,
     mobilenet_block,
     randomize_batchnorm,
     resnet_block,
 )
+from torch import nn
+
 from parity.reference import check_identities, reference_map
-from parity.twin import Twin, TwinMismatchError, UnsupportedLayerError, to_channels_last, to_keras
+from parity.twin import Twin, TwinMismatchError, UnsupportedLayerError, to_keras
 from signxai.torch_signxai.methods.grammar import parse
 
 pytestmark = pytest.mark.tf
@@ -66,22 +65,22 @@ def test_resnet_block_spelling():
     assert _types(twin).count("Add") == 1
     # F.relu after BN is an Activation layer, the stem's ReLU fuses into its conv
     assert _layer(twin, "2.bn1").__class__ is layers.BatchNormalization
-    relus = [l for l in twin.keras_model.layers if isinstance(l, layers.Activation)]
-    assert [l.activation for l in relus] == [tf.keras.activations.relu] * 2
+    relus = [layer for layer in twin.keras_model.layers if isinstance(layer, layers.Activation)]
+    assert [layer.activation for layer in relus] == [tf.keras.activations.relu] * 2
     assert _layer(twin, "0").activation is tf.keras.activations.relu
     assert twin.layer_names["1"] == twin.layer_names["0"]
     # the stride-2 3x3 conv on an even map needs explicit padding; the 1x1 projection does not
     assert "ZeroPadding2D" in _types(twin) and _layer(twin, "2.shortcut.0").padding == "valid"
     assert _layer(twin, "2.shortcut.0").strides == (2, 2)
-    add = next(l for l in twin.keras_model.layers if isinstance(l, layers.Add))
+    add = next(layer for layer in twin.keras_model.layers if isinstance(layer, layers.Add))
     assert {t._keras_history.layer.name for t in add.input} == {"2_bn2", "2_shortcut_1"}
 
 
 def test_densenet_block_concatenates_along_the_channel_axis():
     model, shape = GRAPH_MODELS["densenet_block"]()
     twin = to_keras(model, shape)
-    concats = [l for l in twin.keras_model.layers if isinstance(l, layers.Concatenate)]
-    assert len(concats) == 3 and all(l.axis == -1 for l in concats)
+    concats = [layer for layer in twin.keras_model.layers if isinstance(layer, layers.Concatenate)]
+    assert len(concats) == 3 and all(layer.axis == -1 for layer in concats)
     assert concats[-1].output_shape == (None, 8, 8, 13)
 
 
@@ -124,10 +123,10 @@ def test_gate_is_a_broadcasting_multiply_after_global_pooling():
     assert _layer(twin, "act").activation is tf.keras.activations.swish  # fused SiLU
     assert _layer(twin, "se.pool").keepdims
     assert _layer(twin, "se.fc2").activation is tf.keras.activations.sigmoid
-    multiply = next(l for l in twin.keras_model.layers if isinstance(l, layers.Multiply))
+    multiply = next(layer for layer in twin.keras_model.layers if isinstance(layer, layers.Multiply))
     assert [tuple(t.shape[1:]) for t in multiply.input] == [(8, 8, 6), (1, 1, 6)]
-    means = [l for l in twin.keras_model.layers if isinstance(l, layers.GlobalAveragePooling2D)]
-    assert [l.keepdims for l in means] == [True, False]  # the pool, then x.mean((2, 3))
+    means = [layer for layer in twin.keras_model.layers if isinstance(layer, layers.GlobalAveragePooling2D)]
+    assert [layer.keepdims for layer in means] == [True, False]  # the pool, then x.mean((2, 3))
 
 
 def test_transposed_conv_crops_pytorch_padding():
@@ -145,9 +144,9 @@ def test_transposed_conv_crops_pytorch_padding():
 def test_nearest_upsampling_module_and_functional():
     model, shape = GRAPH_MODELS["upsample"]()
     twin = to_keras(model, shape)
-    ups = [l for l in twin.keras_model.layers if isinstance(l, layers.UpSampling2D)]
-    assert [l.size for l in ups] == [(2, 2), (1, 3)]
-    assert all(l.interpolation == "nearest" for l in ups)
+    ups = [layer for layer in twin.keras_model.layers if isinstance(layer, layers.UpSampling2D)]
+    assert [layer.size for layer in ups] == [(2, 2), (1, 3)]
+    assert all(layer.interpolation == "nearest" for layer in ups)
 
 
 def test_channel_shuffle_uses_reshape_and_permute():
@@ -207,7 +206,7 @@ def test_fresh_twin_of_a_graph_has_new_layers_and_equal_outputs():
     model, shape = mobilenet_block()
     twin = to_keras(model, shape)
     fresh = twin.fresh()
-    assert not {id(l) for l in fresh.layers} & {id(l) for l in twin.keras_model.layers}
+    assert not {id(layer) for layer in fresh.layers} & {id(layer) for layer in twin.keras_model.layers}
     twin.verify(fresh)
 
 
@@ -302,10 +301,10 @@ def test_torchvision_models_match_pytorch(name):
     # the first conv has stride 2 and symmetric padding that 'same' cannot give on 64 x 64
     assert twin.input_layer_hidden and "ZeroPadding2D" in twin.hidden_reason
     if name == "mobilenet_v2":
-        assert sum(isinstance(l, layers.DepthwiseConv2D) for l in twin.keras_model.layers) == 17
-        assert sum(type(l) is layers.ReLU for l in twin.keras_model.layers) == 35
+        assert sum(isinstance(layer, layers.DepthwiseConv2D) for layer in twin.keras_model.layers) == 17
+        assert sum(type(layer) is layers.ReLU for layer in twin.keras_model.layers) == 35
     else:
-        assert sum(isinstance(l, layers.Add) for l in twin.keras_model.layers) == 8
+        assert sum(isinstance(layer, layers.Add) for layer in twin.keras_model.layers) == 8
 
 
 # ----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 Every model takes inputs of shape (1, 8, 8) and is built from a fixed seed.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,9 @@ INPUT_SHAPE = (1, 8, 8)
 def small_cnn() -> nn.Sequential:
     """A conv / max-pool / dense chain that the Keras twin and LRP both support."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)
+    )
 
 
 def hardswish_mlp() -> nn.Sequential:

@@ -16,11 +16,13 @@ accepted) to compute its defaults. iNNvestigate 2.1.2's SmoothGrad ignores its `
 (its ``GaussianSmoother`` builds ``AddGaussianNoise()`` with the default standard deviation 1), so
 its noise is always N(0, 1); here ``noise_scale`` / ``noise_level`` is the standard deviation used.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["Alias", "ALIASES", "REFUSED", "SAME_NAME_DEFAULTS"]
 
@@ -53,60 +55,69 @@ def _seed(means: str) -> Alias:
 
 
 #: every alias -> what it means
-ALIASES: Mapping[str, Alias] = MappingProxyType({
-    # the seed API's short forms
-    "gradients": _seed("gradient"),
-    "vanilla_gradient": _seed("gradient"),
-    "input_x_gradient": _seed("gradient_x_input"),
-    "lrp_zplus": _seed("lrp_z_plus"),
-    "lrp_wsquare": _seed("lrp_w_square"),
-    "lrp_alphabeta": _seed("lrp_alpha_beta"),
-    "lrp_zbox": _seed("zblrp_z"),
-    # iNNvestigate 2.1.2's create_analyzer names (those spelled like a signxai name, input,
-    # gradient, deconvnet, guided_backprop, integrated_gradients and smoothgrad, are that name)
-    "random": Alias("input", MappingProxyType({"stddev": 1.0}), analyzer="Random"),
-    "gradient.baseline": Alias("gradient", analyzer="BaselineGradient"),
-    "input_t_gradient": Alias("gradient_x_input", analyzer="InputTimesGradient"),
-    "lrp.z": Alias("lrp_z", analyzer="LRPZ"),
-    "lrp.epsilon": Alias("lrp_epsilon", MappingProxyType({"epsilon": 1e-7}), analyzer="LRPEpsilon"),
-    "lrp.w_square": Alias("lrp_w_square", analyzer="LRPWSquare"),
-    "lrp.flat": Alias("lrp_flat", analyzer="LRPFlat"),
-    "lrp.alpha_beta": Alias("lrp_alpha_beta", analyzer="LRPAlphaBeta"),
-    "lrp.alpha_2_beta_1": Alias("lrp_alpha_2_beta_1", analyzer="LRPAlpha2Beta1"),
-    "lrp.alpha_2_beta_1_IB": Alias("lrp_alpha_2_beta_1_ib", analyzer="LRPAlpha2Beta1IgnoreBias"),
-    "lrp.alpha_1_beta_0": Alias("lrp_alpha_1_beta_0", analyzer="LRPAlpha1Beta0"),
-    "lrp.alpha_1_beta_0_IB": Alias("lrp_alpha_1_beta_0_ib", analyzer="LRPAlpha1Beta0IgnoreBias"),
-    "lrp.z_plus": Alias("lrp_z_plus", analyzer="LRPZPlus"),
-    "lrp.z_plus_fast": Alias("lrp_z_plus_fast", analyzer="LRPZPlusFast"),
-    "lrp.sequential_preset_a": Alias("lrp_sequential_composite_a", analyzer="LRPSequentialPresetA"),
-    "lrp.sequential_preset_b": Alias("lrp_sequential_composite_b", analyzer="LRPSequentialPresetB"),
-    "lrp.sequential_preset_a_flat": Alias("flatlrp_sequential_composite_a", analyzer="LRPSequentialPresetAFlat"),
-    "lrp.sequential_preset_b_flat": Alias("flatlrp_sequential_composite_b", analyzer="LRPSequentialPresetBFlat"),
-    "deep_taylor": Alias("lrp_deep_taylor", analyzer="DeepTaylor"),
-    "deep_taylor.bounded": Alias("zblrp_deep_taylor", analyzer="BoundedDeepTaylor"),
-    # iNNvestigate 1.x's bias-free names (2.x builds them with bias=False)
-    "lrp.z_IB": Alias("lrp_z_ib", source="innvestigate 1.x", analyzer="LRPZIgnoreBias"),
-    "lrp.epsilon_IB": Alias("lrp_epsilon_ib", MappingProxyType({"epsilon": 1e-7}), source="innvestigate 1.x",
-                            analyzer="LRPEpsilonIgnoreBias"),
-})
+ALIASES: Mapping[str, Alias] = MappingProxyType(
+    {
+        # the seed API's short forms
+        "gradients": _seed("gradient"),
+        "vanilla_gradient": _seed("gradient"),
+        "input_x_gradient": _seed("gradient_x_input"),
+        "lrp_zplus": _seed("lrp_z_plus"),
+        "lrp_wsquare": _seed("lrp_w_square"),
+        "lrp_alphabeta": _seed("lrp_alpha_beta"),
+        "lrp_zbox": _seed("zblrp_z"),
+        # iNNvestigate 2.1.2's create_analyzer names (those spelled like a signxai name, input,
+        # gradient, deconvnet, guided_backprop, integrated_gradients and smoothgrad, are that name)
+        "random": Alias("input", MappingProxyType({"stddev": 1.0}), analyzer="Random"),
+        "gradient.baseline": Alias("gradient", analyzer="BaselineGradient"),
+        "input_t_gradient": Alias("gradient_x_input", analyzer="InputTimesGradient"),
+        "lrp.z": Alias("lrp_z", analyzer="LRPZ"),
+        "lrp.epsilon": Alias("lrp_epsilon", MappingProxyType({"epsilon": 1e-7}), analyzer="LRPEpsilon"),
+        "lrp.w_square": Alias("lrp_w_square", analyzer="LRPWSquare"),
+        "lrp.flat": Alias("lrp_flat", analyzer="LRPFlat"),
+        "lrp.alpha_beta": Alias("lrp_alpha_beta", analyzer="LRPAlphaBeta"),
+        "lrp.alpha_2_beta_1": Alias("lrp_alpha_2_beta_1", analyzer="LRPAlpha2Beta1"),
+        "lrp.alpha_2_beta_1_IB": Alias("lrp_alpha_2_beta_1_ib", analyzer="LRPAlpha2Beta1IgnoreBias"),
+        "lrp.alpha_1_beta_0": Alias("lrp_alpha_1_beta_0", analyzer="LRPAlpha1Beta0"),
+        "lrp.alpha_1_beta_0_IB": Alias("lrp_alpha_1_beta_0_ib", analyzer="LRPAlpha1Beta0IgnoreBias"),
+        "lrp.z_plus": Alias("lrp_z_plus", analyzer="LRPZPlus"),
+        "lrp.z_plus_fast": Alias("lrp_z_plus_fast", analyzer="LRPZPlusFast"),
+        "lrp.sequential_preset_a": Alias("lrp_sequential_composite_a", analyzer="LRPSequentialPresetA"),
+        "lrp.sequential_preset_b": Alias("lrp_sequential_composite_b", analyzer="LRPSequentialPresetB"),
+        "lrp.sequential_preset_a_flat": Alias("flatlrp_sequential_composite_a", analyzer="LRPSequentialPresetAFlat"),
+        "lrp.sequential_preset_b_flat": Alias("flatlrp_sequential_composite_b", analyzer="LRPSequentialPresetBFlat"),
+        "deep_taylor": Alias("lrp_deep_taylor", analyzer="DeepTaylor"),
+        "deep_taylor.bounded": Alias("zblrp_deep_taylor", analyzer="BoundedDeepTaylor"),
+        # iNNvestigate 1.x's bias-free names (2.x builds them with bias=False)
+        "lrp.z_IB": Alias("lrp_z_ib", source="innvestigate 1.x", analyzer="LRPZIgnoreBias"),
+        "lrp.epsilon_IB": Alias(
+            "lrp_epsilon_ib",
+            MappingProxyType({"epsilon": 1e-7}),
+            source="innvestigate 1.x",
+            analyzer="LRPEpsilonIgnoreBias",
+        ),
+    }
+)
 
 #: iNNvestigate names spelled like a signxai name whose defaults differ: name -> iNNvestigate's
 #: defaults (the signxai name keeps its own; pass these as keywords to compute iNNvestigate's)
-SAME_NAME_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
-    "integrated_gradients": MappingProxyType({"steps": 64}),
-    "smoothgrad": MappingProxyType({"num_samples": 64, "noise_level": 1.0}),
-})
+SAME_NAME_DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "integrated_gradients": MappingProxyType({"steps": 64}),
+        "smoothgrad": MappingProxyType({"num_samples": 64, "noise_level": 1.0}),
+    }
+)
 
 #: iNNvestigate names that have no meaning here -> why, and what to use instead
-REFUSED: Mapping[str, str] = MappingProxyType({
-    "lrp": "iNNvestigate's base LRP analyzer has no rule of its own (it needs rule=); name the "
-           "rule instead, e.g. lrp.z, lrp.epsilon or lrp_epsilon_0_1",
-    "lrp.sequential_preset_b_flat_until_idx":
-        "its until_layer_idx counts the layers of the Keras model (model.layers, weightless "
-        "layers included), which a PyTorch model does not have; flatlrp_sequential_composite_b "
-        "is the same analyzer without until_layer_idx",
-    "pattern.net": "PatternNet needs patterns trained on a data set, and iNNvestigate 2.1.2 no "
-                   "longer has it (create_analyzer does not know the name)",
-    "pattern.attribution": "PatternAttribution needs patterns trained on a data set, and "
-                           "iNNvestigate 2.1.2 no longer has it (create_analyzer does not know the name)",
-})
+REFUSED: Mapping[str, str] = MappingProxyType(
+    {
+        "lrp": "iNNvestigate's base LRP analyzer has no rule of its own (it needs rule=); name the "
+        "rule instead, e.g. lrp.z, lrp.epsilon or lrp_epsilon_0_1",
+        "lrp.sequential_preset_b_flat_until_idx": "its until_layer_idx counts the layers of the Keras "
+        "model (model.layers, weightless layers included), which a PyTorch model does not have; "
+        "flatlrp_sequential_composite_b is the same analyzer without until_layer_idx",
+        "pattern.net": "PatternNet needs patterns trained on a data set, and iNNvestigate 2.1.2 no "
+        "longer has it (create_analyzer does not know the name)",
+        "pattern.attribution": "PatternAttribution needs patterns trained on a data set, and "
+        "iNNvestigate 2.1.2 no longer has it (create_analyzer does not know the name)",
+    }
+)

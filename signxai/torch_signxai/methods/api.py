@@ -1,5 +1,6 @@
 """The shared implementation of the public entry points: split keyword arguments into the target
 and the method's parameters, parse, and run the engine."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,8 +17,9 @@ __all__ = ["run_method"]
 _TARGET_KEYS = ("neuron_selection", "target_class", "target")
 
 
-def run_method(method: str, model: nn.Module, x: Any, kwargs: dict[str, Any], *, single: bool | None,
-               batchnorm: str) -> np.ndarray:
+def run_method(
+    method: str, model: nn.Module, x: Any, kwargs: dict[str, Any], *, single: bool | None, batchnorm: str
+) -> np.ndarray:
     """Parse ``method`` with the method parameters in ``kwargs`` and explain ``x``.
 
     Parameters

@@ -7,10 +7,12 @@ once; its large max pooling runs through the faster kernel, :mod:`.pooling`), di
 implementation, applies the post-multipliers and returns numpy. Families that attach rules to
 modules read the model's graph (:mod:`.graph`, :mod:`.modular`) where fx can trace it.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,8 +21,9 @@ from torch import nn
 from . import gradcam as _gradcam
 from . import gradient as _gradient
 from .grammar import MethodSpec, parse
-from .lrp.family import lrp as _lrp, view_key as _lrp_view_key
 from .io import to_batch
+from .lrp.family import lrp as _lrp
+from .lrp.family import view_key as _lrp_view_key
 from .private import private_view
 from .signed import apply_post
 
@@ -47,8 +50,7 @@ _FAMILIES: dict[str, Family] = {
 }
 
 
-def explain(spec: MethodSpec | str, model: nn.Module, x: Any, target: Any = None, *,
-            single: bool | None) -> np.ndarray:
+def explain(spec: MethodSpec | str, model: nn.Module, x: Any, target: Any = None, *, single: bool | None) -> np.ndarray:
     """Compute the relevance map(s) of ``spec`` for ``model`` at ``x``.
 
     Parameters
@@ -90,7 +92,8 @@ def explain(spec: MethodSpec | str, model: nn.Module, x: Any, target: Any = None
         except RuntimeError as error:
             if isinstance(error, NotImplementedError) or not _SHAPE_WORDS.search(str(error)):
                 raise
-            raise ValueError(f"the model cannot take an input batch of shape "
-                             f"{tuple(batch.tensor.shape)}: {error}") from error
+            raise ValueError(
+                f"the model cannot take an input batch of shape {tuple(batch.tensor.shape)}: {error}"
+            ) from error
     relevance = apply_post(relevance, batch.tensor, spec.post, spec.params.get("post_mu", 0.0))
     return batch.output(relevance)

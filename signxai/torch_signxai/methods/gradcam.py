@@ -14,10 +14,12 @@ Grad-CAM runs on the model's graph with every functional activation a module of 
 (:mod:`.modular`), and refuses a model fx cannot trace. What is a convolution and what an
 activation comes from the kinds table of :mod:`.graph`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +45,7 @@ def _is_activation(module: nn.Module) -> bool:
     directly follows)."""
     return kind_of_module(module).name == "activation"
 
+
 #: interpolation mode by the number of spatial axes
 _RESIZE_MODES = {1: "linear", 2: "bilinear"}
 
@@ -60,8 +63,9 @@ def _lookup(model: nn.Module, layer_name: str | None) -> nn.Module | None:
     modules = dict(model.named_modules())
     if layer_name not in modules:
         convs = [name for name, module in modules.items() if _is_conv(module)]
-        raise ValueError(f"layer_name {layer_name!r} is not a module of the model; its conv layers "
-                         f"are: {', '.join(convs) or 'none'}")
+        raise ValueError(
+            f"layer_name {layer_name!r} is not a module of the model; its conv layers are: {', '.join(convs) or 'none'}"
+        )
     return modules[layer_name]
 
 
@@ -121,8 +125,9 @@ class _FeatureRecorder:
     def _before(self, module: nn.Module, inputs: tuple) -> None:
         """Forward pre-hook: whether ``module`` takes the pending conv output, unmodified since."""
         pending = self._pending
-        self._direct = bool(pending is not None and inputs and inputs[0] is pending
-                            and pending._version == self._version)
+        self._direct = bool(
+            pending is not None and inputs and inputs[0] is pending and pending._version == self._version
+        )
 
     def _record(self, module: nn.Module, inputs: tuple, output: Any) -> None:
         """Forward hook: keep the selected layer's output, or the activation directly after it."""
@@ -151,43 +156,52 @@ class _FeatureRecorder:
         """
         if self._features is None:
             if self._layer is None:
-                raise ValueError("Grad-CAM needs a conv layer: the forward pass executed no "
-                                 "Conv1d/Conv2d/Conv3d module (pass layer_name= to pick a layer)")
+                raise ValueError(
+                    "Grad-CAM needs a conv layer: the forward pass executed no "
+                    "Conv1d/Conv2d/Conv3d module (pass layer_name= to pick a layer)"
+                )
             raise ValueError(f"layer {self.name!r} was not executed in the forward pass")
         if not isinstance(self._features, torch.Tensor):
-            raise ValueError(f"layer {self.name!r} returns a {type(self._features).__name__}, "
-                             f"not a feature tensor")
+            raise ValueError(f"layer {self.name!r} returns a {type(self._features).__name__}, not a feature tensor")
         if self._features._version != self._version:
-            raise ValueError(f"the output of layer {self.name!r} is modified in place later in the "
-                             f"forward pass, so its gradient cannot be taken; pick another layer")
+            raise ValueError(
+                f"the output of layer {self.name!r} is modified in place later in the "
+                f"forward pass, so its gradient cannot be taken; pick another layer"
+            )
         return self._features
 
 
 def _check_input(x: torch.Tensor) -> None:
     """Grad-CAM explains inputs with one or two spatial axes."""
     if x.ndim - 2 not in _RESIZE_MODES:
-        raise ValueError(f"Grad-CAM needs a conv layer and an input with one or two spatial axes, "
-                         f"(batch, channels, length) or (batch, channels, height, width); got an "
-                         f"input batch of shape {tuple(x.shape)}")
+        raise ValueError(
+            f"Grad-CAM needs a conv layer and an input with one or two spatial axes, "
+            f"(batch, channels, length) or (batch, channels, height, width); got an "
+            f"input batch of shape {tuple(x.shape)}"
+        )
 
 
-def _check_features(name: str | None, features: torch.Tensor, x: torch.Tensor,
-                    timeseries: bool) -> None:
+def _check_features(name: str | None, features: torch.Tensor, x: torch.Tensor, timeseries: bool) -> None:
     """The features must be (batch, channels, *spatial) with the input's spatial rank; 1-D for
     grad_cam_timeseries."""
     shape = tuple(features.shape)
     if timeseries and features.ndim != 3:
-        raise ValueError(f"grad_cam_timeseries needs a 1-D conv layer with features of shape "
-                         f"(batch, channels, length); layer {name!r} gives shape {shape} "
-                         f"(use grad_cam for 2-D inputs)")
+        raise ValueError(
+            f"grad_cam_timeseries needs a 1-D conv layer with features of shape "
+            f"(batch, channels, length); layer {name!r} gives shape {shape} "
+            f"(use grad_cam for 2-D inputs)"
+        )
     if features.ndim != x.ndim or shape[0] != x.shape[0]:
-        raise ValueError(f"Grad-CAM needs a conv layer: layer {name!r} gives features of shape "
-                         f"{shape}, not (batch, channels, *spatial) for an input batch of shape "
-                         f"{tuple(x.shape)}")
+        raise ValueError(
+            f"Grad-CAM needs a conv layer: layer {name!r} gives features of shape "
+            f"{shape}, not (batch, channels, *spatial) for an input batch of shape "
+            f"{tuple(x.shape)}"
+        )
 
 
-def _features_and_gradients(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec,
-                            recorder: _FeatureRecorder) -> tuple[torch.Tensor, torch.Tensor]:
+def _features_and_gradients(
+    model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec, recorder: _FeatureRecorder
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward and one backward pass of ``model``: the features ``A`` and ``d y_t / d A``."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
@@ -219,7 +233,7 @@ def _resize(cam: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return resized.expand_as(x).contiguous()
 
 
-def grad_cam(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def grad_cam(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """Grad-CAM of the named (or last executed) conv layer, of ``x``'s shape.
 
     Parameters
@@ -252,11 +266,12 @@ def grad_cam(model, x, target, spec: MethodSpec) -> torch.Tensor:
     def run(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         with guard_activations(module, "grad_cam"):
             return _features_and_gradients(module, x, target, spec, _FeatureRecorder(model, spec["layer_name"]))
+
     features, grads = with_activation_modules(run, model)
     return _resize(_normalise(_class_map(features, grads)), x)
 
 
-def guided_grad_cam(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def guided_grad_cam(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """Guided backprop (seeded with the logit's value) times the Grad-CAM map; see :func:`grad_cam`."""
     cam = grad_cam(model, x, target, spec)
     return _guided_backprop(model, x, target, spec) * cam

@@ -5,28 +5,43 @@ Every function here has the engine's family signature ``(model, x, target, spec)
 ``x`` is a validated batch on the model's device, ``target`` the caller's raw target (resolved by
 :mod:`.targets`), and the result a tensor of ``x``'s shape.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 from zennit.core import Composite, Hook
 from zennit.rules import ReLUDeconvNet, ReLUGuidedBackprop
 
 from .grammar import MethodSpec
 from .graph import activation_functions, activation_of_module, kind_of_module
-from .io import as_tensor_like, in_layout_of
 from .guard import GuardError, OperationGuard
+from .io import as_tensor_like, in_layout_of
 from .modular import of_model
 from .targets import check_logits, output_seed, resolve_targets
 
 T = TypeVar("T")
 
-__all__ = ["attribute", "with_activation_modules", "guard_activations", "fixed_targets", "gradient", "guided_backprop", "deconvnet", "smoothgrad",
-           "vargrad", "integrated_gradients", "deeplift", "random_uniform", "input_map"]
-
+__all__ = [
+    "attribute",
+    "with_activation_modules",
+    "guard_activations",
+    "fixed_targets",
+    "gradient",
+    "guided_backprop",
+    "deconvnet",
+    "smoothgrad",
+    "vargrad",
+    "integrated_gradients",
+    "deeplift",
+    "random_uniform",
+    "input_map",
+]
 
 
 def with_activation_modules(run: Callable[[nn.Module], T], model: nn.Module) -> T:
@@ -57,18 +72,26 @@ def _is_relu_like(module: nn.Module) -> bool:
 
 
 @contextmanager
-def guard_activations(model: nn.Module, method: str, relu_like: Optional[bool] = None) -> Iterator[None]:
+def guard_activations(model: nn.Module, method: str, relu_like: bool | None = None) -> Iterator[None]:
     """Within the block, ``model``'s forward passes refuse activation functions (only ReLU-like
     ones: ``relu_like=True``) outside the matching activation modules: their backward would
     escape the method's modification (a functional ReLU between modules, or inside a layer of
     another kind)."""
     inside = _is_relu_like if relu_like else _is_activation
-    guard = OperationGuard(model, rejects=activation_functions(relu_like).__contains__, inside=inside,
-                           method=method, advice="an activation computed outside an activation module "
-                                                 "keeps its plain gradient; use an activation module "
-                                                 "(nn.ReLU, ...) there")
-    handles = [guard, model.register_forward_pre_hook(guard.start),
-               model.register_forward_hook(guard.stop, always_call=True)]
+    guard = OperationGuard(
+        model,
+        rejects=activation_functions(relu_like).__contains__,
+        inside=inside,
+        method=method,
+        advice="an activation computed outside an activation module "
+        "keeps its plain gradient; use an activation module "
+        "(nn.ReLU, ...) there",
+    )
+    handles: list[OperationGuard | RemovableHandle] = [
+        guard,
+        model.register_forward_pre_hook(guard.start),
+        model.register_forward_hook(guard.stop, always_call=True),
+    ]
     try:
         yield
     finally:
@@ -84,15 +107,23 @@ class ActivationComposite(Composite):
         super().__init__(module_map=lambda ctx, name, module: hook if _is_relu_like(module) else None)
 
 
-def _relu_method(model, x, target, hook: Hook, method: str) -> torch.Tensor:
+def _relu_method(model: nn.Module, x: torch.Tensor, target: Any, hook: Hook, method: str) -> torch.Tensor:
     def run(module: nn.Module) -> torch.Tensor:
         with guard_activations(module, method, relu_like=True):
             return attribute(module, x, target, from_logit=True, composite=ActivationComposite(hook))
+
     return with_activation_modules(run, model)
 
 
-def attribute(model: nn.Module, x: torch.Tensor, target: Any, *, from_logit: bool = False,
-              positive_only: bool = False, composite: Composite | None = None) -> torch.Tensor:
+def attribute(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Any,
+    *,
+    from_logit: bool = False,
+    positive_only: bool = False,
+    composite: Composite | None = None,
+) -> torch.Tensor:
     """One forward and one (possibly rule-modified) backward pass: d(seed . logits)/dx.
 
     Parameters
@@ -118,8 +149,7 @@ def attribute(model: nn.Module, x: torch.Tensor, target: Any, *, from_logit: boo
     context = composite.context(model) if composite is not None else nullcontext()
     with torch.enable_grad(), context:
         logits = check_logits(model(x.clone()))  # a private copy: the model may modify its input in place
-        seed = output_seed(logits, resolve_targets(target, logits), from_logit=from_logit,
-                           positive_only=positive_only)
+        seed = output_seed(logits, resolve_targets(target, logits), from_logit=from_logit, positive_only=positive_only)
         (grad,) = torch.autograd.grad(logits, x, grad_outputs=seed)
     return grad
 
@@ -147,18 +177,18 @@ def _chunks(total: int, batch: int, budget: int) -> Iterator[tuple[int, int]]:
         yield start, min(total, start + step)
 
 
-def gradient(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def gradient(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """Plain input gradient of the selected logit."""
     return attribute(model, x, target)
 
 
-def guided_backprop(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def guided_backprop(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """Guided backpropagation, seeded with the logit: every ReLU-like unit (module or functional)
     passes the positive part of its gradient, ``grad_in * (grad_out > 0)``."""
     return _relu_method(model, x, target, ReLUGuidedBackprop(), "guided backprop")
 
 
-def deconvnet(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def deconvnet(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """DeconvNet, seeded with the logit: every ReLU-like unit (module or functional) passes
     ``max(grad_out, 0)``."""
     return _relu_method(model, x, target, ReLUDeconvNet(), "deconvnet")
@@ -172,18 +202,23 @@ def _noise_chunks(x: torch.Tensor, spec: MethodSpec) -> Callable[[int, int], tor
         if noise.ndim == x.ndim and x.shape[0] == 1:
             noise = noise.unsqueeze(1)
         if tuple(noise.shape) != (samples, *x.shape):
-            raise ValueError(f"noise must have shape (num_samples, *input batch shape) = "
-                             f"{(samples, *x.shape)}, got {tuple(noise.shape)}")
+            raise ValueError(
+                f"noise must have shape (num_samples, *input batch shape) = "
+                f"{(samples, *x.shape)}, got {tuple(noise.shape)}"
+            )
         return lambda start, stop: noise[start:stop]
     generator = _generator(spec["seed"])
 
     def draw(start: int, stop: int) -> torch.Tensor:
         normal = torch.randn((stop - start, *x.shape), generator=generator, dtype=torch.float64)
         return (normal * spec["noise_level"]).to(device=x.device, dtype=x.dtype)
+
     return draw
 
 
-def _noisy_moments(model, x, target, spec: MethodSpec) -> tuple[torch.Tensor, torch.Tensor]:
+def _noisy_moments(
+    model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and population variance of the gradients at ``x + noise`` over the samples, computed
     chunk by chunk (Chan et al.'s pairwise update), each chunk one batched pass."""
     indices = fixed_targets(model, x, target)
@@ -195,17 +230,17 @@ def _noisy_moments(model, x, target, spec: MethodSpec) -> tuple[torch.Tensor, to
         delta = chunk_mean - mean
         total = count + size
         mean = mean + delta * (size / total)
-        m2 = m2 + ((grads - chunk_mean) ** 2).sum(dim=0) + delta ** 2 * (count * size / total)
+        m2 = m2 + ((grads - chunk_mean) ** 2).sum(dim=0) + delta**2 * (count * size / total)
         count = total
     return mean, m2 / count
 
 
-def smoothgrad(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def smoothgrad(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """SmoothGrad: mean gradient over ``num_samples`` copies ``x + N(0, noise_level**2)``."""
     return _noisy_moments(model, x, target, spec)[0]
 
 
-def vargrad(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def vargrad(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """VarGrad: population variance (ddof 0) of the gradient over the same noisy copies."""
     return _noisy_moments(model, x, target, spec)[1]
 
@@ -216,7 +251,7 @@ def _reference(x: torch.Tensor, spec: MethodSpec) -> torch.Tensor:
     return as_tensor_like(spec["reference"], x, "reference").expand_as(x)
 
 
-def integrated_gradients(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """Integrated gradients on iNNvestigate's path: points ``ref + k/steps * (x - ref)`` for
     ``k = 0 .. steps-1``; the mean gradient times ``x - ref``."""
     indices = fixed_targets(model, x, target)
@@ -236,7 +271,14 @@ class _Rescale(torch.autograd.Function):
     ``(f(x) - f(x0)) / (x - x0)``, falling back to the local gradient where ``x == x0``."""
 
     @staticmethod
-    def forward(ctx, inp, out, ref_in, ref_out, local_grad):
+    def forward(
+        ctx: Any,
+        inp: torch.Tensor,
+        out: torch.Tensor,
+        ref_in: torch.Tensor,
+        ref_out: torch.Tensor,
+        local_grad: torch.Tensor,
+    ) -> torch.Tensor:
         delta_in = inp - ref_in
         safe = delta_in.abs() > 1e-12 * (1 + inp.abs())
         ratio = (out - ref_out) / torch.where(safe, delta_in, torch.ones_like(delta_in))
@@ -244,12 +286,12 @@ class _Rescale(torch.autograd.Function):
         return out.clone()
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
         (multiplier,) = ctx.saved_tensors
         return grad_out * multiplier, None, None, None, None
 
 
-def deeplift(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def deeplift(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """DeepLIFT with the rescale rule at every elementwise activation (module or functional, by
     the kinds table); linear layers and pooling pass gradients. Returns multipliers times
     ``x - reference``."""
@@ -261,10 +303,10 @@ def _deeplift(model: nn.Module, x: torch.Tensor, target: Any, reference: torch.T
     recorded: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     activations = [m for m in model.modules() if _is_activation(m)]
 
-    def record(module, inputs, output):
+    def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         recorded.setdefault(module, []).append((inputs[0].detach(), output.detach()))
 
-    def rescale(module, inputs, output):
+    def rescale(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         ref_in, ref_out = recorded[module].pop(0)
         inp = inputs[0]
         with torch.enable_grad():
@@ -288,7 +330,7 @@ def _deeplift(model: nn.Module, x: torch.Tensor, target: Any, reference: torch.T
     return grad * (x - reference)
 
 
-def _generator(seed) -> torch.Generator:
+def _generator(seed: int | None) -> torch.Generator:
     """A CPU generator seeded with ``seed`` (None: a fresh random seed)."""
     generator = torch.Generator(device="cpu")
     if seed is not None:
@@ -298,7 +340,7 @@ def _generator(seed) -> torch.Generator:
     return generator
 
 
-def random_uniform(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def random_uniform(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """U(-1, 1) noise, seeded, one map shared across the channel axis (axis 1 of inputs of rank >= 3).
 
     The map does not depend on the model, but the model is run once so that its output and the
@@ -309,7 +351,7 @@ def random_uniform(model, x, target, spec: MethodSpec) -> torch.Tensor:
     return values.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
 
 
-def input_map(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def input_map(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """The input itself (iNNvestigate's ``Input``), plus independent N(0, stddev**2) noise on every
     value when ``stddev > 0`` (its ``Random``, seeded here); the model is run once, as for
     :func:`random_uniform`."""

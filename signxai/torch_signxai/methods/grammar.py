@@ -27,6 +27,7 @@ the few iNNvestigate names without a meaning for a PyTorch model are refused wit
 ``bias=``, and iNNvestigate's ``augment_by_n=``, ``noise_scale=``, ``reference_inputs=``, ...) fill
 or override the parameters a name carries.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -34,17 +35,27 @@ import functools
 import math
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from .aliases import ALIASES, REFUSED
 from .lrp.table import HIDDEN_RULES, INPUT_RULES, PREFIXES
 
-__all__ = ["MethodSpec", "parse", "format_number", "known_names", "LRP_PREFIXES", "LRP_RULES",
-           "FAMILY_PARAMS", "SIMPLE_BASES", "GRADCAM_PRESETS"]
+__all__ = [
+    "MethodSpec",
+    "parse",
+    "format_number",
+    "known_names",
+    "LRP_PREFIXES",
+    "LRP_RULES",
+    "FAMILY_PARAMS",
+    "SIMPLE_BASES",
+    "GRADCAM_PRESETS",
+]
 
 _NUMBER = r"(?:neg_)?\d+(?:_\d+)?"
 
@@ -53,72 +64,78 @@ LRP_PREFIXES: Mapping[str, str | None] = PREFIXES
 
 #: hidden-layer LRP rules and the parameters each one takes
 LRP_RULES: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {name: tuple(entry.params) for name, entry in HIDDEN_RULES.items()})
+    {name: tuple(entry.params) for name, entry in HIDDEN_RULES.items()}
+)
 
 #: ImageNet (BGR, mean-subtracted) input range of the VGG16 presets
 _ZBOX_PRESETS = MappingProxyType({"VGG16ILSVRC": (-123.68, 151.061)})
 #: Grad-CAM presets: default layer of each known architecture (None: the last conv layer)
-GRADCAM_PRESETS = MappingProxyType({
-    "VGG16ILSVRC": "features.28",
-    "VGG16MITPL365": "features.28",
-    "MNISTCNN": None,
-})
+GRADCAM_PRESETS = MappingProxyType(
+    {
+        "VGG16ILSVRC": "features.28",
+        "VGG16MITPL365": "features.28",
+        "MNISTCNN": None,
+    }
+)
 
 #: parameters of each family, with defaults (None: no default, resolved by the engine)
-FAMILY_PARAMS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
-    "gradient": {},
-    "guided_backprop": {},
-    "deconvnet": {},
-    "smoothgrad": {"noise_level": 0.2, "num_samples": 50, "seed": None, "noise": None,
-                   "batch_size": 64},
-    "vargrad": {"noise_level": 0.2, "num_samples": 50, "seed": None, "noise": None,
-                "batch_size": 64},
-    "integrated_gradients": {"steps": 50, "reference": None, "batch_size": 64},
-    "deeplift": {"reference": None},
-    "random_uniform": {"seed": None},
-    "input": {"stddev": 0.0, "seed": None},
-    "grad_cam": {"layer_name": None},
-    "guided_grad_cam": {"layer_name": None},
-    "lrp": {},
-})
+FAMILY_PARAMS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "gradient": {},
+        "guided_backprop": {},
+        "deconvnet": {},
+        "smoothgrad": {"noise_level": 0.2, "num_samples": 50, "seed": None, "noise": None, "batch_size": 64},
+        "vargrad": {"noise_level": 0.2, "num_samples": 50, "seed": None, "noise": None, "batch_size": 64},
+        "integrated_gradients": {"steps": 50, "reference": None, "batch_size": 64},
+        "deeplift": {"reference": None},
+        "random_uniform": {"seed": None},
+        "input": {"stddev": 0.0, "seed": None},
+        "grad_cam": {"layer_name": None},
+        "guided_grad_cam": {"layer_name": None},
+        "lrp": {},
+    }
+)
 #: parameters every LRP method takes: the rule of the last conv/dense layer (a hidden-rule name
 #: such as ``'epsilon_0_1'``; None for the hidden rule)
 _LRP_COMMON = ("last_rule",)
 
 #: keyword aliases accepted for a parameter
-_KWARG_ALIASES = MappingProxyType({
-    "baseline": "reference",
-    "reference_inputs": "reference",
-    "augment_by_n": "num_samples",
-    "noise_scale": "noise_level",
-    "target_layer": "layer_name",
-    "last_conv_layer_name": "layer_name",
-})
+_KWARG_ALIASES = MappingProxyType(
+    {
+        "baseline": "reference",
+        "reference_inputs": "reference",
+        "augment_by_n": "num_samples",
+        "noise_scale": "noise_level",
+        "target_layer": "layer_name",
+        "last_conv_layer_name": "layer_name",
+    }
+)
 
 #: names of the methods without a syntax of their own -> their family
-SIMPLE_BASES = MappingProxyType({
-    "gradient": "gradient",
-    "guided_backprop": "guided_backprop",
-    "deconvnet": "deconvnet",
-    "smoothgrad": "smoothgrad",
-    "vargrad": "vargrad",
-    "integrated_gradients": "integrated_gradients",
-    "deeplift_method": "deeplift",
-    "deeplift": "deeplift",
-    "random_uniform": "random_uniform",
-    "input": "input",
-})
+SIMPLE_BASES = MappingProxyType(
+    {
+        "gradient": "gradient",
+        "guided_backprop": "guided_backprop",
+        "deconvnet": "deconvnet",
+        "smoothgrad": "smoothgrad",
+        "vargrad": "vargrad",
+        "integrated_gradients": "integrated_gradients",
+        "deeplift_method": "deeplift",
+        "deeplift": "deeplift",
+        "random_uniform": "random_uniform",
+        "input": "input",
+    }
+)
 
-_POST_RE = re.compile(
-    rf"^(?P<base>.+?)(?P<x_input>_x_input)?(?P<x_sign>_x_sign(?:_mu(?P<post_mu>_{_NUMBER})?)?)?$")
-_GRADCAM_RE = re.compile(
-    r"^(?P<guided>guided_)?grad_cam(?P<timeseries>_timeseries)?(?:_(?P<preset>[A-Za-z0-9]+))?$")
+_POST_RE = re.compile(rf"^(?P<base>.+?)(?P<x_input>_x_input)?(?P<x_sign>_x_sign(?:_mu(?P<post_mu>_{_NUMBER})?)?)?$")
+_GRADCAM_RE = re.compile(r"^(?P<guided>guided_)?grad_cam(?P<timeseries>_timeseries)?(?:_(?P<preset>[A-Za-z0-9]+))?$")
 _LRP_RE = re.compile(
     rf"^(?P<prefix>{'|'.join(LRP_PREFIXES)})_(?P<rule>"
     rf"z_plus_fast|z_plus|z|epsilon(?:_(?P<eps>{_NUMBER})(?P<std_x>_std_x)?)?"
     rf"|alpha_beta|alpha_(?P<alpha>{_NUMBER})_beta_(?P<beta>{_NUMBER})"
     rf"|gamma(?:_(?P<gamma>{_NUMBER}))?|flat|w_square|sequential_composite_[ab]|deep_taylor)"
-    rf"(?P<ib>_ib)?(?:_mu_(?P<mu>{_NUMBER}))?(?:_(?P<preset>VGG16ILSVRC))?$")
+    rf"(?P<ib>_ib)?(?:_mu_(?P<mu>{_NUMBER}))?(?:_(?P<preset>VGG16ILSVRC))?$"
+)
 
 
 def _number(text: str) -> float:
@@ -170,6 +187,7 @@ class MethodSpec:
     batchnorm: str = "exact"
 
     def __getitem__(self, key: str) -> Any:
+        """The parameter ``key`` (``spec[key]`` is ``spec.params[key]``)."""
         return self.params[key]
 
 
@@ -188,12 +206,29 @@ def known_names() -> list[str]:
 def _vocabulary() -> tuple[str, ...]:
     bases = list(SIMPLE_BASES) + ["grad_cam", "grad_cam_timeseries", "guided_grad_cam"]
     bases += [f"grad_cam_{p}" for p in GRADCAM_PRESETS] + [f"guided_grad_cam_{p}" for p in GRADCAM_PRESETS]
-    rule_examples = ["z", "z_ib", "z_plus", "z_plus_fast", "epsilon_0_1", "epsilon_0_1_ib",
-                     "epsilon_0_1_std_x", "alpha_1_beta_0", "alpha_2_beta_1", "alpha_2_beta_1_ib",
-                     "gamma", "flat", "w_square", "sequential_composite_a", "sequential_composite_b",
-                     "deep_taylor"]
-    bases += [f"{prefix}_{rule}" + ("_VGG16ILSVRC" if LRP_PREFIXES[prefix] == "zbox" else "")
-              for prefix in LRP_PREFIXES for rule in rule_examples]
+    rule_examples = [
+        "z",
+        "z_ib",
+        "z_plus",
+        "z_plus_fast",
+        "epsilon_0_1",
+        "epsilon_0_1_ib",
+        "epsilon_0_1_std_x",
+        "alpha_1_beta_0",
+        "alpha_2_beta_1",
+        "alpha_2_beta_1_ib",
+        "gamma",
+        "flat",
+        "w_square",
+        "sequential_composite_a",
+        "sequential_composite_b",
+        "deep_taylor",
+    ]
+    bases += [
+        f"{prefix}_{rule}" + ("_VGG16ILSVRC" if LRP_PREFIXES[prefix] == "zbox" else "")
+        for prefix in LRP_PREFIXES
+        for rule in rule_examples
+    ]
     names = bases + [f"{n}{post}" for n in bases for post in ("_x_input", "_x_sign", "_x_input_x_sign")]
     names += list(ALIASES)
     _BUILDING.vocabulary = True
@@ -221,8 +256,7 @@ def _unknown(name: str, why: str = "") -> ValueError:
         vocabulary: dict[str, str] = {}
         for known in _vocabulary():
             vocabulary.setdefault(known.lower(), known)
-        close = [vocabulary[c] for c in difflib.get_close_matches(name.lower(), list(vocabulary),
-                                                                  n=5, cutoff=0.5)]
+        close = [vocabulary[c] for c in difflib.get_close_matches(name.lower(), list(vocabulary), n=5, cutoff=0.5)]
     hint = f" Closest valid names: {', '.join(close)}." if close else ""
     return ValueError(f"Unknown method name {name!r}{': ' + why if why else ''}.{hint}")
 
@@ -237,8 +271,7 @@ def _parse_base(base: str, full: str) -> tuple[str, str | None, str | None, dict
         preset = match["preset"]
         if preset is not None:
             if preset not in GRADCAM_PRESETS:
-                raise _unknown(full, f"unknown Grad-CAM preset {preset!r} "
-                                     f"(known: {', '.join(GRADCAM_PRESETS)})")
+                raise _unknown(full, f"unknown Grad-CAM preset {preset!r} (known: {', '.join(GRADCAM_PRESETS)})")
             params["layer_name"] = GRADCAM_PRESETS[preset]
         if match["timeseries"]:
             params["timeseries"] = True
@@ -269,8 +302,10 @@ def _parse_base(base: str, full: str) -> tuple[str, str | None, str | None, dict
     if match["ib"]:
         if "bias" not in LRP_RULES[rule]:
             biased = ", ".join(name for name, keys in LRP_RULES.items() if "bias" in keys)
-            raise _unknown(full, f"'_ib' (ignore bias) only applies to rules with a bias term ({biased}); "
-                                 f"{rule} has no bias variant")
+            raise _unknown(
+                full,
+                f"'_ib' (ignore bias) only applies to rules with a bias term ({biased}); {rule} has no bias variant",
+            )
         params["bias"] = False
     input_rule = LRP_PREFIXES[match["prefix"]]
     if match["mu"] is not None:
@@ -332,6 +367,7 @@ def parse(name: str, **kwargs: Any) -> MethodSpec:
 
     merged = dict(FAMILY_PARAMS[family])
     if family == "lrp":
+        assert rule is not None  # every LRP method names its rule
         merged.update(HIDDEN_RULES[rule].params)
         merged.update(INPUT_RULES[input_rule].params if input_rule is not None else {})
         merged.update(dict.fromkeys(_LRP_COMMON))
@@ -352,35 +388,36 @@ def parse(name: str, **kwargs: Any) -> MethodSpec:
             key = "post_mu"
         if key not in merged:
             accepted = sorted(k for k in merged if k != "post_mu")
-            raise ValueError(f"method {name!r} does not take the parameter {key!r}; "
-                             f"it takes: {', '.join(accepted) or 'no parameters'}")
+            raise ValueError(
+                f"method {name!r} does not take the parameter {key!r}; "
+                f"it takes: {', '.join(accepted) or 'no parameters'}"
+            )
         merged[key] = value
     _check_params(name, family, rule, input_rule, merged)
-    return MethodSpec(name=name, family=family, rule=rule, input_rule=input_rule,
-                      params=MappingProxyType(merged), post=tuple(post))
+    return MethodSpec(
+        name=name, family=family, rule=rule, input_rule=input_rule, params=MappingProxyType(merged), post=tuple(post)
+    )
 
 
-def _check_params(name: str, family: str, rule: str | None, input_rule: str | None,
-                  params: dict[str, Any]) -> None:
+def _check_params(name: str, family: str, rule: str | None, input_rule: str | None, params: dict[str, Any]) -> None:
     """Reject missing or out-of-range parameters with a message naming them."""
     if family == "lrp":
         if params["last_rule"] is not None:
             last = parse(f"lrp_{params['last_rule']}")
             if last.rule in ("sequential_composite_a", "sequential_composite_b", "deep_taylor"):
                 raise ValueError(f"method {name!r}: last_rule must be a single rule, got {params['last_rule']!r}")
+        assert rule is not None  # every LRP method names its rule
         for key in LRP_RULES[rule]:
             if params.get(key) is None:
-                raise ValueError(f"method {name!r} needs the parameter {key}= "
-                                 f"(e.g. {name}_0_1, or pass {key}=0.1)")
+                raise ValueError(f"method {name!r} needs the parameter {key}= (e.g. {name}_0_1, or pass {key}=0.1)")
         if rule == "epsilon" and not params["epsilon"] >= 0:
             raise ValueError(f"method {name!r}: epsilon must be >= 0, got {params['epsilon']}")
-        if rule == "alpha_beta" and not math.isclose(params["alpha"] - params["beta"], 1.0,
-                                                      rel_tol=0.0, abs_tol=1e-9):
-            raise ValueError(f"method {name!r}: alpha - beta must be 1 (alpha={params['alpha']}, "
-                             f"beta={params['beta']})")
+        if rule == "alpha_beta" and not math.isclose(params["alpha"] - params["beta"], 1.0, rel_tol=0.0, abs_tol=1e-9):
+            raise ValueError(
+                f"method {name!r}: alpha - beta must be 1 (alpha={params['alpha']}, beta={params['beta']})"
+            )
         if input_rule == "zbox" and (params["low"] is None or params["high"] is None):
-            raise ValueError(f"method {name!r}: the Z-box input rule needs low= and high= "
-                             f"(or the _VGG16ILSVRC preset)")
+            raise ValueError(f"method {name!r}: the Z-box input rule needs low= and high= (or the _VGG16ILSVRC preset)")
     for key in ("num_samples", "steps", "batch_size"):
         if key in params and (not isinstance(params[key], int) or params[key] < 1):
             raise ValueError(f"method {name!r}: {key} must be a positive int, got {params[key]!r}")

@@ -56,15 +56,17 @@ An activation with a Keras ``Activation`` spelling fuses into the kernel layer b
 Keras ``Conv2D(..., activation=...)``) when its input is that kernel node's output, possibly
 through eval-mode identities (dropout, ``nn.Identity``), and that output has no other consumer.
 """
+
 from __future__ import annotations
 
 import builtins
 import operator
 import threading
 import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, cast
 
 import torch
 import torch.fx as fx
@@ -74,9 +76,25 @@ from torch import nn
 from ..utils import NoSoftmaxWrapper
 from .private import is_view
 
-__all__ = ["UnsupportedLayerError", "Add", "Mean", "Kind", "Activation", "Node", "ModelGraph", "model_graph", "activation_of_module",
-           "kind_of_module", "KIND_NAMES", "KERNEL_KINDS", "ACTIVATIONS", "MODULE_KINDS",
-           "FUNCTION_KINDS", "METHOD_KINDS", "activation_functions"]
+__all__ = [
+    "UnsupportedLayerError",
+    "Add",
+    "Mean",
+    "Kind",
+    "Activation",
+    "Node",
+    "ModelGraph",
+    "model_graph",
+    "activation_of_module",
+    "kind_of_module",
+    "KIND_NAMES",
+    "KERNEL_KINDS",
+    "ACTIVATIONS",
+    "MODULE_KINDS",
+    "FUNCTION_KINDS",
+    "METHOD_KINDS",
+    "activation_functions",
+]
 
 
 class UnsupportedLayerError(NotImplementedError):
@@ -89,6 +107,7 @@ class Add(nn.Module):
     model's forward as a module of its own (see :mod:`.modular`)."""
 
     def forward(self, *terms: torch.Tensor) -> torch.Tensor:
+        """``terms[0] + terms[1] + ...``."""
         total = terms[0]
         for term in terms[1:]:
             total = total + term
@@ -107,17 +126,19 @@ class Mean(nn.Module):
         The node, for the error about a mean over the batch or channel axis.
     """
 
-    def __init__(self, dim, keepdim: bool = False, label: str = "") -> None:
+    def __init__(self, dim: int | tuple[int, ...] | list[int], keepdim: bool = False, label: str = "") -> None:
         super().__init__()
         self.dim = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
         self.keepdim, self.label = bool(keepdim), label
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of ``x`` over :attr:`dim`; refused over the batch or channel axis."""
         axes = {d % x.ndim for d in self.dim}
         if x.ndim < 3 or axes & {0, 1}:
             raise UnsupportedLayerError(
                 f"the mean at {self.label} runs over axes {sorted(axes)} of a rank-{x.ndim} tensor; "
-                f"only a mean over spatial axes (2 and up: global average pooling) is a layer with a rule")
+                f"only a mean over spatial axes (2 and up: global average pooling) is a layer with a rule"
+            )
         return x.mean(dim=self.dim, keepdim=self.keepdim)
 
 
@@ -131,31 +152,36 @@ class Kind:
 
 
 #: every kind, by name
-KINDS: Mapping[str, Kind] = MappingProxyType({kind.name: kind for kind in (
-    Kind("input", "none"),
-    Kind("output", "none"),
-    Kind("meta", "none"),               # shape arithmetic: x.size(0), x.shape, ...
-    Kind("conv", "rule"),
-    Kind("conv_transpose", "rule"),
-    Kind("linear", "rule"),
-    Kind("batchnorm", "batchnorm"),
-    Kind("add", "z"),
-    Kind("avg_pool", "z"),
-    Kind("mean", "z"),                  # mean over spatial axes (global average pooling)
-    Kind("concat", "gradient"),
-    Kind("gate", "gradient"),           # product of two tensors
-    Kind("max_pool", "gradient"),
-    Kind("upsample", "gradient"),
-    Kind("pad", "gradient"),
-    Kind("split", "gradient"),          # chunk/split into a tuple
-    Kind("getitem", "gradient"),        # an item of a split, or a slice
-    Kind("softmax", "gradient"),
-    Kind("reshape", "gradient", reshape=True),
-    Kind("identity", "gradient", reshape=True),   # dropout, nn.Identity: identities in eval mode
-    Kind("activation", "activation"),
-    Kind("attribute", "unsupported"),   # a parameter or buffer used outside its module
-    Kind("unknown", "unsupported"),
-)})
+KINDS: Mapping[str, Kind] = MappingProxyType(
+    {
+        kind.name: kind
+        for kind in (
+            Kind("input", "none"),
+            Kind("output", "none"),
+            Kind("meta", "none"),  # shape arithmetic: x.size(0), x.shape, ...
+            Kind("conv", "rule"),
+            Kind("conv_transpose", "rule"),
+            Kind("linear", "rule"),
+            Kind("batchnorm", "batchnorm"),
+            Kind("add", "z"),
+            Kind("avg_pool", "z"),
+            Kind("mean", "z"),  # mean over spatial axes (global average pooling)
+            Kind("concat", "gradient"),
+            Kind("gate", "gradient"),  # product of two tensors
+            Kind("max_pool", "gradient"),
+            Kind("upsample", "gradient"),
+            Kind("pad", "gradient"),
+            Kind("split", "gradient"),  # chunk/split into a tuple
+            Kind("getitem", "gradient"),  # an item of a split, or a slice
+            Kind("softmax", "gradient"),
+            Kind("reshape", "gradient", reshape=True),
+            Kind("identity", "gradient", reshape=True),  # dropout, nn.Identity: identities in eval mode
+            Kind("activation", "activation"),
+            Kind("attribute", "unsupported"),  # a parameter or buffer used outside its module
+            Kind("unknown", "unsupported"),
+        )
+    }
+)
 KIND_NAMES = tuple(KINDS)
 #: kinds of the layers that carry a kernel (the analyzer's rule applies to them)
 KERNEL_KINDS = frozenset({"conv", "conv_transpose", "linear"})
@@ -183,7 +209,7 @@ class Activation:
 
     name: str
     relu_like: bool
-    keras_layer: Optional[str]
+    keras_layer: str | None
     keras_config: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -198,15 +224,15 @@ def _keras_activation(name: str) -> Callable[..., tuple]:
     return lambda **_: ("Activation", {"activation": name})
 
 
-def _elu(alpha: float = 1.0, **_) -> tuple:
+def _elu(alpha: float = 1.0, **_: Any) -> tuple:
     return ("Activation", {"activation": "elu"}) if alpha == 1.0 else ("ELU", {"alpha": float(alpha)})
 
 
-def _gelu(approximate: str = "none", **_) -> tuple:
+def _gelu(approximate: str = "none", **_: Any) -> tuple:
     return ("Activation", {"activation": "gelu"}) if approximate == "none" else (None, {})
 
 
-def _softplus(beta: float = 1.0, **_) -> tuple:
+def _softplus(beta: float = 1.0, **_: Any) -> tuple:
     return ("Activation", {"activation": "softplus"}) if beta == 1.0 else (None, {})
 
 
@@ -215,25 +241,27 @@ def _softplus(beta: float = 1.0, **_) -> tuple:
 #: ``Activation('swish')`` (EfficientNet); MobileNetV3 builds hard-swish from ``ReLU(6.)`` and
 #: operator layers iNNvestigate rejects, so hard-swish and hard-sigmoid have no spelling (their
 #: relevance is their gradient, as that composite's would be)
-ACTIVATIONS: Mapping[str, tuple[bool, Callable[..., tuple]]] = MappingProxyType({
-    "relu": (True, _keras_activation("relu")),
-    "relu6": (True, lambda **_: ("ReLU", {"max_value": 6.0})),
-    "silu": (False, _keras_activation("swish")),
-    "sigmoid": (False, _keras_activation("sigmoid")),
-    "tanh": (False, _keras_activation("tanh")),
-    "leaky_relu": (False, lambda negative_slope=0.01, **_: ("LeakyReLU", {"alpha": float(negative_slope)})),
-    "elu": (False, _elu),
-    "gelu": (False, _gelu),
-    "softplus": (False, _softplus),
-    "hardswish": (False, lambda **_: (None, {})),
-    "hardsigmoid": (False, lambda **_: (None, {})),
-    "selu": (False, _keras_activation("selu")),
-    "softsign": (False, _keras_activation("softsign")),
-    "prelu": (False, lambda **_: (None, {})),
-    "celu": (False, lambda **_: (None, {})),
-    "mish": (False, lambda **_: (None, {})),
-    "hardtanh": (False, lambda **_: (None, {})),
-})
+ACTIVATIONS: Mapping[str, tuple[bool, Callable[..., tuple]]] = MappingProxyType(
+    {
+        "relu": (True, _keras_activation("relu")),
+        "relu6": (True, lambda **_: ("ReLU", {"max_value": 6.0})),
+        "silu": (False, _keras_activation("swish")),
+        "sigmoid": (False, _keras_activation("sigmoid")),
+        "tanh": (False, _keras_activation("tanh")),
+        "leaky_relu": (False, lambda negative_slope=0.01, **_: ("LeakyReLU", {"alpha": float(negative_slope)})),
+        "elu": (False, _elu),
+        "gelu": (False, _gelu),
+        "softplus": (False, _softplus),
+        "hardswish": (False, lambda **_: (None, {})),
+        "hardsigmoid": (False, lambda **_: (None, {})),
+        "selu": (False, _keras_activation("selu")),
+        "softsign": (False, _keras_activation("softsign")),
+        "prelu": (False, lambda **_: (None, {})),
+        "celu": (False, lambda **_: (None, {})),
+        "mish": (False, lambda **_: (None, {})),
+        "hardtanh": (False, lambda **_: (None, {})),
+    }
+)
 
 
 def make_activation(name: str, **params: Any) -> Activation:
@@ -246,90 +274,187 @@ def make_activation(name: str, **params: Any) -> Activation:
 _KIND = KINDS.__getitem__
 
 #: module classes -> kind (subclasses match too; the most derived class listed wins)
-MODULE_KINDS: Mapping[type, Kind] = MappingProxyType({
-    **{cls: _KIND("conv") for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d)},
-    **{cls: _KIND("conv_transpose") for cls in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)},
-    nn.Linear: _KIND("linear"),
-    **{cls: _KIND("batchnorm") for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)},
-    **{cls: _KIND("avg_pool") for cls in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-                                          nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)},
-    **{cls: _KIND("max_pool") for cls in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
-                                          nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)},
-    **{cls: _KIND("upsample") for cls in (nn.Upsample, nn.UpsamplingNearest2d)},
-    **{cls: _KIND("pad") for cls in (nn.ZeroPad1d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d)},
-    **{cls: _KIND("reshape") for cls in (nn.Flatten, nn.Unflatten)},
-    **{cls: _KIND("identity") for cls in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-                                          nn.AlphaDropout, nn.Identity)},
-    **{cls: _KIND("softmax") for cls in (nn.Softmax, nn.LogSoftmax)},
-    Add: _KIND("add"),
-    Mean: _KIND("mean"),
-    **{cls: _KIND("activation") for cls in (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU,
-                                            nn.ELU, nn.GELU, nn.Softplus, nn.Hardswish, nn.Hardsigmoid,
-                                            nn.SELU, nn.Softsign, nn.PReLU, nn.CELU, nn.Mish, nn.Hardtanh)},
-})
+MODULE_KINDS: Mapping[type, Kind] = MappingProxyType(
+    {
+        **{cls: _KIND("conv") for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d)},
+        **{cls: _KIND("conv_transpose") for cls in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)},
+        nn.Linear: _KIND("linear"),
+        **{cls: _KIND("batchnorm") for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)},
+        **{
+            cls: _KIND("avg_pool")
+            for cls in (
+                nn.AvgPool1d,
+                nn.AvgPool2d,
+                nn.AvgPool3d,
+                nn.AdaptiveAvgPool1d,
+                nn.AdaptiveAvgPool2d,
+                nn.AdaptiveAvgPool3d,
+            )
+        },
+        **{
+            cls: _KIND("max_pool")
+            for cls in (
+                nn.MaxPool1d,
+                nn.MaxPool2d,
+                nn.MaxPool3d,
+                nn.AdaptiveMaxPool1d,
+                nn.AdaptiveMaxPool2d,
+                nn.AdaptiveMaxPool3d,
+            )
+        },
+        **{cls: _KIND("upsample") for cls in (nn.Upsample, nn.UpsamplingNearest2d)},
+        **{cls: _KIND("pad") for cls in (nn.ZeroPad1d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d)},
+        **{cls: _KIND("reshape") for cls in (nn.Flatten, nn.Unflatten)},
+        **{
+            cls: _KIND("identity")
+            for cls in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
+        },
+        **{cls: _KIND("softmax") for cls in (nn.Softmax, nn.LogSoftmax)},
+        Add: _KIND("add"),
+        Mean: _KIND("mean"),
+        **{
+            cls: _KIND("activation")
+            for cls in (
+                nn.ReLU,
+                nn.ReLU6,
+                nn.SiLU,
+                nn.Sigmoid,
+                nn.Tanh,
+                nn.LeakyReLU,
+                nn.ELU,
+                nn.GELU,
+                nn.Softplus,
+                nn.Hardswish,
+                nn.Hardsigmoid,
+                nn.SELU,
+                nn.Softsign,
+                nn.PReLU,
+                nn.CELU,
+                nn.Mish,
+                nn.Hardtanh,
+            )
+        },
+    }
+)
 
 #: functions (``call_function`` targets) -> kind
-FUNCTION_KINDS: Mapping[Any, Kind] = MappingProxyType({
-    **{fn: _KIND("add") for fn in (operator.add, operator.iadd, torch.add)},
-    **{fn: _KIND("gate") for fn in (operator.mul, operator.imul, torch.mul)},
-    **{fn: _KIND("concat") for fn in (torch.cat, torch.concat, torch.concatenate)},
-    **{fn: _KIND("reshape") for fn in (torch.flatten, torch.reshape, torch.permute, torch.transpose,
-                                       torch.squeeze, torch.unsqueeze)},
-    **{fn: _KIND("split") for fn in (torch.chunk, torch.split)},
-    operator.getitem: _KIND("getitem"),
-    builtins.getattr: _KIND("meta"),
-    **{fn: _KIND("avg_pool") for fn in (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
-                                        F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)},
-    **{fn: _KIND("max_pool") for fn in (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
-                                        F.adaptive_max_pool2d)},
-    torch.mean: _KIND("mean"),
-    F.interpolate: _KIND("upsample"),
-    F.pad: _KIND("pad"),
-    **{fn: _KIND("identity") for fn in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout)},
-    **{fn: _KIND("softmax") for fn in (F.softmax, torch.softmax, F.log_softmax, torch.log_softmax)},
-    **{fn: _KIND("activation") for fn in (F.relu, torch.relu, F.relu_, torch.relu_, F.relu6, F.silu,
-                                          torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.leaky_relu,
-                                          F.elu, F.gelu, F.softplus, F.hardswish, F.hardsigmoid)},
-})
+FUNCTION_KINDS: Mapping[Any, Kind] = MappingProxyType(
+    {
+        **{fn: _KIND("add") for fn in (operator.add, operator.iadd, torch.add)},
+        **{fn: _KIND("gate") for fn in (operator.mul, operator.imul, torch.mul)},
+        **{fn: _KIND("concat") for fn in (torch.cat, torch.concat, torch.concatenate)},
+        **{
+            fn: _KIND("reshape")
+            for fn in (torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze)
+        },
+        **{fn: _KIND("split") for fn in (torch.chunk, torch.split)},
+        operator.getitem: _KIND("getitem"),
+        builtins.getattr: _KIND("meta"),
+        **{
+            fn: _KIND("avg_pool")
+            for fn in (
+                F.avg_pool1d,
+                F.avg_pool2d,
+                F.avg_pool3d,
+                F.adaptive_avg_pool1d,
+                F.adaptive_avg_pool2d,
+                F.adaptive_avg_pool3d,
+            )
+        },
+        **{
+            fn: _KIND("max_pool")
+            for fn in (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d)
+        },
+        torch.mean: _KIND("mean"),
+        F.interpolate: _KIND("upsample"),
+        F.pad: _KIND("pad"),
+        **{fn: _KIND("identity") for fn in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout)},
+        **{fn: _KIND("softmax") for fn in (F.softmax, torch.softmax, F.log_softmax, torch.log_softmax)},
+        **{
+            fn: _KIND("activation")
+            for fn in (
+                F.relu,
+                torch.relu,
+                F.relu_,
+                torch.relu_,
+                F.relu6,
+                F.silu,
+                torch.sigmoid,
+                F.sigmoid,
+                torch.tanh,
+                F.tanh,
+                F.leaky_relu,
+                F.elu,
+                F.gelu,
+                F.softplus,
+                F.hardswish,
+                F.hardsigmoid,
+            )
+        },
+    }
+)
 
 #: tensor methods (``call_method`` targets) -> kind
-METHOD_KINDS: Mapping[str, Kind] = MappingProxyType({
-    **{name: _KIND("add") for name in ("add", "add_", "__add__", "__iadd__")},
-    **{name: _KIND("gate") for name in ("mul", "mul_")},
-    **{name: _KIND("reshape") for name in ("flatten", "view", "reshape", "permute", "transpose",
-                                           "squeeze", "unsqueeze", "contiguous")},
-    **{name: _KIND("split") for name in ("chunk", "split")},
-    **{name: _KIND("meta") for name in ("size", "dim", "numel")},
-    "mean": _KIND("mean"),
-    **{name: _KIND("softmax") for name in ("softmax", "log_softmax")},
-    **{name: _KIND("activation") for name in ("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_")},
-})
+METHOD_KINDS: Mapping[str, Kind] = MappingProxyType(
+    {
+        **{name: _KIND("add") for name in ("add", "add_", "__add__", "__iadd__")},
+        **{name: _KIND("gate") for name in ("mul", "mul_")},
+        **{
+            name: _KIND("reshape")
+            for name in ("flatten", "view", "reshape", "permute", "transpose", "squeeze", "unsqueeze", "contiguous")
+        },
+        **{name: _KIND("split") for name in ("chunk", "split")},
+        **{name: _KIND("meta") for name in ("size", "dim", "numel")},
+        "mean": _KIND("mean"),
+        **{name: _KIND("softmax") for name in ("softmax", "log_softmax")},
+        **{name: _KIND("activation") for name in ("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_")},
+    }
+)
 
 #: activation modules -> activation name and the attributes that are its parameters
-_MODULE_ACTIVATIONS: Mapping[type, tuple[str, tuple[str, ...]]] = MappingProxyType({
-    nn.ReLU: ("relu", ()), nn.ReLU6: ("relu6", ()), nn.SiLU: ("silu", ()), nn.Sigmoid: ("sigmoid", ()),
-    nn.Tanh: ("tanh", ()), nn.LeakyReLU: ("leaky_relu", ("negative_slope",)), nn.ELU: ("elu", ("alpha",)),
-    nn.GELU: ("gelu", ("approximate",)), nn.Softplus: ("softplus", ("beta",)),
-    nn.Hardswish: ("hardswish", ()), nn.Hardsigmoid: ("hardsigmoid", ()), nn.SELU: ("selu", ()),
-    nn.Softsign: ("softsign", ()), nn.PReLU: ("prelu", ()), nn.CELU: ("celu", ()), nn.Mish: ("mish", ()),
-    nn.Hardtanh: ("hardtanh", ()),
-})
+_MODULE_ACTIVATIONS: Mapping[type, tuple[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        nn.ReLU: ("relu", ()),
+        nn.ReLU6: ("relu6", ()),
+        nn.SiLU: ("silu", ()),
+        nn.Sigmoid: ("sigmoid", ()),
+        nn.Tanh: ("tanh", ()),
+        nn.LeakyReLU: ("leaky_relu", ("negative_slope",)),
+        nn.ELU: ("elu", ("alpha",)),
+        nn.GELU: ("gelu", ("approximate",)),
+        nn.Softplus: ("softplus", ("beta",)),
+        nn.Hardswish: ("hardswish", ()),
+        nn.Hardsigmoid: ("hardsigmoid", ()),
+        nn.SELU: ("selu", ()),
+        nn.Softsign: ("softsign", ()),
+        nn.PReLU: ("prelu", ()),
+        nn.CELU: ("celu", ()),
+        nn.Mish: ("mish", ()),
+        nn.Hardtanh: ("hardtanh", ()),
+    }
+)
 #: activation functions and methods -> activation name and (position, keyword) of its parameter
-_CALL_ACTIVATIONS: Mapping[Any, tuple[str, Optional[tuple[int, str]]]] = MappingProxyType({
-    **{fn: ("relu", None) for fn in (F.relu, torch.relu, F.relu_, torch.relu_, "relu", "relu_")},
-    F.relu6: ("relu6", None), F.silu: ("silu", None),
-    **{fn: ("sigmoid", None) for fn in (torch.sigmoid, F.sigmoid, "sigmoid", "sigmoid_")},
-    **{fn: ("tanh", None) for fn in (torch.tanh, F.tanh, "tanh", "tanh_")},
-    F.leaky_relu: ("leaky_relu", (1, "negative_slope")), F.elu: ("elu", (1, "alpha")),
-    F.gelu: ("gelu", (1, "approximate")), F.softplus: ("softplus", (1, "beta")),
-    F.hardswish: ("hardswish", None), F.hardsigmoid: ("hardsigmoid", None),
-})
+_CALL_ACTIVATIONS: Mapping[Any, tuple[str, tuple[int, str] | None]] = MappingProxyType(
+    {
+        **{fn: ("relu", None) for fn in (F.relu, torch.relu, F.relu_, torch.relu_, "relu", "relu_")},
+        F.relu6: ("relu6", None),
+        F.silu: ("silu", None),
+        **{fn: ("sigmoid", None) for fn in (torch.sigmoid, F.sigmoid, "sigmoid", "sigmoid_")},
+        **{fn: ("tanh", None) for fn in (torch.tanh, F.tanh, "tanh", "tanh_")},
+        F.leaky_relu: ("leaky_relu", (1, "negative_slope")),
+        F.elu: ("elu", (1, "alpha")),
+        F.gelu: ("gelu", (1, "approximate")),
+        F.softplus: ("softplus", (1, "beta")),
+        F.hardswish: ("hardswish", None),
+        F.hardsigmoid: ("hardsigmoid", None),
+    }
+)
 #: functions of other packages, by (module, name): torchvision's stochastic depth is an identity
 #: in eval mode
 _EXTERNAL_KINDS = MappingProxyType({("torchvision.ops.stochastic_depth", "stochastic_depth"): _KIND("identity")})
 
 
-def activation_functions(relu_like: Optional[bool] = None) -> frozenset:
+def activation_functions(relu_like: bool | None = None) -> frozenset:
     """The activation functions and tensor methods (as ``torch.Tensor`` attributes, the way
     ``__torch_function__`` sees them) of the table; only the ReLU-like ones (``relu_like=True``)
     or only the others (``False``)."""
@@ -348,7 +473,7 @@ def kind_of_module(module: nn.Module) -> Kind:
     return KINDS["unknown"]
 
 
-def activation_of_module(module: nn.Module) -> Optional[Activation]:
+def activation_of_module(module: nn.Module) -> Activation | None:
     """The :class:`Activation` of an activation module, or None for any other module."""
     for cls in type(module).__mro__:
         if cls in _MODULE_ACTIVATIONS:
@@ -359,18 +484,18 @@ def activation_of_module(module: nn.Module) -> Optional[Activation]:
 
 def _kind_of_call(node: fx.Node) -> Kind:
     if node.op == "call_method":
-        return METHOD_KINDS.get(node.target, KINDS["unknown"])
+        return METHOD_KINDS.get(cast(str, node.target), KINDS["unknown"])  # a method name
     target = node.target
     try:
         if target in FUNCTION_KINDS:
             return FUNCTION_KINDS[target]
     except TypeError:  # an unhashable target
         return KINDS["unknown"]
-    key = (getattr(target, "__module__", None), getattr(target, "__name__", None))
+    key = (getattr(target, "__module__", ""), getattr(target, "__name__", ""))
     return _EXTERNAL_KINDS.get(key, KINDS["unknown"])
 
 
-def _activation_of_call(node: fx.Node) -> Optional[Activation]:
+def _activation_of_call(node: fx.Node) -> Activation | None:
     entry = _CALL_ACTIVATIONS.get(node.target)
     if entry is None:
         return None
@@ -394,10 +519,10 @@ class Node:
     target: Any
     kind: Kind
     inputs: tuple[str, ...]
-    module: Optional[nn.Module] = None
-    activation: Optional[Activation] = None
-    fused_into: Optional[str] = None
-    fx: Optional[fx.Node] = field(default=None, repr=False)
+    module: nn.Module | None = None
+    activation: Activation | None = None
+    fused_into: str | None = None
+    fx: fx.Node = field(kw_only=True, repr=False)
 
     @property
     def label(self) -> str:
@@ -416,8 +541,11 @@ class ModelGraph:
     module: fx.GraphModule = field(repr=False)
     input_layers: frozenset = frozenset()
     last_layers: frozenset = frozenset()
+    _index: dict[str, Node] = field(init=False, repr=False)
+    _users: dict[str, tuple[Node, ...]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        """Index the nodes by name and by the nodes they feed."""
         index = {node.name: node for node in self.nodes}
         users: dict[str, list[Node]] = {node.name: [] for node in self.nodes}
         for node in self.nodes:
@@ -427,6 +555,7 @@ class ModelGraph:
         object.__setattr__(self, "_users", {name: tuple(nodes) for name, nodes in users.items()})
 
     def __getitem__(self, name: str) -> Node:
+        """The node named ``name``."""
         return self._index[name]
 
     def consumers(self, name: str) -> tuple[Node, ...]:
@@ -440,7 +569,12 @@ class ModelGraph:
 
 def _tensor_inputs(node: fx.Node, meta: set) -> tuple[str, ...]:
     names: list[str] = []
-    fx.node.map_arg((node.args, node.kwargs), lambda n: names.append(n.name) or n)
+
+    def collect(n: fx.Node) -> fx.Node:
+        names.append(n.name)
+        return n
+
+    fx.node.map_arg((node.args, node.kwargs), collect)
     return tuple(name for name in names if name not in meta)
 
 
@@ -452,7 +586,7 @@ def _strip_softmax(traced: fx.Graph, modules: Mapping[str, nn.Module]) -> None:
     if not isinstance(last, fx.Node) or not last.args:
         return
     if last.op == "call_module":
-        kind = kind_of_module(modules[last.target])
+        kind = kind_of_module(modules[cast(str, last.target)])  # a module path
     elif last.op in ("call_function", "call_method"):
         kind = _kind_of_call(last)
     else:
@@ -472,9 +606,10 @@ class _Tracer(fx.Tracer):
     here calls from other threads run the module as it is (the patches are then transparent to
     them). Traces run one at a time (one trace's patches would capture another's calls)."""
 
-    _thread: Optional[int] = None
+    _thread: int | None = None
 
-    def trace(self, root, concrete_args=None):
+    def trace(self, root: nn.Module | Callable[..., Any], concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        """``fx.Tracer.trace``, one trace at a time, recording the tracing thread."""
         with _TRACE_LOCK:
             self._thread = threading.get_ident()
             try:
@@ -482,18 +617,22 @@ class _Tracer(fx.Tracer):
             finally:
                 self._thread = None
 
-    def call_module(self, m, forward, args, kwargs):
+    def call_module(
+        self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """``fx.Tracer.call_module`` in the tracing thread; other threads run the module."""
         if threading.get_ident() != self._thread:
             return forward(*args, **kwargs)
         return super().call_module(m, forward, args, kwargs)
 
-    def getattr(self, attr, attr_val, parameter_proxy_cache):
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        """``fx.Tracer.getattr`` in the tracing thread; other threads read the attribute."""
         if threading.get_ident() != self._thread:
             return attr_val
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
 
-def _build(model: nn.Module) -> Optional[ModelGraph]:
+def _build(model: nn.Module) -> ModelGraph | None:
     root = model.wrapped if isinstance(model, NoSoftmaxWrapper) else model
     if next(root.children(), None) is None:
         return None  # a single layer: fx would trace its functional body
@@ -522,12 +661,12 @@ def _build(model: nn.Module) -> Optional[ModelGraph]:
             kind = _kind_of_call(fx_node)
             activation = _activation_of_call(fx_node) if kind.name == "activation" else None
         inputs = _tensor_inputs(fx_node, meta)
-        if kind.name == "meta" or (fx_node.op not in ("placeholder", "get_attr", "output") and not inputs
-                                   and fx_node.all_input_nodes):
+        if kind.name == "meta" or (
+            fx_node.op not in ("placeholder", "get_attr", "output") and not inputs and fx_node.all_input_nodes
+        ):
             meta.add(fx_node.name)
             kind = KINDS["meta"]
-        nodes.append(Node(fx_node.name, fx_node.op, fx_node.target, kind, inputs, submodule, activation,
-                          fx=fx_node))
+        nodes.append(Node(fx_node.name, fx_node.op, fx_node.target, kind, inputs, submodule, activation, fx=fx_node))
     nodes = _with_fusion(nodes)
     return ModelGraph(tuple(nodes), module, _input_layers(nodes), _last_layers(nodes))
 
@@ -548,8 +687,12 @@ def _with_fusion(nodes: list[Node]) -> list[Node]:
             source = index[source.inputs[0]]
         if source.kind.name in KERNEL_KINDS and users[source.name] == 1 and source.name not in fused.values():
             fused[node.name] = source.name
-    return [Node(n.name, n.op, n.target, n.kind, n.inputs, n.module, n.activation, fused.get(n.name), n.fx)
-            if n.name in fused else n for n in nodes]
+    return [
+        Node(n.name, n.op, n.target, n.kind, n.inputs, n.module, n.activation, fused.get(n.name), fx=n.fx)
+        if n.name in fused
+        else n
+        for n in nodes
+    ]
 
 
 def _input_layers(nodes: list[Node]) -> frozenset:
@@ -561,8 +704,11 @@ def _input_layers(nodes: list[Node]) -> frozenset:
             return True
         return node.kind.reshape and bool(node.inputs) and all(from_input(i) for i in node.inputs)
 
-    return frozenset(node.name for node in nodes if node.kind.name in KERNEL_KINDS and node.inputs
-                     and all(from_input(i) for i in node.inputs))
+    return frozenset(
+        node.name
+        for node in nodes
+        if node.kind.name in KERNEL_KINDS and node.inputs and all(from_input(i) for i in node.inputs)
+    )
 
 
 def _last_layers(nodes: list[Node]) -> frozenset:
@@ -583,11 +729,11 @@ def _signature(model: nn.Module) -> tuple:
     return tuple((name, id(module), type(module), module.training) for name, module in model.named_modules())
 
 
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 _CACHE_LOCK = threading.Lock()
 
 
-def model_graph(model: nn.Module) -> Optional[ModelGraph]:
+def model_graph(model: nn.Module) -> ModelGraph | None:
     """The :class:`ModelGraph` of ``model``, or None when fx cannot trace it (see the module
     docstring); cached per model until its module tree changes."""
     with _CACHE_LOCK:

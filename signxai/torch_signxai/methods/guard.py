@@ -8,9 +8,11 @@ PyTorch keeps per thread: it is entered by the guarded model's own forward pre-h
 its forward hook (on a private view of the caller's model, see :mod:`.private`), so it sees the
 calls of that forward pass only, never another thread's.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 from torch.overrides import TorchFunctionMode
@@ -47,8 +49,14 @@ class OperationGuard(TorchFunctionMode):
         ``inside(module) -> bool``: modules whose own forward may call anything.
     """
 
-    def __init__(self, model: nn.Module, rejects: Callable, advice: str, method: str,
-                 inside: Callable[[nn.Module], bool] = lambda m: next(m.children(), None) is None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        rejects: Callable,
+        advice: str,
+        method: str,
+        inside: Callable[[nn.Module], bool] = lambda m: next(m.children(), None) is None,
+    ) -> None:
         super().__init__()
         self.rejects, self.advice, self.method = rejects, advice, method
         self.depth = 0
@@ -61,30 +69,36 @@ class OperationGuard(TorchFunctionMode):
                 self.handles.append(module.register_forward_hook(self._exit, always_call=True))
         self.names = {module: name for name, module in model.named_modules()}
 
-    def _enter(self, module, args):
+    def _enter(self, module: nn.Module, args: Any) -> None:
         self.depth += module in self.inside
 
-    def _exit(self, module, args, output):
+    def _exit(self, module: nn.Module, args: Any, output: Any) -> None:
         self.depth -= module in self.inside
         if next(module.children(), None) is None:
             self.current = self.names.get(module, "")
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: tuple = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        """Call ``func``, or raise :class:`GuardError` if it is rejected outside the allowed modules."""
         if self.depth == 0 and self.rejects(func):
             after = f" after '{self.current}'" if self.current else ""
             raise GuardError(
-                func, f"{self.method} cannot explain the operation {getattr(func, '__qualname__', func)}{after} in the "
-                f"model's forward: {self.advice}")
+                func,
+                f"{self.method} cannot explain the operation {getattr(func, '__qualname__', func)}{after} in the "
+                f"model's forward: {self.advice}",
+            )
         return func(*args, **(kwargs or {}))
 
-    def start(self, module, args) -> None:
+    def start(self, module: nn.Module, args: Any) -> None:
         """Forward pre-hook of the model: start guarding."""
         self.__enter__()
 
-    def stop(self, module, args, output) -> None:
+    def stop(self, module: nn.Module, args: Any, output: Any) -> None:
         """Forward hook of the model: stop guarding."""
         self.__exit__(None, None, None)
 
     def remove(self) -> None:
+        """Remove the hooks on the model's modules."""
         for handle in self.handles:
             handle.remove()

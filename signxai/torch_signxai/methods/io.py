@@ -5,12 +5,13 @@ without the batch axis. :func:`to_batch` validates and converts them to a batch 
 device and dtype (never touching the caller's object); :meth:`Batch.output` turns a relevance
 tensor back into a numpy array of the caller's shape.
 """
+
 from __future__ import annotations
 
 import itertools
-
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,20 +41,26 @@ class Batch:
     def output(self, relevance: torch.Tensor) -> np.ndarray:
         """Relevance of the batch's shape as a numpy array of the caller's input shape."""
         if relevance.shape != self.tensor.shape:
-            raise RuntimeError(f"internal error: relevance of shape {tuple(relevance.shape)} "
-                               f"for an input of shape {tuple(self.tensor.shape)}")
+            raise RuntimeError(
+                f"internal error: relevance of shape {tuple(relevance.shape)} "
+                f"for an input of shape {tuple(self.tensor.shape)}"
+            )
         array = relevance.detach().cpu().contiguous().numpy()
         return array[0] if self.added_batch_axis else array
 
-    def in_default_layout(self) -> "Batch":
+    def in_default_layout(self) -> Batch:
         """The same batch laid out contiguously (row-major), as PyTorch lays out new tensors."""
         return Batch(tensor=self.tensor.contiguous(), added_batch_axis=self.added_batch_axis)
 
 
 def in_layout_of(tensor: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
     """``tensor`` (a batch of other points: noisy copies, path points) laid out as ``batch``."""
-    if (tensor.ndim == 4 and batch.ndim == 4 and not batch.is_contiguous()
-            and batch.is_contiguous(memory_format=torch.channels_last)):
+    if (
+        tensor.ndim == 4
+        and batch.ndim == 4
+        and not batch.is_contiguous()
+        and batch.is_contiguous(memory_format=torch.channels_last)
+    ):
         return tensor.contiguous(memory_format=torch.channels_last)
     return tensor
 
@@ -83,8 +90,9 @@ def as_tensor_like(value: Any, reference: torch.Tensor, what: str) -> torch.Tens
     try:
         torch.broadcast_shapes(tensor.shape, reference.shape)
     except RuntimeError:
-        raise ValueError(f"{what} of shape {tuple(tensor.shape)} does not fit the input batch of "
-                         f"shape {tuple(reference.shape)}") from None
+        raise ValueError(
+            f"{what} of shape {tuple(tensor.shape)} does not fit the input batch of shape {tuple(reference.shape)}"
+        ) from None
     if not torch.isfinite(tensor).all():
         raise ValueError(f"{what} contains NaN or inf values")
     return tensor
@@ -145,7 +153,8 @@ def to_batch(x: Any | Sequence[Any], model: nn.Module, *, single: bool | None) -
                 raise ValueError(
                     f"input of shape {tuple(tensor.shape)} does not fit this model: its convolutions "
                     f"take inputs of rank {rank} (batch, channels, ...); pass one input of rank "
-                    f"{rank - 1} or a batch of one of rank {rank}")
+                    f"{rank - 1} or a batch of one of rank {rank}"
+                )
         else:
             added = not (tensor.ndim >= 2 and tensor.shape[0] == 1)
         if added:
@@ -153,7 +162,8 @@ def to_batch(x: Any | Sequence[Any], model: nn.Module, *, single: bool | None) -
     elif rank is not None and tensor.ndim != rank:
         raise ValueError(
             f"input batch of shape {tuple(tensor.shape)} does not fit this model: its convolutions "
-            f"take batches of rank {rank} (batch, channels, ...)")
+            f"take batches of rank {rank} (batch, channels, ...)"
+        )
     elif rank is None and tensor.ndim < 2:
         raise ValueError(f"input batch of shape {tuple(tensor.shape)} needs a batch axis and a feature axis")
     if not torch.isfinite(tensor).all():

@@ -17,10 +17,12 @@ function: its relevance is its gradient. The module shares the model's submodule
 (other than the 0 that Python's ``sum`` starts from) and operations outside the kinds table stay
 as they are: :attr:`Modular.unsupported` lists them for the families that must refuse.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Any
 
 import torch.fx as fx
 import torch.nn.functional as F
@@ -32,16 +34,27 @@ __all__ = ["Modular", "modular", "of_model"]
 
 
 #: functional average pooling -> module class taking the same arguments after the input
-_POOL_MODULES = {
-    F.avg_pool1d: nn.AvgPool1d, F.avg_pool2d: nn.AvgPool2d, F.avg_pool3d: nn.AvgPool3d,
-    F.adaptive_avg_pool1d: nn.AdaptiveAvgPool1d, F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d,
+_POOL_MODULES: dict[Any, type[nn.Module]] = {
+    F.avg_pool1d: nn.AvgPool1d,
+    F.avg_pool2d: nn.AvgPool2d,
+    F.avg_pool3d: nn.AvgPool3d,
+    F.adaptive_avg_pool1d: nn.AdaptiveAvgPool1d,
+    F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d,
     F.adaptive_avg_pool3d: nn.AdaptiveAvgPool3d,
 }
 #: activation name -> module class taking the function's arguments after the input
-_ACTIVATION_MODULES = {
-    "relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
-    "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "gelu": nn.GELU, "softplus": nn.Softplus,
-    "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
+_ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "silu": nn.SiLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+    "hardswish": nn.Hardswish,
+    "hardsigmoid": nn.Hardsigmoid,
 }
 
 
@@ -67,32 +80,40 @@ class Modular:
     unsupported: tuple = ()
 
 
-def _replacement(node: Node, fx_node: fx.Node) -> tuple[Optional[nn.Module], tuple, Optional[str]]:
+def _replacement(node: Node, fx_node: fx.Node) -> tuple[nn.Module | None, tuple, str | None]:
     """The module standing in for a functional node (``fx_node``: its copy, whose arguments are
     the copied graph's nodes), its tensor arguments, and why none can; no module but one tensor
     argument: the node is that argument itself."""
     args, kwargs = fx_node.args, dict(fx_node.kwargs)
     kind = node.kind.name
     if kind == "add":
-        operands = [*zip(node.fx.args, args), *((node.fx.kwargs[k], kwargs[k]) for k in ("other",) if k in kwargs)]
+        operands = [
+            *zip(node.fx.args, args, strict=True),
+            *((node.fx.kwargs[k], kwargs[k]) for k in ("other",) if k in kwargs),
+        ]
         terms = [new for old, new in operands if isinstance(old, fx.Node) and old.name in node.inputs]
         constants = [old for old, _ in operands if not (isinstance(old, fx.Node) and old.name in node.inputs)]
         # Python's sum() starts from the constant 0, which adds nothing
-        if kwargs.get("alpha", 1) != 1 or len(operands) != 2 or not terms or any(
-                isinstance(c, fx.Node) or c != 0 for c in constants):
+        if (
+            kwargs.get("alpha", 1) != 1
+            or len(operands) != 2
+            or not terms
+            or any(isinstance(c, fx.Node) or c != 0 for c in constants)
+        ):
             return None, (), "adds a constant or a scaled term, which has no relevance rule"
         return (Add() if len(terms) == 2 else None), tuple(terms), None  # 0 + t is t itself
-    if kind == "activation" and node.op != "call_module":
+    if kind == "activation" and node.op != "call_module" and node.activation is not None:
         kwargs.pop("inplace", None)  # the module works out of place (see _build for in-place calls)
         module = _ACTIVATION_MODULES[node.activation.name](*args[1:], **kwargs)
         if getattr(module, "inplace", False):
-            module.inplace = False
+            module.inplace = False  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors and modules
         return module, (args[0],), None
     if kind == "avg_pool" and node.fx.target in _POOL_MODULES:
         return _POOL_MODULES[node.fx.target](*args[1:], **kwargs), (args[0],), None
     if kind == "mean":
-        dim = args[1] if len(args) > 1 else kwargs.get("dim")
-        keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+        # fx arguments of a traced call: whatever the model passed
+        dim: Any = args[1] if len(args) > 1 else kwargs.get("dim")
+        keepdim: Any = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
         if dim is None or "dtype" in kwargs:
             return None, (), "is a mean over all axes (or with a dtype), which has no relevance rule"
         return Mean(dim, keepdim, node.label), (args[0],), None
@@ -104,15 +125,16 @@ def _in_place(node: Node) -> bool:
     ``F.relu(x, inplace=True)``)."""
     target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
     return node.kind.name == "activation" and (
-        target.endswith("_") or node.fx.kwargs.get("inplace") is True or any(a is True for a in node.fx.args[1:]))
+        target.endswith("_") or node.fx.kwargs.get("inplace") is True or any(a is True for a in node.fx.args[1:])
+    )
 
 
 def _later_nodes(graph: fx.Graph, node: fx.Node) -> frozenset:
     nodes = list(graph.nodes)
-    return frozenset(nodes[nodes.index(node) + 1:])
+    return frozenset(nodes[nodes.index(node) + 1 :])
 
 
-def _reason(node: Node) -> Optional[str]:
+def _reason(node: Node) -> str | None:
     if node.kind.lrp == "unsupported":
         if node.kind.name == "attribute":
             return "uses a parameter or buffer outside its module, which no relevance rule covers"
@@ -126,23 +148,29 @@ def _reason(node: Node) -> Optional[str]:
 
 def _build(graph: ModelGraph) -> Modular:
     copied = fx.Graph()
-    mapping: dict = {}
+    mapping: dict[fx.Node, fx.Node] = {}
     copied.output(copied.graph_copy(graph.module.graph, mapping))
-    root: dict = {}
+    root: dict[str, Any] = {}
     owners: dict[nn.Module, list[Node]] = {}
     unsupported = []
     for node in graph.nodes:
-        new = mapping.get(node.fx)
+        new = mapping.get(node.fx)  # None for the output node: graph_copy returns its value instead
         if node.op == "call_module":
+            assert node.module is not None  # a module call's node names its module
             root[node.target] = node.module
             owners.setdefault(node.module, []).append(node)
         elif node.op == "get_attr":
             root[node.target] = _attribute(graph.module, node.target)
-        module, terms, reason = (_replacement(node, new) if node.op in ("call_function", "call_method")
-                                 else (None, (), None))
+        module, terms, reason = (
+            _replacement(node, new)
+            if new is not None and node.op in ("call_function", "call_method")
+            else (None, (), None)
+        )
         reason = reason or _reason(node)
         if reason is not None:
             unsupported.append((node, reason))
+        if new is None:
+            continue
         if module is None and len(terms) == 1:
             new.replace_all_uses_with(terms[0])
             copied.erase_node(new)
@@ -156,13 +184,13 @@ def _build(graph: ModelGraph) -> Modular:
             call = copied.call_module(name, tuple(terms))
         new.replace_all_uses_with(call)
         if later:  # what read the modified tensor after the in-place call reads the module's output
-            terms[0].replace_all_uses_with(call, delete_user_cb=lambda user: user in later)
+            terms[0].replace_all_uses_with(call, delete_user_cb=later.__contains__)
         copied.erase_node(new)
     gm = fx.GraphModule(root, copied, class_name="Modular")
     return Modular(graph, gm, {m: tuple(n) for m, n in owners.items()}, tuple(unsupported))
 
 
-def _attribute(module: nn.Module, target: str):
+def _attribute(module: nn.Module, target: str) -> Any:
     owner, _, name = target.rpartition(".")
     return getattr(module.get_submodule(owner), name)
 
@@ -176,7 +204,7 @@ def modular(graph: ModelGraph) -> Modular:
     return found
 
 
-def of_model(model: nn.Module) -> Optional[Modular]:
+def of_model(model: nn.Module) -> Modular | None:
     """The :class:`Modular` form of ``model``'s graph, or None for a model fx cannot trace."""
     graph = model_graph(model)
     return None if graph is None else modular(graph)

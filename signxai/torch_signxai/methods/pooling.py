@@ -10,11 +10,13 @@ same values and the very same winner indices: :func:`channels_last_max_pool` run
 pooling call there (one layout copy of the input) and routes the gradient with PyTorch's own
 row-major backward kernel, as autograd would. Maps are bit-for-bit those of the model's own pooling.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
-from typing import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,9 +34,18 @@ class _MaxPool2d(torch.autograd.Function):
     PyTorch's row-major ``max_pool2d_with_indices_backward`` with the same indices."""
 
     @staticmethod
-    def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode):
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        kernel_size: list[int],
+        stride: list[int],
+        padding: list[int],
+        dilation: list[int],
+        ceil_mode: bool,
+    ) -> torch.Tensor:
         output, indices = torch.ops.aten.max_pool2d_with_indices(
-            x.contiguous(memory_format=torch.channels_last), kernel_size, stride, padding, dilation, ceil_mode)
+            x.contiguous(memory_format=torch.channels_last), kernel_size, stride, padding, dilation, ceil_mode
+        )
         indices = indices.contiguous()
         ctx.save_for_backward(x, indices)
         ctx.arguments = (kernel_size, stride, padding, dilation, ceil_mode)
@@ -42,26 +53,43 @@ class _MaxPool2d(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, indices = ctx.saved_tensors
-        return (torch.ops.aten.max_pool2d_with_indices_backward(grad.contiguous(), x, *ctx.arguments, indices),
-                None, None, None, None, None)
+        return (
+            torch.ops.aten.max_pool2d_with_indices_backward(grad.contiguous(), x, *ctx.arguments, indices),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
-def _pairs(value) -> list[int]:
+def _pairs(value: int | tuple[int, ...] | list[int]) -> list[int]:
     return list(value) if isinstance(value, (tuple, list)) else [value, value]
 
 
 def _forward(module: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:
     """``module(x)``, through :class:`_MaxPool2d` for a large row-major 4-D CPU input."""
-    if (x.device.type != "cpu" or x.ndim != 4 or x.numel() < MIN_ENTRIES or not x.is_floating_point()
-            or not x.is_contiguous()):
+    if (
+        x.device.type != "cpu"
+        or x.ndim != 4
+        or x.numel() < MIN_ENTRIES
+        or not x.is_floating_point()
+        or not x.is_contiguous()
+    ):
         return type(module).forward(module, x)
-    return _MaxPool2d.apply(x, _pairs(module.kernel_size), _pairs(module.stride), _pairs(module.padding),
-                            _pairs(module.dilation), module.ceil_mode)
+    return _MaxPool2d.apply(
+        x,
+        _pairs(module.kernel_size),
+        _pairs(module.stride),
+        _pairs(module.padding),
+        _pairs(module.dilation),
+        module.ceil_mode,
+    )
 
 
-def install_channels_last_max_pool(model: nn.Module) -> list[nn.Module]:
+def install_channels_last_max_pool(model: nn.Module) -> list[nn.MaxPool2d]:
     """Make the ``nn.MaxPool2d`` modules of ``model`` pool large CPU inputs with the channels-last
     kernel (see the module docstring), for good: for a model of one's own (a private view). Returns
     the modules changed.
@@ -69,11 +97,13 @@ def install_channels_last_max_pool(model: nn.Module) -> list[nn.Module]:
     A module is left alone when it returns indices, is scripted, or already carries a
     ``forward`` of its own on the instance.
     """
-    patched = [module for module in model.modules()
-               if type(module) is nn.MaxPool2d and not module.return_indices
-               and "forward" not in module.__dict__]
+    patched: list[nn.MaxPool2d] = [
+        module
+        for module in model.modules()
+        if type(module) is nn.MaxPool2d and not module.return_indices and "forward" not in module.__dict__
+    ]
     for module in patched:
-        module.forward = partial(_forward, module)
+        module.forward = partial(_forward, module)  # type: ignore[method-assign]  # on the instance, on purpose
     return patched
 
 

@@ -23,13 +23,15 @@ model's :func:`signature` and the pool is rebuilt.
 Scripted modules (``torch.jit``) cannot be copied: a scripted model runs as it is, and must be in
 eval mode.
 """
+
 from __future__ import annotations
 
 import copy
 import threading
 import weakref
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Callable, Hashable, Iterator, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -44,7 +46,7 @@ __all__ = ["private_view", "prepared", "signature", "build_view", "is_view"]
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
-def _pointers(tensors) -> tuple:
+def _pointers(tensors: Mapping[str, torch.Tensor | None]) -> tuple:
     return tuple([tensor.data_ptr() for tensor in tensors.values() if tensor is not None])
 
 
@@ -66,15 +68,27 @@ def signature(model: nn.Module) -> tuple:
         if "training" in state:
             ids[keys.index("training")] = 0
         children, params, buffers = state["_modules"], state["_parameters"], state["_buffers"]
-        parts.append((id(module), keys, tuple(ids), tuple(children), tuple(map(id, children.values())),
-                      tuple(params), tuple(map(id, params.values())), _pointers(params),
-                      tuple(buffers), tuple(map(id, buffers.values())), _pointers(buffers),
-                      *(tuple(state.get(key, ())) for key in _HOOK_DICTS)))
+        parts.append(
+            (
+                id(module),
+                keys,
+                tuple(ids),
+                tuple(children),
+                tuple(map(id, children.values())),
+                tuple(params),
+                tuple(map(id, params.values())),
+                _pointers(params),
+                tuple(buffers),
+                tuple(map(id, buffers.values())),
+                _pointers(buffers),
+                *(tuple(state.get(key, ())) for key in _HOOK_DICTS),
+            )
+        )
         stack.extend(child for child in children.values() if child is not None)
     return tuple(parts)
 
 
-def _alias(tensor, memo: dict):
+def _alias(tensor: torch.Tensor | None, memo: dict) -> torch.Tensor | None:
     """A tensor sharing ``tensor``'s storage and version counter, without autograd history or
     flags; a ``Parameter`` stays a ``Parameter`` (with ``requires_grad=False``)."""
     if tensor is None:
@@ -115,7 +129,7 @@ def _scripted(model: nn.Module) -> bool:
 
 
 #: every view built (weakly): private module trees that never change once built
-_VIEWS: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+_VIEWS: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 def build_view(model: nn.Module) -> nn.Module:
@@ -145,7 +159,7 @@ class _Pool:
         self.free: dict = {}
 
 
-_POOLS: "weakref.WeakKeyDictionary[nn.Module, _Pool]" = weakref.WeakKeyDictionary()
+_POOLS: weakref.WeakKeyDictionary[nn.Module, _Pool] = weakref.WeakKeyDictionary()
 _POOLS_LOCK = threading.Lock()
 
 
@@ -210,8 +224,10 @@ def private_view(model: nn.Module, key: Hashable = None) -> Iterator[nn.Module]:
         view = None if scripted or not free else free.pop()
     if scripted:
         if any(module.training for module in model.modules()):
-            raise ValueError("a scripted (torch.jit) model cannot be copied into a private eval-mode view; "
-                             "call model.eval() before explaining it")
+            raise ValueError(
+                "a scripted (torch.jit) model cannot be copied into a private eval-mode view; "
+                "call model.eval() before explaining it"
+            )
         yield model
         return
     if view is None:

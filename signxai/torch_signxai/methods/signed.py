@@ -1,4 +1,5 @@
 """SIGN: the thresholded sign of the input, and the post-multipliers ``_x_input`` / ``_x_sign``."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -36,8 +37,7 @@ def calculate_sign_mu(x: Any, mu: float = 0) -> Any:
     return np.where(array >= mu, 1.0, -1.0).astype(dtype)
 
 
-def apply_post(relevance: torch.Tensor, x: torch.Tensor, post: tuple[str, ...],
-               mu: float = 0.0) -> torch.Tensor:
+def apply_post(relevance: torch.Tensor, x: torch.Tensor, post: tuple[str, ...], mu: float = 0.0) -> torch.Tensor:
     """Apply a spec's post-multipliers in order: ``x_input`` multiplies by ``x``, ``x_sign`` by
     ``sign_mu(x, mu)`` (the sign of the input, never of the map)."""
     for step in post:

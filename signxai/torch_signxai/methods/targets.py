@@ -1,4 +1,5 @@
 """Target selection: the one place that decides which output neuron is explained."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,8 +15,7 @@ def check_logits(logits: Any) -> torch.Tensor:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"the model must return a tensor of logits, got {type(logits).__name__}")
     if logits.ndim != 2:
-        raise ValueError(f"the model must return logits of shape (batch, classes), "
-                         f"got shape {tuple(logits.shape)}")
+        raise ValueError(f"the model must return logits of shape (batch, classes), got shape {tuple(logits.shape)}")
     return logits
 
 
@@ -56,13 +56,15 @@ def resolve_targets(target: Any, logits: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"got {len(values)} targets for a batch of {batch} inputs")
     bad = [v for v in values if not 0 <= v < classes]
     if bad:
-        raise ValueError(f"target index {bad[0]} is out of range for a model with {classes} outputs "
-                         f"(valid: 0..{classes - 1})")
+        raise ValueError(
+            f"target index {bad[0]} is out of range for a model with {classes} outputs (valid: 0..{classes - 1})"
+        )
     return torch.tensor(values, device=logits.device, dtype=torch.long)
 
 
-def output_seed(logits: torch.Tensor, indices: torch.Tensor, *, from_logit: bool,
-                positive_only: bool = False) -> torch.Tensor:
+def output_seed(
+    logits: torch.Tensor, indices: torch.Tensor, *, from_logit: bool, positive_only: bool = False
+) -> torch.Tensor:
     """The gradient seed at the output: one-hot of the targets, times the logit's value if ``from_logit``
     (clamped at zero if ``positive_only``: Deep Taylor explains ``ReLU(logit)``).
 

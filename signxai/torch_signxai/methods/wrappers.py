@@ -8,6 +8,7 @@ own BatchNorm linearisation under LRP (kernel ``gamma / sqrt(var**2 + eps)``, bi
 TensorFlow user's maps contain.
 The PyTorch-native API (:func:`signxai.torch_signxai.calculate_relevancemap`) uses the true map.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -5,6 +5,7 @@ Every class is a thin view: its constructor parses a method name with its parame
 one sample or a batch (decided from the input's rank); results are numpy arrays of the input's
 shape. BatchNorm layers under LRP use their true affine map, as in the PyTorch-native API.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,16 +17,28 @@ from .engine import explain
 from .grammar import MethodSpec, format_number, parse
 from .lrp.table import HIDDEN_RULES, INPUT_RULES
 
-__all__ = ["Analyzer", "GradientAnalyzer", "IntegratedGradientsAnalyzer", "SmoothGradAnalyzer",
-           "GuidedBackpropAnalyzer", "GradientXInputAnalyzer", "GradientXSignAnalyzer",
-           "VarGradAnalyzer", "DeepTaylorAnalyzer", "GradCAMAnalyzer", "LRPAnalyzer",
-           "AdvancedLRPAnalyzer", "LRPSequential"]
+__all__ = [
+    "Analyzer",
+    "GradientAnalyzer",
+    "IntegratedGradientsAnalyzer",
+    "SmoothGradAnalyzer",
+    "GuidedBackpropAnalyzer",
+    "GradientXInputAnalyzer",
+    "GradientXSignAnalyzer",
+    "VarGradAnalyzer",
+    "DeepTaylorAnalyzer",
+    "GradCAMAnalyzer",
+    "LRPAnalyzer",
+    "AdvancedLRPAnalyzer",
+    "LRPSequential",
+]
 
 #: rule names of the analyzer classes -> hidden-rule part of a method name (from the rule table)
 _RULES = {spelling: part for entry in HIDDEN_RULES.values() for spelling, part in entry.spellings.items()}
 #: first-layer rules of LRPSequential -> method-name prefix
-_FIRST_LAYER_PREFIXES = {spelling: prefix for entry in INPUT_RULES.values()
-                         for spelling, prefix in entry.spellings.items()}
+_FIRST_LAYER_PREFIXES = {
+    spelling: prefix for entry in INPUT_RULES.values() for spelling, prefix in entry.spellings.items()
+}
 #: iNNvestigate's default bounds of the Z-box rule
 _ZBOX_DEFAULTS = dict(INPUT_RULES["zbox"].analyzer_defaults)
 
@@ -135,8 +148,10 @@ class DeepTaylorAnalyzer(Analyzer):
 
     def __init__(self, model: nn.Module, epsilon: float = 1e-6) -> None:
         if epsilon != 1e-6:
-            raise ValueError("DeepTaylorAnalyzer has no epsilon parameter: iNNvestigate's Deep Taylor "
-                             "rules (Z+, W-square) use none; use LRPAnalyzer(rule='epsilon') instead")
+            raise ValueError(
+                "DeepTaylorAnalyzer has no epsilon parameter: iNNvestigate's Deep Taylor "
+                "rules (Z+, W-square) use none; use LRPAnalyzer(rule='epsilon') instead"
+            )
         super().__init__(model, "lrp_deep_taylor")
 
 
@@ -206,9 +221,14 @@ class LRPSequential(Analyzer):
         Rule parameters (``epsilon``, ``alpha``, ``beta``, ``gamma``, ``low``, ``high``, ``mu``).
     """
 
-    def __init__(self, model: nn.Module, first_layer_rule: str = "zbox",
-                 middle_layer_rule: str = "alphabeta", last_layer_rule: str = "epsilon",
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        first_layer_rule: str = "zbox",
+        middle_layer_rule: str = "alphabeta",
+        last_layer_rule: str = "epsilon",
+        **kwargs: Any,
+    ) -> None:
         middle = _rule_part(middle_layer_rule, "middle_layer_rule")
         last = _rule_part(last_layer_rule, "last_layer_rule")
         epsilon = kwargs.pop("epsilon", 1e-6)
@@ -219,8 +239,10 @@ class LRPSequential(Analyzer):
         prefix = _FIRST_LAYER_PREFIXES.get(first_layer_rule)
         if prefix is None:
             if first_layer_rule != middle_layer_rule:
-                raise ValueError(f"unknown first_layer_rule {first_layer_rule!r}; known: "
-                                 f"{', '.join(sorted(_FIRST_LAYER_PREFIXES))} or the middle rule")
+                raise ValueError(
+                    f"unknown first_layer_rule {first_layer_rule!r}; known: "
+                    f"{', '.join(sorted(_FIRST_LAYER_PREFIXES))} or the middle rule"
+                )
             prefix = "lrp"
         if prefix == "zblrp":
             kwargs = {**_ZBOX_DEFAULTS, **kwargs}

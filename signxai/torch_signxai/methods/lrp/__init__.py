@@ -5,6 +5,7 @@ composite (:mod:`.composite`), after the model was checked (:mod:`.guard`).
 
 A model fx can trace runs as its graph with every functional operation a module of its own
 (:mod:`..modular`); any other model runs as a chain in execution order."""
+
 from __future__ import annotations
 
 from ..graph import UnsupportedLayerError

@@ -8,22 +8,45 @@ chain (a model fx cannot trace) they come from the order in which layers actuall
 input layer is the first conv/dense layer run, the last the last one run, and an activation
 fuses into the conv/dense layer that ran right before it.
 """
+
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from torch import nn
-from zennit.core import Composite
+from zennit.core import Composite, Hook
 
-from ..graph import KERNEL_KINDS, UnsupportedLayerError, activation_of_module, kind_of_module
+from ..graph import KERNEL_KINDS, Node, UnsupportedLayerError, activation_of_module, kind_of_module
 from ..modular import Modular
 from .guard import chain_guard, check_graph, check_supported
 from .hooks import FusedPass, PassHook, RuleHook, SumHook, Trace
 from .plan import Plan
-from .rules import Rule
+from .rules import Affine, Rule
 from .views import batchnorm_view, kernel_view, pool_view
 
 __all__ = ["LRPComposite"]
+
+T = TypeVar("T")
+
+
+def _fixed_rule_hook(
+    view: Callable[[nn.Module], Affine], rule: Rule | None, trace: Trace, native: bool
+) -> RuleHook | None:
+    """A hook applying ``rule`` to every layer it is placed on; None without a rule."""
+    if rule is None:
+        return None
+    return RuleHook(view, lambda m: rule, trace, native=native)
+
+
+def _single(found: set[T], nodes: tuple[Node, ...], what: str) -> T:
+    """The one position in ``found`` of a module called at ``nodes``; raise if the calls differ."""
+    if len(found) > 1:
+        raise UnsupportedLayerError(
+            f"LRP cannot explain {nodes[0].label}: the model calls this module {what}, where the "
+            f"rules differ; give each call a module of its own"
+        )
+    return found.pop()
 
 
 class LRPComposite(Composite):
@@ -43,40 +66,41 @@ class LRPComposite(Composite):
         model runs as a chain in execution order.
     """
 
-    def __init__(self, plan: Plan, batchnorm: str, reuse_outputs: bool = True,
-                 modular: Optional[Modular] = None) -> None:
+    def __init__(self, plan: Plan, batchnorm: str, reuse_outputs: bool = True, modular: Modular | None = None) -> None:
         self.plan, self.trace, self.modular = plan, Trace(), modular
         #: graph mode: kernel module -> (is an input layer, is a last layer); activation -> fused
         self.positions: dict[nn.Module, tuple[bool, bool]] = {}
         self.fused: dict[nn.Module, bool] = {}
-        kernel_hook = RuleHook(kernel_view, self._kernel_rule, self.trace, self._kernel_rules,
-                               native=reuse_outputs)
-        norm_hook = RuleHook(lambda m: batchnorm_view(m, batchnorm), lambda m: plan.batchnorm, self.trace)
-        pool_hook = RuleHook(pool_view, lambda m: plan.average_pool, self.trace, native=reuse_outputs)
+        kernel_hook = RuleHook(kernel_view, self._kernel_rule, self.trace, self._kernel_rules, native=reuse_outputs)
+        norm_hook = _fixed_rule_hook(lambda m: batchnorm_view(m, batchnorm), plan.batchnorm, self.trace, False)
+        pool_hook = _fixed_rule_hook(pool_view, plan.average_pool, self.trace, reuse_outputs)
         pass_hook, fused_pass, sum_hook = PassHook(self.trace), FusedPass(self._is_fused), SumHook()
 
-        def module_map(ctx, name, module):
+        def module_map(ctx: Any, name: str, module: nn.Module) -> Hook | None:
             kind = kind_of_module(module)
             if kind.lrp == "rule":
                 return kernel_hook
             if kind.lrp == "batchnorm":
-                return norm_hook if plan.batchnorm is not None else None
+                return norm_hook
             if kind.name in ("avg_pool", "mean"):
-                return pool_hook if plan.average_pool is not None else None
+                return pool_hook
             if kind.name == "add":
                 return sum_hook if plan.add is not None else None
             if kind.name == "activation":
-                if activation_of_module(module).lrp == "gradient":
+                activation = activation_of_module(module)
+                if activation is not None and activation.lrp == "gradient":
                     return None
                 return fused_pass if plan.deep_taylor else pass_hook
             return None
+
         super().__init__(module_map=module_map)
 
     def register(self, module: nn.Module) -> None:
+        """Place the hooks on ``module`` (on the graph's modules, or on a chain with its guard)."""
         self.trace.clear()
         if self.modular is not None:
             check_graph(self.modular, self.plan)
-            self._graph_positions()
+            self._graph_positions(self.modular)
             super().register(module)
             return
         check_supported(module)
@@ -91,6 +115,7 @@ class LRPComposite(Composite):
         self.handles.append(module.register_forward_hook(guard.stop, always_call=True))
 
     def remove(self) -> None:
+        """Remove every hook and forget the pending output."""
         super().remove()
         self.trace.pending = None
 
@@ -101,30 +126,28 @@ class LRPComposite(Composite):
         for hook in list(self.hook_refs):
             hook.remove()  # a hook's own state only; its module handles stay in self.handles
 
-    def _record(self, module: nn.Module, input, output) -> None:
+    def _record(self, module: nn.Module, input: Any, output: Any) -> None:
         self.trace.leaves.append(module)
 
-    def _graph_positions(self) -> None:
+    def _graph_positions(self, modular: Modular) -> None:
         """Positions of the kernel modules and fusion of the activations, from the graph; a
         module run at nodes of different positions has no single rule."""
-        graph = self.modular.graph
+        graph = modular.graph
         plan = self.plan
-        for module, nodes in self.modular.nodes.items():
+        for module, nodes in modular.nodes.items():
             kind = kind_of_module(module)
             if kind.name in KERNEL_KINDS:
-                found = {(n.name in graph.input_layers and plan.input is not None,
-                          n.name in graph.last_layers and plan.last is not None) for n in nodes}
-                what = "as an input or last layer and elsewhere"
+                positions = {
+                    (
+                        n.name in graph.input_layers and plan.input is not None,
+                        n.name in graph.last_layers and plan.last is not None,
+                    )
+                    for n in nodes
+                }
+                self.positions[module] = _single(positions, nodes, "as an input or last layer and elsewhere")
             elif kind.name == "activation" and plan.deep_taylor:
-                found = {n.fused_into is not None for n in nodes}
-                what = "fused into a conv/dense layer and elsewhere"
-            else:
-                continue
-            if len(found) > 1:
-                raise UnsupportedLayerError(
-                    f"LRP cannot explain {nodes[0].label}: the model calls this module {what}, where the "
-                    f"rules differ; give each call a module of its own")
-            (self.positions if kind.name in KERNEL_KINDS else self.fused)[module] = found.pop()
+                fused = {n.fused_into is not None for n in nodes}
+                self.fused[module] = _single(fused, nodes, "fused into a conv/dense layer and elsewhere")
 
     def _is_fused(self, module: nn.Module) -> bool:
         """Whether the Keras twin fuses this activation into the conv/dense layer before it."""

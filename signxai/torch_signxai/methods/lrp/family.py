@@ -4,9 +4,11 @@ On a private view of the model (:mod:`..private`, what the engine passes) the co
 method is registered once, when the view is first used for that method, and stays registered:
 the engine leases views under :func:`view_key`, so a view only ever serves one LRP method.
 """
+
 from __future__ import annotations
 
-from typing import Hashable
+from collections.abc import Hashable
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,7 +39,7 @@ def _registered(model: nn.Module, spec: MethodSpec) -> tuple[nn.Module, LRPCompo
     return module, composite
 
 
-def lrp(model, x, target, spec: MethodSpec) -> torch.Tensor:
+def lrp(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
     """LRP relevance of the selected logit, started from the logit's value (iNNvestigate's
     convention; Deep Taylor starts from ReLU of it)."""
     positive_only = plan_for(spec).deep_taylor

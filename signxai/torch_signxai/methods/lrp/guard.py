@@ -6,27 +6,44 @@ modules are checked (:func:`check_supported`) and, during the forward pass, an
 :class:`OperationGuard` rejects tensor operations outside any leaf module, which no rule would
 see. Every refusal is one :class:`~..graph.UnsupportedLayerError` naming the layer or node and why.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..guard import OperationGuard
 from ..graph import MODULE_KINDS, UnsupportedLayerError, kind_of_module
+from ..guard import OperationGuard
 from ..modular import Modular
 from .plan import Plan
 
 __all__ = ["UnsupportedLayerError", "check_supported", "check_graph", "chain_guard", "SHAPE_FUNCTIONS"]
 
 #: functions allowed in a chain's forward pass outside any module: they only reshape
-SHAPE_FUNCTIONS = frozenset({
-    torch.flatten, torch.Tensor.flatten, torch.Tensor.view, torch.Tensor.reshape, torch.reshape,
-    torch.Tensor.size, torch.Tensor.dim, torch.Tensor.contiguous, torch.Tensor.squeeze,
-    torch.Tensor.unsqueeze, torch.squeeze, torch.unsqueeze, torch.Tensor.__getitem__,
-    torch.Tensor.shape.__get__, torch.Tensor.ndim.__get__, torch.Tensor.dtype.__get__,
-    torch.Tensor.device.__get__, torch.Tensor.requires_grad.__get__, torch.Tensor.grad_fn.__get__,
-    torch.Tensor.is_floating_point, torch.Tensor.numel,
-})
+SHAPE_FUNCTIONS = frozenset(
+    {
+        torch.flatten,
+        torch.Tensor.flatten,
+        torch.Tensor.view,
+        torch.Tensor.reshape,
+        torch.reshape,
+        torch.Tensor.size,
+        torch.Tensor.dim,
+        torch.Tensor.contiguous,
+        torch.Tensor.squeeze,
+        torch.Tensor.unsqueeze,
+        torch.squeeze,
+        torch.unsqueeze,
+        torch.Tensor.__getitem__,
+        # reading these attributes: torch's function modes see their getters
+        *(
+            getattr(torch.Tensor, name).__get__
+            for name in ("shape", "ndim", "dtype", "device", "requires_grad", "grad_fn")
+        ),
+        torch.Tensor.is_floating_point,
+        torch.Tensor.numel,
+    }
+)
 
 
 def _supported_names() -> str:
@@ -41,7 +58,8 @@ def check_supported(model: nn.Module) -> None:
                 continue
             raise UnsupportedLayerError(
                 f"LRP has no rule for layer {type(module).__name__} at '{name or '<model>'}'; "
-                f"supported: {_supported_names()}")
+                f"supported: {_supported_names()}"
+            )
 
 
 def check_graph(modular: Modular, plan: Plan) -> None:
@@ -55,11 +73,16 @@ def check_graph(modular: Modular, plan: Plan) -> None:
         if gates:
             raise UnsupportedLayerError(
                 f"LRP cannot explain {gates[0].label} in the model's graph: iNNvestigate's Deep Taylor has "
-                f"no mapping for a product of tensors (a gate); use another LRP method")
+                f"no mapping for a product of tensors (a gate); use another LRP method"
+            )
 
 
 def chain_guard(model: nn.Module) -> OperationGuard:
     """The guard of a chain's forward pass: only reshaping functions may run outside leaf modules."""
-    return OperationGuard(model, rejects=lambda f: f not in SHAPE_FUNCTIONS, method="LRP",
-                          advice="it runs outside any module, so no rule applies (wrap it in a module such "
-                                 "as nn.ReLU, or restructure the model as a chain of supported layers)")
+    return OperationGuard(
+        model,
+        rejects=lambda f: f not in SHAPE_FUNCTIONS,
+        method="LRP",
+        advice="it runs outside any module, so no rule applies (wrap it in a module such "
+        "as nn.ReLU, or restructure the model as a chain of supported layers)",
+    )

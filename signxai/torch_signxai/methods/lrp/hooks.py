@@ -12,12 +12,14 @@ relevance has been computed. :class:`PassHook` passes relevance through an activ
 :class:`FusedPass` does so only where the Keras twin fuses it (Deep Taylor), :class:`SumHook`
 applies the Z rule to a tensor sum.
 """
+
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Iterable, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,9 +41,10 @@ class Trace:
     leaves: list = field(default_factory=list)
     #: (weak references to) the latest output of a rule layer and its :class:`Slot`, while that
     #: slot keeps the output: a ReLU that consumes this very tensor may stand in for it
-    pending: Optional[tuple] = None
+    pending: tuple | None = None
 
     def clear(self) -> None:
+        """Forget the previous forward pass."""
         self.kernels.clear()
         self.leaves.clear()
         self.pending = None
@@ -64,12 +67,13 @@ class Slot:
 
     __slots__ = ("x", "z", "x_version", "z_version", "fused", "__weakref__")
 
-    def __init__(self, x: torch.Tensor, z: Optional[torch.Tensor]) -> None:
+    def __init__(self, x: torch.Tensor, z: torch.Tensor | None) -> None:
         self.x, self.z = x, z
         self.x_version = self.z_version = 0
         self.fused = False
 
     def seal(self) -> None:
+        """Record the version counters of ``x`` and ``z`` at the end of the layer's call."""
         self.x_version = self.x._version
         if self.z is not None:
             self.z_version = self.z._version
@@ -78,7 +82,7 @@ class Slot:
         """Keep the ReLU output ``y`` of the layer's output instead of the output itself."""
         self.z, self.fused, self.z_version = y, True, y._version
 
-    def output(self, r: torch.Tensor) -> Optional[torch.Tensor]:
+    def output(self, r: torch.Tensor) -> torch.Tensor | None:
         """The layer's output (or, when ``fused``, its ReLU) as a rule may use it against
         relevance ``r``, or None when it must be recomputed (not kept, modified in place since,
         or a ReLU output where ``r`` is not zero at its zeros)."""
@@ -99,13 +103,15 @@ class _RelevanceStep(torch.autograd.Function):
     returns ``step(relevance at the output)`` as the relevance at the input."""
 
     @staticmethod
-    def forward(ctx, x, z, step):
+    def forward(
+        ctx: Any, x: torch.Tensor, z: torch.Tensor, step: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
         ctx.step = step
         ctx.mark_dirty(z)
         return z
 
     @staticmethod
-    def backward(ctx, r):
+    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         step, ctx.step = ctx.step, None  # release the layer's tensors as soon as they are used
         return step(r), None, None
 
@@ -115,12 +121,12 @@ class _PassStep(torch.autograd.Function):
     autograd), backward passes the relevance to the activation's input ``x`` unchanged."""
 
     @staticmethod
-    def forward(ctx, x, y):
+    def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         ctx.mark_dirty(y)
         return y
 
     @staticmethod
-    def backward(ctx, r):
+    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor, None]:
         return r, None
 
 
@@ -145,14 +151,20 @@ class RuleHook(Hook):
         so that a rule may take it instead of recomputing it.
     """
 
-    def __init__(self, view: Callable[[nn.Module], Affine], choose: Callable[[nn.Module], Rule],
-                 trace: Trace, candidates: Optional[Callable[[nn.Module], Iterable[Rule]]] = None,
-                 native: bool = False) -> None:
+    def __init__(
+        self,
+        view: Callable[[nn.Module], Affine],
+        choose: Callable[[nn.Module], Rule],
+        trace: Trace,
+        candidates: Callable[[nn.Module], Iterable[Rule]] | None = None,
+        native: bool = False,
+    ) -> None:
         super().__init__()
         self.view, self.choose, self.trace = view, choose, trace
         self.candidates, self.native = candidates, native
 
-    def copy(self) -> "RuleHook":
+    def copy(self) -> RuleHook:
+        """A hook like this one, for another module."""
         return RuleHook(self.view, self.choose, self.trace, self.candidates, self.native)
 
     def register(self, module: nn.Module) -> RemovableHandleList:
@@ -165,12 +177,18 @@ class RuleHook(Hook):
         rules = self.candidates(module) if self.candidates is not None else (self.choose(module),)
         return any(rule is not None and rule.reuses_output for rule in rules)
 
-    def post_forward(self, module, input, output):
+    def post_forward(self, module: nn.Module, input: Any, output: Any) -> torch.Tensor | None:
+        """Link the layer's output to its input by the relevance step (while the hook is active)."""
         if kind_of_module(module).lrp == "rule":
             self.trace.kernels.append(module)
         x = input[0] if isinstance(input, tuple) else input
-        if not (self.active and torch.is_grad_enabled() and isinstance(output, torch.Tensor)
-                and isinstance(x, torch.Tensor) and x.requires_grad):
+        if not (
+            self.active
+            and torch.is_grad_enabled()
+            and isinstance(output, torch.Tensor)
+            and isinstance(x, torch.Tensor)
+            and x.requires_grad
+        ):
             return None
         slot = Slot(x.detach(), output.detach() if self._keeps_output(module) else None)
         result = _RelevanceStep.apply(x, output.detach(), partial(self._relevance, module, slot))
@@ -182,12 +200,14 @@ class RuleHook(Hook):
     def _relevance(self, module: nn.Module, slot: Slot, r: torch.Tensor) -> torch.Tensor:
         x = slot.x
         if x._version != slot.x_version:
-            raise RuntimeError(f"the input of layer '{type(module).__name__}' was modified in place "
-                               f"after the layer ran; LRP needs it unchanged")
+            raise RuntimeError(
+                f"the input of layer '{type(module).__name__}' was modified in place "
+                f"after the layer ran; LRP needs it unchanged"
+            )
         rule = self.choose(module)
         z = slot.output(r) if rule.reuses_output else None
         fused = slot.fused
-        slot.x = slot.z = None
+        slot.x = slot.z = None  # type: ignore[assignment]  # the slot is spent: release its tensors
         # z None: the rule computes the layer's output itself (a rule that modifies the weights,
         # or an output modified in place later / a failed ReLU premise)
         return rule.relevance(self.view(module), x, r, z=z, cut=z is not None and fused)
@@ -206,16 +226,23 @@ class PassHook(Hook):
     def __init__(self, trace: Trace) -> None:
         super().__init__()
         self.trace = trace
-        self.calls: list = []
+        self.calls: list[tuple[torch.Tensor, Slot | None] | None] = []
 
-    def copy(self) -> "PassHook":
+    def copy(self) -> PassHook:
+        """A hook like this one, for another module."""
         return PassHook(self.trace)
 
     def register(self, module: nn.Module) -> RemovableHandleList:
-        return RemovableHandleList([RemovableHandle(self), module.register_forward_pre_hook(self.pre_forward),
-                                    module.register_forward_hook(self.post_forward)])
+        """A forward pre-hook (detach the input) and a forward hook (link the output)."""
+        return RemovableHandleList(
+            [
+                RemovableHandle(self),
+                module.register_forward_pre_hook(self.pre_forward),
+                module.register_forward_hook(self.post_forward),
+            ]
+        )
 
-    def _producer(self, module: nn.Module, x: torch.Tensor) -> Optional[Slot]:
+    def _producer(self, module: nn.Module, x: torch.Tensor) -> Slot | None:
         """The slot whose layer output ``x`` is, when ``module`` is a ReLU that may stand in."""
         pending, self.trace.pending = self.trace.pending, None
         if type(module) is not nn.ReLU or pending is None or pending[0]() is not x:
@@ -223,7 +250,8 @@ class PassHook(Hook):
         slot = pending[1]()
         return slot if slot is not None and slot.z is not None and not slot.fused else None
 
-    def pre_forward(self, module, args):
+    def pre_forward(self, module: nn.Module, args: tuple) -> tuple | None:
+        """Run the activation on a detached input (a copy if it works in place on a kept tensor)."""
         x = args[0] if args else None
         if not (self.active and torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.requires_grad):
             self.calls.append(None)
@@ -235,7 +263,8 @@ class PassHook(Hook):
         self.calls.append((x, slot))
         return (detached, *args[1:])
 
-    def post_forward(self, module, args, output):
+    def post_forward(self, module: nn.Module, args: tuple, output: Any) -> torch.Tensor | None:
+        """Link the activation's output to its input, passing relevance unchanged."""
         call = self.calls.pop() if self.calls else None
         if call is None or not isinstance(output, torch.Tensor):
             return None
@@ -246,6 +275,7 @@ class PassHook(Hook):
         return result
 
     def remove(self) -> None:
+        """Remove the hook and forget pending calls."""
         self.calls.clear()
         super().remove()
 
@@ -265,10 +295,12 @@ class FusedPass(Hook):
         super().__init__()
         self.fused = fused
 
-    def copy(self) -> "FusedPass":
+    def copy(self) -> FusedPass:
+        """A hook like this one, for another module."""
         return FusedPass(self.fused)
 
-    def backward(self, module, grad_input, grad_output):
+    def backward(self, module: nn.Module, grad_input: Any, grad_output: Any) -> Any:
+        """Pass relevance (the output's gradient) unchanged where ``fused``; else keep the gradient."""
         return grad_output if self.fused(module) else None
 
 
@@ -277,13 +309,15 @@ class _SumStep(torch.autograd.Function):
     :class:`_RelevanceStep`), backward returns ``step(relevance at z)``, one relevance per term."""
 
     @staticmethod
-    def forward(ctx, step, z, *terms):
+    def forward(
+        ctx: Any, step: Callable[[torch.Tensor], list[torch.Tensor]], z: torch.Tensor, *terms: torch.Tensor
+    ) -> torch.Tensor:
         ctx.step = step
         ctx.mark_dirty(z)
         return z
 
     @staticmethod
-    def backward(ctx, r):
+    def backward(ctx: Any, r: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         step, ctx.step = ctx.step, None
         return (None, None, *step(r))
 
@@ -294,25 +328,34 @@ class SumHook(Hook):
     over broadcast axes. ``z`` is the sum of the forward pass, recomputed if it was modified in
     place since (an in-place ReLU after the sum)."""
 
-    def copy(self) -> "SumHook":
+    def copy(self) -> SumHook:
+        """A new hook, for another module."""
         return SumHook()
 
     def register(self, module: nn.Module) -> RemovableHandleList:
+        """One forward hook."""
         return RemovableHandleList([RemovableHandle(self), module.register_forward_hook(self.post_forward)])
 
-    def post_forward(self, module, inputs, output):
-        if not (self.active and torch.is_grad_enabled() and isinstance(output, torch.Tensor)
-                and any(t.requires_grad for t in inputs)):
+    def post_forward(self, module: nn.Module, inputs: tuple, output: Any) -> torch.Tensor | None:
+        """Link the sum to its terms by the Z rule (while the hook is active)."""
+        if not (
+            self.active
+            and torch.is_grad_enabled()
+            and isinstance(output, torch.Tensor)
+            and any(t.requires_grad for t in inputs)
+        ):
             return None
         terms = [t.detach() for t in inputs]
         z = output.detach()
         versions = [t._version for t in terms], z._version
 
-        def step(r: torch.Tensor) -> list:
+        def step(r: torch.Tensor) -> list[torch.Tensor]:
             if [t._version for t in terms] != versions[0]:
-                raise RuntimeError("an input of a tensor sum was modified in place after the sum ran; "
-                                   "LRP needs it unchanged")
+                raise RuntimeError(
+                    "an input of a tensor sum was modified in place after the sum ran; LRP needs it unchanged"
+                )
             total = z if z._version == versions[1] else module(*terms)
             share = safe_divide(r, total)
             return [(t * share).sum_to_size(t.shape) for t in terms]
+
         return _SumStep.apply(step, z, *inputs)

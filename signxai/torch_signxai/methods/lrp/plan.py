@@ -1,9 +1,10 @@
 """The plan: which rule each kind of layer gets under one LRP method, following the iNNvestigate
 analyzer the method names."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any
 
 from ..grammar import MethodSpec, parse
 from .rules import AlphaBetaRule, AlphaBetaX2m100Rule, EpsilonRule, Rule, ZRule
@@ -44,31 +45,31 @@ class Plan:
 
     dense: Rule
     conv: Rule
-    batchnorm: Optional[Rule]
-    input: Optional[Rule] = None
-    last: Optional[Rule] = None
-    average_pool: Optional[Rule] = field(default_factory=ZRule)
-    add: Optional[Rule] = field(default_factory=ZRule)
+    batchnorm: Rule | None
+    input: Rule | None = None
+    last: Rule | None = None
+    average_pool: Rule | None = field(default_factory=ZRule)
+    add: Rule | None = field(default_factory=ZRule)
     gate: bool = True
     deep_taylor: bool = False
 
 
 def _hidden_rule(spec: MethodSpec) -> Rule:
+    assert spec.rule is not None  # every LRP method names its rule
     return build(HIDDEN_RULES[spec.rule], spec.params)
 
 
-def _input_rule(spec: MethodSpec) -> Optional[Rule]:
+def _input_rule(spec: MethodSpec) -> Rule | None:
     return None if spec.input_rule is None else build(INPUT_RULES[spec.input_rule], spec.params)
 
 
 def plan_for(spec: MethodSpec) -> Plan:
     """The layer rules of an LRP method spec, following the iNNvestigate analyzer it names."""
     last = spec.params.get("last_rule")
-    common = {"input": _input_rule(spec), "last": _hidden_rule(parse(f"lrp_{last}")) if last else None}
+    common: dict[str, Any] = {"input": _input_rule(spec), "last": _hidden_rule(parse(f"lrp_{last}")) if last else None}
     if spec.rule in ("sequential_composite_a", "sequential_composite_b"):
         conv = AlphaBetaRule(1.0, 0.0) if spec.rule.endswith("a") else AlphaBetaRule(2.0, 1.0)
-        return Plan(dense=EpsilonRule(spec.params["epsilon"]), conv=conv, batchnorm=AlphaBetaX2m100Rule(),
-                    **common)
+        return Plan(dense=EpsilonRule(spec.params["epsilon"]), conv=conv, batchnorm=AlphaBetaX2m100Rule(), **common)
     if spec.rule == "deep_taylor":
         # iNNvestigate 2.1.2 chooses Z+ for a kernel layer that "contains an activation" and
         # W-square otherwise, but its test is hasattr(layer, "activation"), true for every Keras
@@ -77,7 +78,15 @@ def plan_for(spec: MethodSpec) -> Plan:
         # condition before it, "no kernel and only ReLU activations", holds for a BatchNormalization
         # layer (it has no activation at all), so BN gets its plain gradient (its true scale)
         z_plus = AlphaBetaRule(1.0, 0.0, bias=False)
-        return Plan(dense=z_plus, conv=z_plus, batchnorm=None,
-                    average_pool=None, add=None, gate=False, deep_taylor=True, **common)
+        return Plan(
+            dense=z_plus,
+            conv=z_plus,
+            batchnorm=None,
+            average_pool=None,
+            add=None,
+            gate=False,
+            deep_taylor=True,
+            **common,
+        )
     hidden = _hidden_rule(spec)
     return Plan(dense=hidden, conv=hidden, batchnorm=hidden, **common)

@@ -11,16 +11,29 @@ layer's own output (:attr:`Rule.reuses_output`) accept it as ``z=`` instead of r
 uses its safe divide, which only replaces exact zeros in the denominator (by 1e-7); Zennit's
 ``+-1e-6`` stabiliser is not used: visible where activations are small.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 
-__all__ = ["Affine", "safe_divide", "ZRule", "EpsilonRule", "StdxEpsilonRule", "AlphaBetaRule",
-           "AlphaBetaX2m100Rule", "GammaRule", "WSquareRule", "FlatRule", "ZBoxRule", "SignRule",
-           "Rule"]
+__all__ = [
+    "Affine",
+    "safe_divide",
+    "ZRule",
+    "EpsilonRule",
+    "StdxEpsilonRule",
+    "AlphaBetaRule",
+    "AlphaBetaX2m100Rule",
+    "GammaRule",
+    "WSquareRule",
+    "FlatRule",
+    "ZBoxRule",
+    "SignRule",
+    "Rule",
+]
 
 #: iNNvestigate's safe-divide constant (Keras' epsilon)
 SAFE_EPSILON = 1e-7
@@ -62,13 +75,13 @@ def _divide_into(a: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
     return a / fresh
 
 
-def _times(a: torch.Tensor, layer: "Affine", g: torch.Tensor) -> torch.Tensor:
+def _times(a: torch.Tensor, layer: Affine, g: torch.Tensor) -> torch.Tensor:
     """``a * g`` for a transpose ``g`` of ``layer``: in place on ``g`` when the layer's adjoint
     made it (a fresh tensor of nobody else's; an autograd gradient may alias its seed)."""
     return g.mul_(a) if layer.adjoint is not None and g.shape == a.shape else a * g
 
 
-def _signed_stabilise(z: torch.Tensor, epsilon) -> torch.Tensor:
+def _signed_stabilise(z: torch.Tensor, epsilon: float | torch.Tensor) -> torch.Tensor:
     """``z + epsilon * (+1 if z >= 0 else -1)`` (iNNvestigate's epsilon rule), as
     ``z + epsilon`` or ``z - epsilon`` (the same values: a product with +-1 is exact)."""
     return torch.where(z >= 0, z + epsilon, z - epsilon)
@@ -89,25 +102,25 @@ class Affine:
     """
 
     weight: torch.Tensor
-    bias: Optional[torch.Tensor]
-    apply: Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+    bias: torch.Tensor | None
+    apply: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
     #: ``adjoint(v, like, weight)``: ``weight^T v`` shaped like the input ``like``, without a
     #: forward pass (e.g. a convolution's input gradient); None: by autograd through ``apply``
-    adjoint: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None
+    adjoint: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     #: axis of the output along which the bias runs (1 for conv/BatchNorm, -1 for dense), or
     #: None when unknown (see :meth:`offset`)
-    channel_axis: Optional[int] = None
+    channel_axis: int | None = None
     #: for a dense layer (``apply`` is ``linear``): :meth:`with_weights` modifies the weight in
     #: blocks of this many output rows as they are used, so that no modified copy of a large
     #: weight exists whole; None: modify the whole weight at once
-    row_block: Optional[int] = None
+    row_block: int | None = None
 
     def __call__(self, x: torch.Tensor, weights: Modifier = _keep, bias: bool = True) -> torch.Tensor:
         """The layer at ``x`` with ``weights`` applied to its weight and (if ``bias``) its bias."""
         b = weights(self.bias) if bias and self.bias is not None else None
         return self.apply(x, weights(self.weight), b)
 
-    def offset(self, weights: Modifier, out: torch.Tensor) -> Optional[torch.Tensor]:
+    def offset(self, weights: Modifier, out: torch.Tensor) -> torch.Tensor | None:
         """``weights(b)`` shaped to broadcast against an output ``out``: the layer at an all-zero
         input (``layer(0, weights)``, exactly, since every product with a zero is zero); None
         without a bias or a known :attr:`channel_axis`."""
@@ -117,7 +130,7 @@ class Affine:
         shape[self.channel_axis] = -1
         return weights(self.bias).reshape(shape)
 
-    def with_weights(self, weights: Modifier) -> "Affine | _RowBlocks":
+    def with_weights(self, weights: Modifier) -> Affine | _RowBlocks:
         """The layer with ``weights`` applied once to its weight and bias (for rules that use a
         modified layer more than once); block by block for a dense layer with :attr:`row_block`."""
         if self.row_block is not None and self.weight.shape[0] > self.row_block:
@@ -146,12 +159,14 @@ class _RowBlocks:
         self.layer, self.weights = layer, weights
         self.bias = None if layer.bias is None else weights(layer.bias)
 
-    def _blocks(self):
+    def _blocks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
         weight, step = self.layer.weight, self.layer.row_block
+        assert step is not None  # only layers with a row block are split
         for start in range(0, weight.shape[0], step):
-            yield start, min(start + step, weight.shape[0]), self.weights(weight[start:start + step])
+            yield start, min(start + step, weight.shape[0]), self.weights(weight[start : start + step])
 
     def __call__(self, x: torch.Tensor, weights: Modifier = _keep, bias: bool = True) -> torch.Tensor:
+        """The modified layer at ``x`` (with its bias if ``bias``); ``weights`` must be left out."""
         if weights is not _keep:
             raise ValueError("a layer with modified weights takes no further modifier")
         out = x.new_empty(*x.shape[:-1], self.layer.weight.shape[0])
@@ -161,12 +176,14 @@ class _RowBlocks:
         return out
 
     def transpose(self, v: torch.Tensor, like: torch.Tensor, weights: Modifier = _keep) -> torch.Tensor:
+        """``W'^T v`` for the modified weight ``W'``; ``weights`` must be left out."""
         if weights is not _keep:
             raise ValueError("a layer with modified weights takes no further modifier")
-        total = None
+        total: torch.Tensor | None = None
         for start, stop, block in self._blocks():
             part = torch.matmul(v[..., start:stop], block)
             total = part if total is None else total.add_(part)
+        assert total is not None  # a weight has at least one row
         return total
 
 
@@ -179,11 +196,14 @@ class Rule:
     transpose, which is what makes the composite's fast path possible.
     """
 
-    #: whether :meth:`relevance` divides by ``layer(x)`` and accepts it as ``z``
-    reuses_output = False
+    @property
+    def reuses_output(self) -> bool:
+        """Whether :meth:`relevance` divides by ``layer(x)`` and accepts it as ``z``."""
+        return False
 
-    def relevance(self, layer: Affine, x: torch.Tensor, r: torch.Tensor,
-                  z: Optional[torch.Tensor] = None, cut: bool = False) -> torch.Tensor:
+    def relevance(
+        self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor | None = None, cut: bool = False
+    ) -> torch.Tensor:
         """Relevance at ``x``.
 
         ``z``: the layer's output ``layer(x)`` when known (for rules that :attr:`reuse
@@ -207,9 +227,13 @@ class ZRule(Rule):
 
     @property
     def reuses_output(self) -> bool:
+        """Whether :meth:`relevance` divides by ``layer(x)``: with the bias and all weights."""
         return self.bias and not self.positive
 
-    def relevance(self, layer, x, r, z=None, cut=False):
+    def relevance(
+        self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor | None = None, cut: bool = False
+    ) -> torch.Tensor:
+        """Relevance at ``x`` (see :meth:`Rule.relevance`)."""
         if self.positive:
             modified = layer.with_weights(_positive)
             return x * modified.transpose(safe_divide(r, modified(x, bias=self.bias)), x)
@@ -228,12 +252,17 @@ class EpsilonRule(Rule):
 
     @property
     def reuses_output(self) -> bool:
+        """Whether :meth:`relevance` divides by ``layer(x)``: with the bias."""
         return self.bias
 
-    def stabiliser(self, x: torch.Tensor):
+    def stabiliser(self, x: torch.Tensor) -> float | torch.Tensor:
+        """The epsilon added to the denominator at input ``x``: a number, or one per sample."""
         return self.epsilon
 
-    def relevance(self, layer, x, r, z=None, cut=False):
+    def relevance(
+        self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor | None = None, cut: bool = False
+    ) -> torch.Tensor:
+        """Relevance at ``x`` (see :meth:`Rule.relevance`)."""
         epsilon = self.stabiliser(x)
         if not self.bias:
             z = _signed_stabilise(layer(x, bias=False), epsilon)
@@ -255,7 +284,8 @@ class StdxEpsilonRule(EpsilonRule):
     epsilon: float = field(default=0.0, init=False)
     stdfactor: float = 0.25
 
-    def stabiliser(self, x):
+    def stabiliser(self, x: torch.Tensor) -> torch.Tensor:
+        """``stdfactor`` times each sample's input standard deviation, shaped to broadcast."""
         std = x.flatten(1).std(dim=1, unbiased=False) * self.stdfactor
         return std.view(-1, *[1] * (x.ndim - 1))
 
@@ -270,24 +300,36 @@ class AlphaBetaRule(Rule):
     beta: float = 0.0
     bias: bool = True
 
-    def _half(self, layer, x_pos, x_neg, r, first: Modifier, second: Modifier, modified) -> torch.Tensor:
+    def _half(
+        self,
+        layer: Affine,
+        x_pos: torch.Tensor,
+        x_neg: torch.Tensor | None,
+        r: torch.Tensor,
+        first: Modifier,
+        second: Modifier,
+        modified: Callable[[Modifier], Affine | _RowBlocks],
+    ) -> torch.Tensor:
         if x_neg is None:
             # no negative input (as after a ReLU): the second term is the layer at zero, which is
             # its bias term alone (exactly: every product with a zero is zero), and its relevance
             # is zero
             z = modified(first)(x_pos, bias=self.bias)
-            if self.bias and layer.bias is not None:
-                z = z + layer.offset(second, z)
+            offset = layer.offset(second, z) if self.bias else None  # known whenever x_neg is None
+            if offset is not None:
+                z = z + offset
             return x_pos * modified(first).transpose(safe_divide(r, z), x_pos)
         z = modified(first)(x_pos, bias=self.bias) + modified(second)(x_neg, bias=self.bias)
         share = safe_divide(r, z)
-        return (x_pos * modified(first).transpose(share, x_pos)
-                + x_neg * modified(second).transpose(share, x_neg))
+        return x_pos * modified(first).transpose(share, x_pos) + x_neg * modified(second).transpose(share, x_neg)
 
-    def relevance(self, layer, x, r, z=None, cut=False):
-        cache: dict = {}
+    def relevance(
+        self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor | None = None, cut: bool = False
+    ) -> torch.Tensor:
+        """Relevance at ``x`` (see :meth:`Rule.relevance`)."""
+        cache: dict[Modifier, Affine | _RowBlocks] = {}
 
-        def modified(weights: Modifier) -> Affine:  # W+ and W- computed once per call
+        def modified(weights: Modifier) -> Affine | _RowBlocks:  # W+ and W- computed once per call
             if weights not in cache:
                 cache[weights] = layer.with_weights(weights)
             return cache[weights]
@@ -309,7 +351,10 @@ class AlphaBetaX2m100Rule(Rule):
     """iNNvestigate's ``AlphaBetaX2m100Rule`` (its BatchNorm rule in the sequential presets):
     ``2 * x+ W+^T(R / (W+ x+ + b+)) - x+ W-^T(R / (W- x+ + b-))``; inputs below zero get none."""
 
-    def relevance(self, layer, x, r, z=None, cut=False):
+    def relevance(
+        self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor | None = None, cut: bool = False
+    ) -> torch.Tensor:
+        """Relevance at ``x`` (see :meth:`Rule.relevance`)."""
         x_pos = _positive(x)
         pos, neg = layer.with_weights(_positive), layer.with_weights(_negative)
         act = x_pos * pos.transpose(safe_divide(r, pos(x_pos)), x)
@@ -323,9 +368,14 @@ class GammaRule(Rule):
 
     gamma: float = 0.5
 
-    def relevance(self, layer, x, r, z=None, cut=False):
-        def weights(t):
+    def relevance(
+        self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor | None = None, cut: bool = False
+    ) -> torch.Tensor:
+        """Relevance at ``x`` (see :meth:`Rule.relevance`)."""
+
+        def weights(t: torch.Tensor) -> torch.Tensor:
             return t + self.gamma * _positive(t)
+
         modified = layer.with_weights(weights)
         return x * modified.transpose(safe_divide(r, modified(x)), x)
 
@@ -335,9 +385,13 @@ class WSquareRule(Rule):
     """W-square (Deep Taylor): ``R_i = sum_j w_ij^2 R_j / sum_i' w_i'j^2``; the bias is dropped."""
 
     def weights(self, t: torch.Tensor) -> torch.Tensor:
-        return t ** 2
+        """The modified weights: ``t**2``."""
+        return t**2
 
-    def relevance(self, layer, x, r, z=None, cut=False):
+    def relevance(
+        self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor | None = None, cut: bool = False
+    ) -> torch.Tensor:
+        """Relevance at ``x`` (see :meth:`Rule.relevance`)."""
         modified = layer.with_weights(self.weights)
         z = modified(torch.ones_like(x), bias=False)
         return modified.transpose(safe_divide(r, z), x)
@@ -347,7 +401,8 @@ class WSquareRule(Rule):
 class FlatRule(WSquareRule):
     """Flat: W-square with every weight set to one."""
 
-    def weights(self, t):
+    def weights(self, t: torch.Tensor) -> torch.Tensor:
+        """The modified weights: all ones."""
         return torch.ones_like(t)
 
 
@@ -358,13 +413,15 @@ class ZBoxRule(Rule):
     low: float
     high: float
 
-    def relevance(self, layer, x, r, z=None, cut=False):
+    def relevance(
+        self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor | None = None, cut: bool = False
+    ) -> torch.Tensor:
+        """Relevance at ``x`` (see :meth:`Rule.relevance`)."""
         low, high = torch.full_like(x, self.low), torch.full_like(x, self.high)
         pos, neg = layer.with_weights(_positive), layer.with_weights(_negative)
         z = layer(x, bias=False) - pos(low, bias=False) - neg(high, bias=False)
         share = safe_divide(r, z)
-        return (x * layer.transpose(share, x) - low * pos.transpose(share, x)
-                - high * neg.transpose(share, x))
+        return x * layer.transpose(share, x) - low * pos.transpose(share, x) - high * neg.transpose(share, x)
 
 
 @dataclass(frozen=True)
@@ -373,8 +430,15 @@ class SignRule(Rule):
     ``s_mu(v) = +1 if v >= mu else -1``."""
 
     mu: float = 0.0
-    reuses_output = True
 
-    def relevance(self, layer, x, r, z=None, cut=False):
+    @property
+    def reuses_output(self) -> bool:
+        """Always: the denominator is the layer's output."""
+        return True
+
+    def relevance(
+        self, layer: Affine, x: torch.Tensor, r: torch.Tensor, z: torch.Tensor | None = None, cut: bool = False
+    ) -> torch.Tensor:
+        """Relevance at ``x`` (see :meth:`Rule.relevance`)."""
         sign = torch.where(x >= self.mu, 1.0, -1.0).to(x.dtype)
         return _times(sign, layer, layer.transpose(safe_divide(r, layer(x) if z is None else z), x))

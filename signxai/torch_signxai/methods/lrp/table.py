@@ -7,14 +7,26 @@ the analyzer classes (:mod:`..zennit_impl`) and the parity harness's reference r
 adding a rule is adding an entry here (and, where its name has a syntax of its own, e.g.
 ``epsilon_0_1``, a branch in the grammar's regular expression).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
-from .rules import (AlphaBetaRule, EpsilonRule, FlatRule, GammaRule, Rule, SignRule, StdxEpsilonRule,
-                    WSquareRule, ZBoxRule, ZRule)
+from .rules import (
+    AlphaBetaRule,
+    EpsilonRule,
+    FlatRule,
+    GammaRule,
+    Rule,
+    SignRule,
+    StdxEpsilonRule,
+    WSquareRule,
+    ZBoxRule,
+    ZRule,
+)
 
 __all__ = ["RuleEntry", "HIDDEN_RULES", "INPUT_RULES", "PREFIXES", "build"]
 
@@ -46,7 +58,7 @@ class RuleEntry:
 
     name: str
     params: Mapping[str, Any] = field(default_factory=dict)
-    make: Optional[Callable[..., Rule]] = None
+    make: Callable[..., Rule] | None = None
     innvestigate: str = ""
     spellings: Mapping[str, str] = field(default_factory=dict)
     analyzer_defaults: Mapping[str, Any] = field(default_factory=dict)
@@ -61,21 +73,46 @@ def _table(*entries: RuleEntry) -> Mapping[str, RuleEntry]:
 #: with a ``bias`` parameter has a bias-free variant (method names: the ``_ib`` suffix)
 HIDDEN_RULES: Mapping[str, RuleEntry] = _table(
     RuleEntry("z", {"bias": True}, lambda bias: ZRule(bias=bias), "LRPZ", {"z": "z"}),
-    RuleEntry("epsilon", {"epsilon": None, "bias": True}, lambda epsilon, bias: EpsilonRule(epsilon, bias),
-              "LRPEpsilon", {"epsilon": "epsilon"}, syntax="epsilon[_<number>]"),
-    RuleEntry("epsilon_std_x", {"stdfactor": None, "bias": True},
-              lambda stdfactor, bias: StdxEpsilonRule(stdfactor=stdfactor, bias=bias),
-              "harness:StdxEpsilonRule", syntax="epsilon_<number>_std_x"),
-    RuleEntry("alpha_beta", {"alpha": None, "beta": None, "bias": True},
-              lambda alpha, beta, bias: AlphaBetaRule(alpha, beta, bias), "LRPAlphaBeta",
-              {"alphabeta": "alpha_beta", "alpha_beta": "alpha_beta",
-               "alpha1beta0": "alpha_1_beta_0", "alpha2beta1": "alpha_2_beta_1"},
-              syntax="alpha_<number>_beta_<number>"),
-    RuleEntry("z_plus", {}, lambda: AlphaBetaRule(1.0, 0.0, bias=False), "LRPZPlus",
-              {"zplus": "z_plus", "z_plus": "z_plus"}),
+    RuleEntry(
+        "epsilon",
+        {"epsilon": None, "bias": True},
+        lambda epsilon, bias: EpsilonRule(epsilon, bias),
+        "LRPEpsilon",
+        {"epsilon": "epsilon"},
+        syntax="epsilon[_<number>]",
+    ),
+    RuleEntry(
+        "epsilon_std_x",
+        {"stdfactor": None, "bias": True},
+        lambda stdfactor, bias: StdxEpsilonRule(stdfactor=stdfactor, bias=bias),
+        "harness:StdxEpsilonRule",
+        syntax="epsilon_<number>_std_x",
+    ),
+    RuleEntry(
+        "alpha_beta",
+        {"alpha": None, "beta": None, "bias": True},
+        lambda alpha, beta, bias: AlphaBetaRule(alpha, beta, bias),
+        "LRPAlphaBeta",
+        {
+            "alphabeta": "alpha_beta",
+            "alpha_beta": "alpha_beta",
+            "alpha1beta0": "alpha_1_beta_0",
+            "alpha2beta1": "alpha_2_beta_1",
+        },
+        syntax="alpha_<number>_beta_<number>",
+    ),
+    RuleEntry(
+        "z_plus", {}, lambda: AlphaBetaRule(1.0, 0.0, bias=False), "LRPZPlus", {"zplus": "z_plus", "z_plus": "z_plus"}
+    ),
     RuleEntry("z_plus_fast", {}, lambda: ZRule(bias=False, positive=True), "LRPZPlusFast"),
-    RuleEntry("gamma", {"gamma": 0.5}, lambda gamma: GammaRule(gamma), "harness:GammaRule", {"gamma": "gamma"},
-              syntax="gamma[_<number>]"),
+    RuleEntry(
+        "gamma",
+        {"gamma": 0.5},
+        lambda gamma: GammaRule(gamma),
+        "harness:GammaRule",
+        {"gamma": "gamma"},
+        syntax="gamma[_<number>]",
+    ),
     RuleEntry("flat", {}, FlatRule, "LRPFlat", {"flat": "flat"}),
     RuleEntry("w_square", {}, WSquareRule, "LRPWSquare", {"wsquare": "w_square", "w_square": "w_square"}),
     RuleEntry("sequential_composite_a", {"epsilon": 0.1}, innvestigate="LRPSequentialPresetA"),
@@ -89,16 +126,31 @@ INPUT_RULES: Mapping[str, RuleEntry] = _table(
     RuleEntry("sign", {"mu": 0.0}, lambda mu: SignRule(mu), "harness:SignRule", {"sign": "lrpsign"}),
     RuleEntry("w_square", {}, WSquareRule, "WSquare", {"wsquare": "w2lrp", "w_square": "w2lrp"}),
     RuleEntry("flat", {}, FlatRule, "Flat", {"flat": "flatlrp"}),
-    RuleEntry("zbox", {"low": None, "high": None}, lambda low, high: ZBoxRule(low, high), "Bounded",
-              {"zbox": "zblrp"}, MappingProxyType({"low": -1.0, "high": 1.0})),
+    RuleEntry(
+        "zbox",
+        {"low": None, "high": None},
+        lambda low, high: ZBoxRule(low, high),
+        "Bounded",
+        {"zbox": "zblrp"},
+        MappingProxyType({"low": -1.0, "high": 1.0}),
+    ),
 )
 
 #: method-name prefix -> its input rule (a key of :data:`INPUT_RULES`; None: the hidden rule)
-PREFIXES: Mapping[str, Optional[str]] = MappingProxyType({
-    "lrp": None, "lrpz": "z", "lrpsign": "sign", "w2lrp": "w_square", "flatlrp": "flat", "zblrp": "zbox",
-})
+PREFIXES: Mapping[str, str | None] = MappingProxyType(
+    {
+        "lrp": None,
+        "lrpz": "z",
+        "lrpsign": "sign",
+        "w2lrp": "w_square",
+        "flatlrp": "flat",
+        "zblrp": "zbox",
+    }
+)
 
 
 def build(entry: RuleEntry, params: Mapping[str, Any]) -> Rule:
     """The rule of ``entry`` with its parameters taken from ``params`` (a method's)."""
+    if entry.make is None:
+        raise ValueError(f"{entry.name!r} is an analyzer preset, not a single rule: it has a plan of its own")
     return entry.make(**{key: params[key] for key in entry.params})

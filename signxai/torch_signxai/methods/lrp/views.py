@@ -5,22 +5,28 @@ A view knows the layer's forward with modified parameters and, where a kernel co
 without a forward pass, its transpose ``W^T v`` (a convolution's input gradient, a dense layer's
 ``v @ W``); everything else transposes by autograd.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.conv import _ConvTransposeNd
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from ..graph import UnsupportedLayerError
 from .rules import Affine
 
 __all__ = ["kernel_view", "batchnorm_view", "pool_view", "conv_adjoint", "linear_adjoint"]
 
-_CONV_TRANSPOSE = {nn.ConvTranspose1d: F.conv_transpose1d, nn.ConvTranspose2d: F.conv_transpose2d,
-                   nn.ConvTranspose3d: F.conv_transpose3d}
+_CONV_TRANSPOSE = {
+    nn.ConvTranspose1d: F.conv_transpose1d,
+    nn.ConvTranspose2d: F.conv_transpose2d,
+    nn.ConvTranspose3d: F.conv_transpose3d,
+}
 
 
 def linear_adjoint(v: torch.Tensor, like: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -28,7 +34,7 @@ def linear_adjoint(v: torch.Tensor, like: torch.Tensor, weight: torch.Tensor) ->
     return torch.matmul(v, weight)
 
 
-def conv_adjoint(module: nn.Module) -> Optional[Callable]:
+def conv_adjoint(module: _ConvNd) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
     """``weight^T v`` of a convolution by its input-gradient kernel (``convolution_backward``,
     what autograd runs for the layer's own backward, without a forward pass); None for padding
     that is not a plain zero padding of fixed size (autograd handles those)."""
@@ -39,8 +45,9 @@ def conv_adjoint(module: nn.Module) -> Optional[Callable]:
 
     def adjoint(v: torch.Tensor, like: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten.convolution_backward(
-            v, like, weight, None, stride, padding, dilation, False, output_padding, groups,
-            (True, False, False))[0]
+            v, like, weight, None, stride, padding, dilation, False, output_padding, groups, (True, False, False)
+        )[0]
+
     return adjoint
 
 
@@ -57,41 +64,53 @@ def kernel_view(module: nn.Module) -> Affine:
         return Affine(module.weight, module.bias, torch.nn.functional.linear, linear_adjoint, -1, rows)
     if isinstance(module, _ConvTransposeNd):
         if module.padding_mode != "zeros":
-            raise UnsupportedLayerError(f"{type(module).__name__} with padding_mode={module.padding_mode!r} "
-                                        f"has no relevance rule (only zero padding)")
+            raise UnsupportedLayerError(
+                f"{type(module).__name__} with padding_mode={module.padding_mode!r} "
+                f"has no relevance rule (only zero padding)"
+            )
         function = next(f for cls, f in _CONV_TRANSPOSE.items() if isinstance(module, cls))
+        padding = cast(tuple[int, ...], module.padding)  # transposed convolutions take no padding string
 
-        def apply(x, weight, bias):
-            return function(x, weight, bias, module.stride, module.padding, module.output_padding,
-                            module.groups, module.dilation)
+        def apply(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+            return function(
+                x, weight, bias, module.stride, padding, module.output_padding, module.groups, module.dilation
+            )
+
         return Affine(module.weight, module.bias, apply, None, 1)  # its transpose by autograd
-    return Affine(module.weight, module.bias, module._conv_forward, conv_adjoint(module), 1)
+    conv = cast(_ConvNd, module)  # the kinds table gives this view to conv layers only
+    return Affine(conv.weight, conv.bias, conv._conv_forward, conv_adjoint(conv), 1)
 
 
 def batchnorm_view(module: nn.Module, mode: str) -> Affine:
     """BatchNorm (eval) as ``scale * x + shift``: its true affine map (``mode='exact'``), or
     iNNvestigate 2.1.2's linearisation (``mode='innvestigate'``, what its
-    ``apply_mapping_to_fused_bn_layer`` builds), whose scale is ``gamma / sqrt(var**2 + eps)`` and shift ``beta - mean / sqrt(var**2 + eps)``."""
+    ``apply_mapping_to_fused_bn_layer`` builds), whose scale is ``gamma / sqrt(var**2 + eps)`` and
+    shift ``beta - mean / sqrt(var**2 + eps)``."""
+    module = cast(_BatchNorm, module)  # the kinds table gives this view to BatchNorm layers only
     mean, var = module.running_mean, module.running_var
     if mean is None or var is None:
-        raise UnsupportedLayerError(f"{type(module).__name__} without running statistics "
-                                    f"(track_running_stats=False) has no fixed affine map")
+        raise UnsupportedLayerError(
+            f"{type(module).__name__} without running statistics (track_running_stats=False) has no fixed affine map"
+        )
     gamma = module.weight if module.weight is not None else torch.ones_like(mean)
     beta = module.bias if module.bias is not None else torch.zeros_like(mean)
     if mode == "innvestigate":
-        root = torch.sqrt(var ** 2 + module.eps)
+        root = torch.sqrt(var**2 + module.eps)
         scale, shift = gamma / root, beta - mean / root
     else:
         root = torch.sqrt(var + module.eps)
         scale, shift = gamma / root, beta - gamma * mean / root
 
-    def apply(x, weight, bias):
+    def apply(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         shape = (1, -1) + (1,) * (x.ndim - 2)
         out = x * weight.view(shape)
         return out if bias is None else out + bias.view(shape)
 
-    def adjoint(v, like, weight):  # the input gradient of ``x * weight``
+    def adjoint(
+        v: torch.Tensor, like: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:  # the input gradient of ``x * weight``
         return v * weight.view((1, -1) + (1,) * (v.ndim - 2))
+
     return Affine(scale.detach(), shift.detach(), apply, adjoint, 1)
 
 
