@@ -1,11 +1,13 @@
-"""Sessions: `nox -s tests` (fast suite, no TensorFlow), `nox -s parity` (the cross-framework
-harness on the bundled fixtures, then the TensorFlow test suite), `nox -s ray` (the harness and
-dataset explanations on a local Ray cluster), `nox -s docs` (the documentation site), `nox -s zoo` (torchvision's architectures),
-`nox -s bench` (benchmarks).
+"""Sessions: `nox -s tests` (the test suite: the fast suite, then the TensorFlow tests in a pytest
+process of their own), `nox -s parity` (the main job: the cross-framework harness on the bundled
+fixtures), `nox -s docs` (the documentation site), `nox -s ray` (the harness and dataset
+explanations on a local Ray cluster), `nox -s zoo` (torchvision's architectures), `nox -s bench`
+(benchmarks).
 
 pytest's exit code 5 ("no tests collected") fails a session like any other non-zero code:
 an empty run is a broken run.
 """
+
 import time
 from pathlib import Path
 
@@ -26,10 +28,17 @@ def tests(session: nox.Session) -> None:
     assert_parity, the Hypothesis parity suite. Prints its wall time."""
     started = time.time()
     session.install("-e", ".[parity,test,dataset]")
-    session.run("pytest", "-m", "not tf and not slow and not ray", "-p", "no:cacheprovider", *session.posargs,
-                env=ENV)
-    session.run("pytest", "-m", "tf and not slow", "-p", "no:cacheprovider", "tests/parity",
-                "tests/test_parity_helper.py", env=ENV)
+    session.run("pytest", "-m", "not tf and not slow and not ray", "-p", "no:cacheprovider", *session.posargs, env=ENV)
+    session.run(
+        "pytest",
+        "-m",
+        "tf and not slow",
+        "-p",
+        "no:cacheprovider",
+        "tests/parity",
+        "tests/test_parity_helper.py",
+        env=ENV,
+    )
     session.log(f"nox -s tests took {time.time() - started:.0f} s (install included)")
 
 
@@ -51,6 +60,16 @@ def docs(session: nox.Session) -> None:
     into site/; a warning (a broken link, a docstring that does not parse) fails the build."""
     session.install("-e", ".", "mkdocs>=1.6", "mkdocstrings[python]>=0.26")
     session.run("mkdocs", "build", "--strict", "--clean")
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format check) over the tree and mypy on signxai/ and parity/ (settings in
+    pyproject.toml); the library and matplotlib are installed so mypy sees their types."""
+    session.install("ruff==0.17.6", "mypy==2.4.1", "matplotlib", "-e", ".")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
 
 
 @nox.session(python=PYTHON)

@@ -3,15 +3,16 @@ and 2 actors.
 
 ``lrp_epsilon_0_1`` (TF-compatible API) on the VGG-style CNN (``benchlib.vgg_style(size)``) over
 ``--images`` standard-normal 3 x size x size inputs (``--size``, default 64) in batches of
-``--batch``, each run into a fresh zarr store. The job is long enough (about a minute in-process)
-for throughput to dominate Ray Data's start-up of a job's actors (several seconds: each imports
-torch and the library and receives the model). In-process runs on one intra-op thread, as each Ray actor does (one CPU, one thread), so
-the rows compare like with like. The local cluster (127.0.0.1, no dashboard) has one CPU more
-than the actors, for Ray Data's own tasks; it is started once and warmed by a first job, so a
-row holds the job's own cost (actor start-up included), not the cluster's. Each configuration is
-run ``--repeats`` times taking turns; the best wall time of each gives images/s and the ratios
-(targets of issue 16: 2 actors >= 1.7x one; Ray with 1 actor within 1.15x of in-process). Every
-store is checked to equal the in-process maps bitwise.
+``--batch``, each run into a fresh zarr store. The job is long enough (about a minute in-
+process) for throughput to dominate Ray Data's start-up of a job's actors (several seconds: each
+imports torch and the library and receives the model). In-process runs on one intra-op thread,
+as each Ray actor does (one CPU, one thread), so the rows compare like with like. The local
+cluster (127.0.0.1, no dashboard) has one CPU more than the actors, for Ray Data's own tasks; it
+is started once and warmed by a first job, so a row holds the job's own cost (actor start-up
+included), not the cluster's. Each configuration is run ``--repeats`` times taking turns; the
+best wall time of each gives images/s and the ratios (targets of issue 16: 2 actors >= 1.7x one;
+Ray with 1 actor within 1.15x of in-process). Every store is checked to equal the in-process
+maps bitwise.
 
 Run: ``.venv/bin/python benchmarks/dataset.py`` (``--images``, ``--batch``, ``--repeats``).
 """
@@ -80,17 +81,29 @@ def main() -> int:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     base, one, two = best["in-process"], best["Ray, 1 actor"], best["Ray, 2 actors"]
-    print(B.header(f"explain_dataset {METHOD}, VGG-style 3x{args.size}x{args.size}, {args.images} images, "
-                   f"batch {args.batch}"))
-    rows = [{"config": name, "seconds": seconds, "rate": args.images / seconds, "ratio": base / seconds}
-            for name, seconds in best.items()]
-    print(B.table([{**r, "seconds": f"{r['seconds']:.2f}", "rate": f"{r['rate']:.0f}",
-                    "ratio": f"{r['ratio']:.2f}x"} for r in rows],
-                  [("config", "run"), ("seconds", "best wall s"), ("rate", "images/s"),
-                   ("ratio", "speed vs in-process")]))
-    print(f"2 actors / 1 actor: {one / two:.2f}x (target >= 1.7x: {'met' if one / two >= 1.7 else 'MISSED'}); "
-          f"Ray 1 actor / in-process time: {one / base:.2f}x (target <= 1.15x: "
-          f"{'met' if one / base <= 1.15 else 'MISSED'})")
+    print(
+        B.header(
+            f"explain_dataset {METHOD}, VGG-style 3x{args.size}x{args.size}, {args.images} images, batch {args.batch}"
+        )
+    )
+    rows = [
+        {"config": name, "seconds": seconds, "rate": args.images / seconds, "ratio": base / seconds}
+        for name, seconds in best.items()
+    ]
+    print(
+        B.table(
+            [
+                {**r, "seconds": f"{r['seconds']:.2f}", "rate": f"{r['rate']:.0f}", "ratio": f"{r['ratio']:.2f}x"}
+                for r in rows
+            ],
+            [("config", "run"), ("seconds", "best wall s"), ("rate", "images/s"), ("ratio", "speed vs in-process")],
+        )
+    )
+    print(
+        f"2 actors / 1 actor: {one / two:.2f}x (target >= 1.7x: {'met' if one / two >= 1.7 else 'MISSED'}); "
+        f"Ray 1 actor / in-process time: {one / base:.2f}x (target <= 1.15x: "
+        f"{'met' if one / base <= 1.15 else 'MISSED'})"
+    )
     return 0
 
 

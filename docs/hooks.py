@@ -4,6 +4,7 @@
   :func:`signxai.torch_signxai.methods.catalog.format_methods`.
 * ``benchmarks.md`` is ``benchmarks/README.md`` (with its figure), as the benchmark scripts wrote it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,6 +17,7 @@ MARKER = "<!-- signxai:methods -->"
 
 
 def on_files(files: Files, config) -> Files:
+    """Add the generated benchmark page and its figures."""
     files.append(File.generated(config, "benchmarks.md", content=(BENCHMARKS / "README.md").read_text()))
     for figure in sorted(BENCHMARKS.glob("*.png")):
         files.append(File.generated(config, figure.name, abs_src_path=str(figure)))
@@ -23,6 +25,7 @@ def on_files(files: Files, config) -> Files:
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
+    """Put the method tables where a page has the marker."""
     if MARKER in markdown:
         from signxai.torch_signxai.methods import format_methods
 

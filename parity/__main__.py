@@ -8,6 +8,7 @@ and our library in float32 and float64, judges every row by the gate of
 rows per model, every failing row, the report's path, ``parity: P/N passed``) and exits 1 if any
 row fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,12 +21,16 @@ from .harness import ModelRun, graph_mode
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m parity", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m parity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="*", help="fixture names (default: all)")
     parser.add_argument("--methods", nargs="*", help="method names (default: every applicable name)")
-    parser.add_argument("--no-float64", action="store_true",
-                        help="float32 only: compare the float32 maps directly (quicker, not the gate)")
+    parser.add_argument(
+        "--no-float64",
+        action="store_true",
+        help="float32 only: compare the float32 maps directly (quicker, not the gate)",
+    )
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for the report files")
     add_run_options(parser, workers=2)
     return parser
@@ -44,7 +49,7 @@ def _stored_note(run: ModelRun) -> str:
     if missing:
         return f"{run.dtype}: DIFFER: missing {', '.join(missing[:8])}"
     errors = {method: relative_error(stored[method], live) for method, live in run.references.items()}
-    worst = max(errors, key=errors.get, default=None)
+    worst = max(errors, key=lambda method: errors[method], default=None)
     if worst is None or errors[worst] == 0:
         return f"{run.dtype}: bitwise equal"
     if run.dtype == "float64" and errors[worst] > FORMULA_TOLERANCE:
@@ -54,6 +59,7 @@ def _stored_note(run: ModelRun) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``python -m parity``; 0 when every row passes, 1 when one fails, 2 for a usage error."""
     args = _parser().parse_args(argv)
     from .pipeline import UsageError
 
@@ -73,10 +79,13 @@ def _run(args: argparse.Namespace) -> int:
     backend = backend_of(args)
     dtypes = 1 if args.no_float64 else 2
     print(f"[parity] {len(subjects)} models x {dtypes} dtypes on {backend.describe()}", flush=True)
-    outcome = check(subjects, args.methods, float64=not args.no_float64, backend=backend,
-                    cache=cache_of(args), progress=True)
-    stored = {label: "; ".join(_stored_note(run) for (name, _), run in outcome.by_job.items() if name == label)
-              for label in (s.label for s in subjects)}
+    outcome = check(
+        subjects, args.methods, float64=not args.no_float64, backend=backend, cache=cache_of(args), progress=True
+    )
+    stored = {
+        label: "; ".join(_stored_note(run) for (name, _), run in outcome.by_job.items() if name == label)
+        for label in (s.label for s in subjects)
+    }
     outcome.context["stored fixture references vs live"] = " / ".join(f"{k}: {v}" for k, v in stored.items())
     report = args.out / "parity-report.md"
     publish(outcome, out=args.out, json_path=args.out / "parity-report.json")

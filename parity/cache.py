@@ -16,6 +16,7 @@ match its digest (a corrupt or truncated file) is recomputed and replaced.
 The folder is ``$SIGNXAI_PARITY_CACHE`` if set, else ``$XDG_CACHE_HOME/signxai/parity`` (default
 ``~/.cache/signxai/parity``); ``python -m parity --no-cache`` runs without it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,11 +24,11 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
-from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ def default_folder() -> Path | None:
     return Path(base) / "signxai" / "parity"
 
 
-def _update(digest: "hashlib._Hash", value: Any) -> None:
+def _update(digest: hashlib._Hash, value: Any) -> None:
     """Feed ``value`` into ``digest`` unambiguously (arrays by dtype, shape and bytes)."""
     if isinstance(value, np.ndarray):
         digest.update(f"array {value.dtype.str} {value.shape}|".encode())
@@ -144,8 +145,11 @@ class ReferenceCache:
         return {name: float(value) for name, value in arrays.items()}
 
     def _store(self, path: Path, value: Any) -> None:
-        arrays = ({"__map__": np.asarray(value)} if isinstance(value, np.ndarray)
-                  else {name: np.asarray(number, np.float64) for name, number in value.items()})
+        arrays = (
+            {"__map__": np.asarray(value)}
+            if isinstance(value, np.ndarray)
+            else {name: np.asarray(number, np.float64) for name, number in value.items()}
+        )
         arrays["__digest__"] = np.asarray(self._content_digest(arrays))
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")

@@ -11,6 +11,7 @@ Exit status: 0 when every compared method passes, 1 when one fails, 2 when the c
 (a usage error, a model or input that cannot be loaded, a layer the twin or LRP cannot handle,
 or the parity extra missing); an error is one line on stderr that says what to do.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,10 @@ import math
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 import torch
@@ -30,7 +32,10 @@ import torch
 from .cache import CACHE_ENV, default_folder
 from .compare import FLOAT32_FLOOR
 from .fanout import Backend
-from .pipeline import UsageError, flat, one_line, require_parity_extra
+from .pipeline import UsageError, one_line, require_parity_extra
+
+if TYPE_CHECKING:
+    from .report import Row
 
 __all__ = ["main", "add_run_options", "backend_of", "cache_of", "report_rows"]
 
@@ -38,70 +43,115 @@ EXAMPLE = """example (a factory function build() in my_model.py in the current f
   signxai-parity --model my_model:build --input-shape 1,8,8 \\
       --methods gradient,lrp_epsilon_0_1,lrpsign_z --out parity-out --json parity-out/parity.json"""
 
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are :class:`UsageError` (one line, exit 2)."""
 
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see signxai-parity --help)")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="signxai-parity", description=__doc__, epilog=EXAMPLE,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="signxai-parity", description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--model", metavar="MODULE:FUNCTION",
-                       help="a factory returning the torch.nn.Module, e.g. my_model:build or "
-                            "mypackage.models:resnet_small; the module is imported with the "
-                            "current folder on sys.path")
-    model.add_argument("--torchscript", type=Path, metavar="PATH",
-                       help="a TorchScript file (torch.jit.save); the Keras twin converter needs "
-                            "torch.fx, which cannot trace TorchScript, so prefer --model")
-    parser.add_argument("--state-dict", type=Path, metavar="PATH",
-                        help="weights for the model --model builds, loaded with "
-                             "torch.load(PATH, map_location='cpu', weights_only=True)")
+    model.add_argument(
+        "--model",
+        metavar="MODULE:FUNCTION",
+        help="a factory returning the torch.nn.Module, e.g. my_model:build or "
+        "mypackage.models:resnet_small; the module is imported with the "
+        "current folder on sys.path",
+    )
+    model.add_argument(
+        "--torchscript",
+        type=Path,
+        metavar="PATH",
+        help="a TorchScript file (torch.jit.save); the Keras twin converter needs "
+        "torch.fx, which cannot trace TorchScript, so prefer --model",
+    )
+    parser.add_argument(
+        "--state-dict",
+        type=Path,
+        metavar="PATH",
+        help="weights for the model --model builds, loaded with "
+        "torch.load(PATH, map_location='cpu', weights_only=True)",
+    )
     inputs = parser.add_mutually_exclusive_group(required=True)
-    inputs.add_argument("--input-shape", metavar="C,H,W",
-                        help="one input's shape, channels first, no batch axis (e.g. 3,32,32 or 64 "
-                             "for a dense model); inputs are standard normal draws")
-    inputs.add_argument("--inputs", type=Path, metavar="FILE.npy",
-                        help="inputs as a .npy array, channels first, with a batch axis")
-    parser.add_argument("--batch", type=int, default=4,
-                        help="number of random inputs with --input-shape (default: 4)")
+    inputs.add_argument(
+        "--input-shape",
+        metavar="C,H,W",
+        help="one input's shape, channels first, no batch axis (e.g. 3,32,32 or 64 "
+        "for a dense model); inputs are standard normal draws",
+    )
+    inputs.add_argument(
+        "--inputs", type=Path, metavar="FILE.npy", help="inputs as a .npy array, channels first, with a batch axis"
+    )
+    parser.add_argument("--batch", type=int, default=4, help="number of random inputs with --input-shape (default: 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
-    parser.add_argument("--methods", metavar="NAMES",
-                        help="comma-separated method names, e.g. gradient,lrp_z,lrpsign_epsilon_0_1 "
-                             "(default: every name of the parity session that applies, parity.cases.session_names(); list them with --list-methods)")
-    parser.add_argument("--tolerance", type=_tolerance, metavar="REL",
-                        help=f"the float32 floor: a float32 error up to it always passes (default: "
-                             f"{FLOAT32_FLOOR:g}, parity.compare.FLOAT32_FLOOR)")
-    parser.add_argument("--float32-only", action="store_true",
-                        help="skip the float64 run (about half the time) and compare the float32 "
-                             "maps directly against the floor; that is not the full gate")
-    parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="write parity-report.md and parity-figure.png into DIR")
-    parser.add_argument("--json", type=Path, metavar="PATH",
-                        help="write every row's metrics, the options and the versions used as JSON")
+    parser.add_argument(
+        "--methods",
+        metavar="NAMES",
+        help="comma-separated method names, e.g. gradient,lrp_z,lrpsign_epsilon_0_1 (default: every "
+        "name of the parity session that applies, parity.cases.session_names(); list them with "
+        "--list-methods)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=_tolerance,
+        metavar="REL",
+        help=f"the float32 floor: a float32 error up to it always passes (default: "
+        f"{FLOAT32_FLOOR:g}, parity.compare.FLOAT32_FLOOR)",
+    )
+    parser.add_argument(
+        "--float32-only",
+        action="store_true",
+        help="skip the float64 run (about half the time) and compare the float32 "
+        "maps directly against the floor; that is not the full gate",
+    )
+    parser.add_argument("--out", type=Path, metavar="DIR", help="write parity-report.md and parity-figure.png into DIR")
+    parser.add_argument(
+        "--json", type=Path, metavar="PATH", help="write every row's metrics, the options and the versions used as JSON"
+    )
     add_run_options(parser, workers=1)
-    parser.add_argument("--list-methods", action="store_true",
-                        help="print every method name family with its parameters and defaults, and the "
-                             "iNNvestigate analyzer each matches, then exit (no model needed)")
+    parser.add_argument(
+        "--list-methods",
+        action="store_true",
+        help="print every method name family with its parameters and defaults, and the "
+        "iNNvestigate analyzer each matches, then exit (no model needed)",
+    )
     return parser
 
 
 def add_run_options(parser: argparse.ArgumentParser, workers: int) -> None:
     """Add the options that say where the work runs and where references are cached
     (``--workers``, ``--ray``, ``--cache``, ``--no-cache``) to ``parser``."""
-    parser.add_argument("--workers", type=_positive, default=workers, metavar="N",
-                        help=f"local processes the work is split over (default: {workers}; 1 runs it in "
-                             f"this process), or the CPUs of the cluster --ray starts")
-    parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                        help="run the work on a Ray cluster (the ray extra): without ADDRESS a local "
-                             "one bound to 127.0.0.1 with --workers CPUs; else e.g. 'auto' or "
-                             "'ray://host:10001'")
-    parser.add_argument("--cache", type=Path, default=default_folder(), metavar="DIR",
-                        help=f"folder of the reference cache (default: ${CACHE_ENV}, else "
-                             f"~/.cache/signxai/parity); a reference whose inputs did not change is "
-                             f"read from it, bitwise what a live run computes")
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=workers,
+        metavar="N",
+        help=f"local processes the work is split over (default: {workers}; 1 runs it in "
+        f"this process), or the CPUs of the cluster --ray starts",
+    )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run the work on a Ray cluster (the ray extra): without ADDRESS a local "
+        "one bound to 127.0.0.1 with --workers CPUs; else e.g. 'auto' or "
+        "'ray://host:10001'",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=default_folder(),
+        metavar="DIR",
+        help=f"folder of the reference cache (default: ${CACHE_ENV}, else "
+        f"~/.cache/signxai/parity); a reference whose inputs did not change is "
+        f"read from it, bitwise what a live run computes",
+    )
     parser.add_argument("--no-cache", action="store_true", help="compute every reference live")
 
 
@@ -185,10 +235,21 @@ def _run(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message="`Model.state_updates` will be removed", category=UserWarning)
     names = [name.strip() for name in args.methods.split(",")] if args.methods else None
     label = args.model or args.torchscript.name
-    context = {"model": label, "inputs": _describe_inputs(args, x),
-               "options": {key: _plain(value) for key, value in vars(args).items()}}
-    outcome = check([Subject(label, model, x)], names, tolerance=args.tolerance, float64=not args.float32_only,
-                    backend=backend_of(args), cache=cache_of(args), progress=True, context=context)
+    context = {
+        "model": label,
+        "inputs": _describe_inputs(args, x),
+        "options": {key: _plain(value) for key, value in vars(args).items()},
+    }
+    outcome = check(
+        [Subject(label, model, x)],
+        names,
+        tolerance=args.tolerance,
+        float64=not args.float32_only,
+        backend=backend_of(args),
+        cache=cache_of(args),
+        progress=True,
+        context=context,
+    )
     publish(outcome, out=args.out, json_path=args.json)
     return report_rows(outcome.rows)
 
@@ -226,15 +287,19 @@ def _factory(spec: str) -> Callable[[], Any]:
     except ModuleNotFoundError as error:
         if error.name != module_name and not module_name.startswith(f"{error.name}."):
             raise UsageError(f"importing {module_name!r} failed: {one_line(error)}") from error
-        raise UsageError(f"cannot find module {module_name!r} for --model {spec}: run signxai-parity "
-                         f"from the folder that holds it, or add that folder to PYTHONPATH") from error
+        raise UsageError(
+            f"cannot find module {module_name!r} for --model {spec}: run signxai-parity "
+            f"from the folder that holds it, or add that folder to PYTHONPATH"
+        ) from error
     except Exception as error:
         raise UsageError(f"importing {module_name!r} failed: {one_line(error)}") from error
     factory = getattr(module, attribute, None)
     if not callable(factory):
         found = "is not callable" if hasattr(module, attribute) else "does not exist"
-        raise UsageError(f"{attribute!r} in module {module_name!r} ({module.__file__}) {found}: "
-                         f"--model needs MODULE:FUNCTION naming a function that returns the model")
+        raise UsageError(
+            f"{attribute!r} in module {module_name!r} ({module.__file__}) {found}: "
+            f"--model needs MODULE:FUNCTION naming a function that returns the model"
+        )
     return factory
 
 
@@ -246,8 +311,10 @@ def _build(spec: str) -> torch.nn.Module:
     except Exception as error:
         raise UsageError(f"{spec}() raised {one_line(error)}") from error
     if not isinstance(model, torch.nn.Module):
-        raise UsageError(f"{spec}() returned an object of type {type(model).__name__}, not a "
-                         f"torch.nn.Module: make the factory return the model")
+        raise UsageError(
+            f"{spec}() returned an object of type {type(model).__name__}, not a "
+            f"torch.nn.Module: make the factory return the model"
+        )
     return model
 
 
@@ -278,9 +345,11 @@ def _load_torchscript(path: Path) -> torch.nn.Module:
     try:
         torch.fx.symbolic_trace(model)
     except Exception as error:
-        raise UsageError(f"the TorchScript model {path} cannot be traced by torch.fx, which the Keras "
-                         f"twin converter needs: pass --model MODULE:FUNCTION (with --state-dict for "
-                         f"trained weights) instead") from error
+        raise UsageError(
+            f"the TorchScript model {path} cannot be traced by torch.fx, which the Keras "
+            f"twin converter needs: pass --model MODULE:FUNCTION (with --state-dict for "
+            f"trained weights) instead"
+        ) from error
     return model
 
 
@@ -302,8 +371,10 @@ def _shape(text: str) -> tuple[int, ...]:
     except ValueError:
         shape = ()
     if not shape or min(shape) < 1:
-        raise UsageError(f"--input-shape takes positive integers separated by commas, channels first, "
-                         f"without the batch axis (e.g. 3,32,32), got {text!r}")
+        raise UsageError(
+            f"--input-shape takes positive integers separated by commas, channels first, "
+            f"without the batch axis (e.g. 3,32,32), got {text!r}"
+        )
     return shape
 
 
@@ -315,8 +386,10 @@ def _read_npy(path: Path) -> np.ndarray:
     except Exception as error:
         raise UsageError(f"cannot read {path} as a .npy array: {one_line(error)}") from error
     if x.ndim < 2 or not np.issubdtype(x.dtype, np.number):
-        raise UsageError(f"{path} holds a {x.dtype} array of shape {x.shape}; --inputs needs numbers "
-                         f"with a batch axis, channels first, e.g. shape (4, 3, 32, 32)")
+        raise UsageError(
+            f"{path} holds a {x.dtype} array of shape {x.shape}; --inputs needs numbers "
+            f"with a batch axis, channels first, e.g. shape (4, 3, 32, 32)"
+        )
     return x.astype(np.float32)
 
 

@@ -1,23 +1,35 @@
 """Run both frameworks on one fixture: our library on the PyTorch model, iNNvestigate on a fresh
 Keras twin for every analyzer. Needs TensorFlow in graph mode (see :func:`graph_mode`)."""
+
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from signxai.torch_signxai.methods.grammar import MethodSpec
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps
 
 from .cache import ReferenceCache, twin_digest
 from .cases import Case, cases
 
-__all__ = ["graph_mode", "ModelRun", "run_model", "run_fixture", "merge_runs", "model_kind", "base_key",
-           "IDENTITY_TOLERANCE"]
+__all__ = [
+    "graph_mode",
+    "ModelRun",
+    "run_model",
+    "run_fixture",
+    "merge_runs",
+    "model_kind",
+    "base_key",
+    "IDENTITY_TOLERANCE",
+]
 
 #: the trap-10 identities (lrp_z == gradient_x_input, lrpsign_z == gradient_x_sign on ReLU nets)
 #: must hold on the reference side to this relative error, or input-layer rules were dropped
@@ -32,6 +44,7 @@ def graph_mode() -> None:
 
     apply()
     import tensorflow as tf
+
     tf.compat.v1.disable_eager_execution()
 
 
@@ -57,9 +70,11 @@ class ModelRun:
     def dropped_input_rules(self) -> dict[str, float]:
         """The trap-10 identities that fail on the reference side (input-layer rule dropped).
         With BatchNorm only ``lrp_z == lrpsign_z * x * s(x)`` holds (trap 11)."""
-        return {name: error for name, error in self.identities.items()
-                if error > IDENTITY_TOLERANCE
-                and (not self.has_batchnorm or name == "lrp_z_vs_lrpsign_z_x_abs")}
+        return {
+            name: error
+            for name, error in self.identities.items()
+            if error > IDENTITY_TOLERANCE and (not self.has_batchnorm or name == "lrp_z_vs_lrpsign_z_x_abs")
+        }
 
 
 def model_kind(model: torch.nn.Module) -> tuple[str, str | None]:
@@ -71,23 +86,47 @@ def model_kind(model: torch.nn.Module) -> tuple[str, str | None]:
     return ("cnn1d" if isinstance(last, torch.nn.Conv1d) else "cnn"), name
 
 
-def run_fixture(fixture: str, dtype: str = "float32", names: list[str] | None = None,
-                progress: Callable[[str], None] | None = None, ours: bool = True,
-                identities: bool = True, cache: Path | None = None) -> ModelRun:
+def run_fixture(
+    fixture: str,
+    dtype: str = "float32",
+    names: list[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+    ours: bool = True,
+    identities: bool = True,
+    cache: Path | None = None,
+) -> ModelRun:
     """:func:`run_model` on a fixture model (:data:`fixtures.models.FIXTURES`) and its stored inputs
     (the ``fixtures`` folder of the repository must be importable), with references cached in the
     folder ``cache`` (None: computed live)."""
     from fixtures.models import FIXTURES, load_inputs, load_model
 
-    return run_model(fixture, load_model(fixture), load_inputs(fixture), FIXTURES[fixture].input_shape,
-                     dtype, names, progress=progress, ours=ours, identities=identities,
-                     cache=ReferenceCache(cache))
+    return run_model(
+        fixture,
+        load_model(fixture),
+        load_inputs(fixture),
+        FIXTURES[fixture].input_shape,
+        dtype,
+        names,
+        progress=progress,
+        ours=ours,
+        identities=identities,
+        cache=ReferenceCache(cache),
+    )
 
 
-def run_model(label: str, model: torch.nn.Module, x: np.ndarray, input_shape: tuple[int, ...],
-              dtype: str = "float32", names: list[str] | None = None, *,
-              progress: Callable[[str], None] | None = None, ours: bool = True,
-              identities: bool = True, cache: ReferenceCache | None = None) -> ModelRun:
+def run_model(
+    label: str,
+    model: torch.nn.Module,
+    x: np.ndarray,
+    input_shape: tuple[int, ...],
+    dtype: str = "float32",
+    names: list[str] | None = None,
+    *,
+    progress: Callable[[str], None] | None = None,
+    ours: bool = True,
+    identities: bool = True,
+    cache: ReferenceCache | None = None,
+) -> ModelRun:
     """Compute our maps and iNNvestigate's reference maps for one model.
 
     Parameters
@@ -128,13 +167,18 @@ def run_model(label: str, model: torch.nn.Module, x: np.ndarray, input_shape: tu
     cache = ReferenceCache(None) if cache is None else cache
     try:
         twin = to_keras(model, tuple(input_shape), dtype=dtype)
-        run = ModelRun(label, dtype, x, targets, input_layer_hidden=twin.hidden_reason,
-                       has_batchnorm=any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                                         for m in model.modules()))
+        run = ModelRun(
+            label,
+            dtype,
+            x,
+            targets,
+            input_layer_hidden=twin.hidden_reason,
+            has_batchnorm=any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()),
+        )
         chosen, run.skipped = cases(label, kind, last_conv, x, names)
         # the digest of a model built as every reference builds its own (twin.fresh)
         digest = twin_digest(twin.fresh()) if cache.folder is not None else ""
-        twin_options = {"input_layer_hidden": twin.input_layer_hidden, "layer_names": twin.layer_names}
+        twin_options: dict[str, Any] = {"input_layer_hidden": twin.input_layer_hidden, "layer_names": twin.layer_names}
 
         def cached(what: Any, compute: Callable[[], Any]) -> Any:
             tf.keras.backend.clear_session()
@@ -155,8 +199,10 @@ def run_model(label: str, model: torch.nn.Module, x: np.ndarray, input_shape: tu
             key = base_key(base)
             try:
                 if key not in bases:
-                    bases[key] = cached(_spec_fields(base), lambda: reference_map(base, twin.fresh, x, targets,
-                                                                                   **twin_options))
+                    bases[key] = cached(
+                        _spec_fields(base),
+                        functools.partial(reference_map, base, twin.fresh, x, targets, **twin_options),
+                    )
                 run.references[case.method] = apply_post(case.spec, bases[key], x)
             except ReferenceUnavailable as error:
                 run.unavailable[case.method] = str(error)
@@ -168,12 +214,12 @@ def run_model(label: str, model: torch.nn.Module, x: np.ndarray, input_shape: tu
     return run
 
 
-def _spec_fields(spec) -> dict[str, Any]:
+def _spec_fields(spec: MethodSpec) -> dict[str, Any]:
     """What a reference of ``spec`` depends on: every field but the name (noise arrays included)."""
     return {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "name"}
 
 
-def base_key(spec) -> tuple:
+def base_key(spec: MethodSpec) -> tuple:
     """What identifies a map before post-multipliers. The noise is left out: the harness draws it
     from a fixed seed, so it is the same for every name with the same sample count and level."""
     params = tuple(sorted((k, repr(v)) for k, v in spec.params.items() if k not in ("noise", "post_mu")))
@@ -183,8 +229,9 @@ def base_key(spec) -> tuple:
 def merge_runs(parts: list[ModelRun]) -> ModelRun:
     """One :class:`ModelRun` from runs of the same model and dtype on disjoint method groups."""
     first = parts[0]
-    merged = dataclasses.replace(first, ours={}, references={}, unavailable={}, errors={},
-                                 skipped={}, identities={}, cached=0, computed=0)
+    merged = dataclasses.replace(
+        first, ours={}, references={}, unavailable={}, errors={}, skipped={}, identities={}, cached=0, computed=0
+    )
     for part in parts:
         if (part.label, part.dtype) != (first.label, first.dtype) or not np.array_equal(part.targets, first.targets):
             raise ValueError(f"cannot merge a run of {part.label} {part.dtype} into {first.label} {first.dtype}")

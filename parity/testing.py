@@ -19,6 +19,7 @@ Example
     def test_my_model_matches_innvestigate():
         assert_parity(MyModel(), x, methods=["gradient", "lrp_epsilon_0_1", "lrpsign_z"])
 """
+
 from __future__ import annotations
 
 import json
@@ -41,9 +42,15 @@ __all__ = ["assert_parity"]
 _STDERR_LINES = 20
 
 
-def assert_parity(model: torch.nn.Module, x: Any, methods: list[str] | None = None, rtol: float = 1e-4,
-                  input_shape: tuple[int, ...] | None = None, float64: bool = True,
-                  cache: Path | str | bool = True) -> list[dict]:
+def assert_parity(
+    model: torch.nn.Module,
+    x: Any,
+    methods: list[str] | None = None,
+    rtol: float = 1e-4,
+    input_shape: tuple[int, ...] | None = None,
+    float64: bool = True,
+    cache: Path | str | bool = True,
+) -> list[dict]:
     """Assert that signxai's maps of ``model`` equal iNNvestigate's on its Keras twin.
 
     Parameters
@@ -85,16 +92,22 @@ def assert_parity(model: torch.nn.Module, x: Any, methods: list[str] | None = No
     """
     x = _batch(x, input_shape)
     folder_of_cache = default_folder() if cache is True else Path(cache) if cache else None
-    request = {"methods": methods, "rtol": rtol, "float64": float64, "label": type(model).__name__,
-               "cache": str(folder_of_cache) if folder_of_cache else None}
-    with tempfile.TemporaryDirectory(prefix="signxai-parity-") as folder:
-        folder = Path(folder)
+    request = {
+        "methods": methods,
+        "rtol": rtol,
+        "float64": float64,
+        "label": type(model).__name__,
+        "cache": str(folder_of_cache) if folder_of_cache else None,
+    }
+    with tempfile.TemporaryDirectory(prefix="signxai-parity-") as name:
+        folder = Path(name)
         env = _child_env(model)
         torch.save(model, folder / "model.pt")
         np.save(folder / "x.npy", x)
         (folder / "request.json").write_text(json.dumps(request))
-        child = subprocess.run([sys.executable, "-m", "parity.testing", str(folder)], env=env,
-                               capture_output=True, text=True)
+        child = subprocess.run(
+            [sys.executable, "-m", "parity.testing", str(folder)], env=env, capture_output=True, text=True
+        )
         result = folder / "result.json"
         if not result.is_file():
             tail = "\n".join(child.stderr.strip().splitlines()[-_STDERR_LINES:])
@@ -115,8 +128,10 @@ def _batch(x: Any, input_shape: tuple[int, ...] | None) -> np.ndarray:
     if x.shape == tuple(input_shape):
         return x[None]
     if x.shape[1:] != tuple(input_shape):
-        raise ValueError(f"x has shape {x.shape}; with input_shape={tuple(input_shape)} it must be "
-                         f"{tuple(input_shape)} or (batch, *{tuple(input_shape)})")
+        raise ValueError(
+            f"x has shape {x.shape}; with input_shape={tuple(input_shape)} it must be "
+            f"{tuple(input_shape)} or (batch, *{tuple(input_shape)})"
+        )
     return x
 
 
@@ -136,9 +151,11 @@ def _class_roots(model: torch.nn.Module) -> list[str]:
     roots: list[str] = []
     for cls in dict.fromkeys(type(module) for module in model.modules()):
         if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
-            raise ValueError(f"assert_parity sends the model to a child process with torch.save, which "
-                             f"stores classes by module and name: define {cls.__qualname__} at the top "
-                             f"level of an importable module (not in __main__ or inside a function)")
+            raise ValueError(
+                f"assert_parity sends the model to a child process with torch.save, which "
+                f"stores classes by module and name: define {cls.__qualname__} at the top "
+                f"level of an importable module (not in __main__ or inside a function)"
+            )
         file = getattr(sys.modules.get(cls.__module__), "__file__", None)
         if file is not None:
             depth = cls.__module__.count(".") + (Path(file).name == "__init__.py")
@@ -167,10 +184,15 @@ def _child(folder: Path) -> int:
         graph_mode()
         # a whole module, pickled by the caller's process moments ago
         model = torch.load(folder / "model.pt", map_location="cpu", weights_only=False).eval()
-        outcome = check([Subject(request["label"], model, np.load(folder / "x.npy"))], request["methods"],
-                        tolerance=request["rtol"], float64=request["float64"], backend=Backend(workers=1),
-                        cache=Path(request["cache"]) if request["cache"] else None,
-                        context={"options": request})
+        outcome = check(
+            [Subject(request["label"], model, np.load(folder / "x.npy"))],
+            request["methods"],
+            tolerance=request["rtol"],
+            float64=request["float64"],
+            backend=Backend(workers=1),
+            cache=Path(request["cache"]) if request["cache"] else None,
+            context={"options": request},
+        )
     except UsageError as error:
         print(f"assert_parity: {error}", file=sys.stderr)
         return 2

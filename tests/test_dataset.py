@@ -190,10 +190,12 @@ def test_a_folder_that_is_not_a_store_is_left_alone(model, x, tmp_path):
 
 
 def test_parameters_resume(model, x, tmp_path):
-    first = explain_dataset(model, x, "zblrp_epsilon_0_1", tmp_path / "store", batch_size=BATCH, low=-3.0,
-                            high=3.0, progress=False)
-    again = explain_dataset(model, x, "zblrp_epsilon_0_1", tmp_path / "store", batch_size=BATCH, low=-3.0,
-                            high=3.0, progress=False)
+    first = explain_dataset(
+        model, x, "zblrp_epsilon_0_1", tmp_path / "store", batch_size=BATCH, low=-3.0, high=3.0, progress=False
+    )
+    again = explain_dataset(
+        model, x, "zblrp_epsilon_0_1", tmp_path / "store", batch_size=BATCH, low=-3.0, high=3.0, progress=False
+    )
     assert (first.computed, again.computed, again.reused) == (4, 0, 4)
 
 

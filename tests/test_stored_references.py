@@ -79,8 +79,9 @@ def test_every_fixture_has_stored_references_for_its_applicable_names():
     session = set(session_names())
     for fixture, entry in manifest["fixtures"].items():
         covered = set(entry["methods"]) | set(entry["skipped"]) | set(entry["unavailable"])
-        assert covered == session, f"{fixture}: names without a stored reference or a reason: " \
-                                   f"{sorted(session ^ covered)}"
+        assert covered == session, (
+            f"{fixture}: names without a stored reference or a reason: {sorted(session ^ covered)}"
+        )
         assert len(entry["methods"]) >= 100
         for key in ("tensorflow", "innvestigate", "numpy", "keras"):
             assert manifest["versions"][key]

@@ -76,11 +76,22 @@ class Job:
 
     def attributes(self, model: nn.Module) -> dict[str, Any]:
         """The job as the store records it (JSON)."""
-        targets = ("largest logit of each input" if self.targets is None
-                   else "one per input (array 'targets')" if isinstance(self.targets, np.ndarray)
-                   else int(self.targets))
-        record = {"method": self.method, "params": _plain(self.params), "api": self.api, "targets": targets,
-                  "batch_size": self.batch_size, "count": self.count, "model": fingerprint(model)}
+        targets = (
+            "largest logit of each input"
+            if self.targets is None
+            else "one per input (array 'targets')"
+            if isinstance(self.targets, np.ndarray)
+            else int(self.targets)
+        )
+        record = {
+            "method": self.method,
+            "params": _plain(self.params),
+            "api": self.api,
+            "targets": targets,
+            "batch_size": self.batch_size,
+            "count": self.count,
+            "model": fingerprint(model),
+        }
         return json.loads(json.dumps(record))  # as the store gives it back (tuples as lists)
 
 

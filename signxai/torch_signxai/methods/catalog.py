@@ -213,21 +213,27 @@ def format_methods(markdown: bool = False) -> str:
         (``signxai-parity --list-methods``).
     """
     families = list_methods()
-    intro = ["Method names: method[_x_input][_x_sign[_mu[_<number>]]]; LRP: <prefix>_<rule>; "
-             "<number> is digits with '_' as the decimal point, 'neg_' for minus (0_25 = 0.25).",
-             "Keyword parameters fill or override a name's parameters; (required): the name or a "
-             "keyword must give it; an alias lists the defaults it changes. Every LRP name also takes "
-             "last_rule= (a rule name such as 'epsilon_0_1' for the last conv/dense layer; None: the "
-             "hidden rule).", ""]
+    intro = [
+        "Method names: method[_x_input][_x_sign[_mu[_<number>]]]; LRP: <prefix>_<rule>; "
+        "<number> is digits with '_' as the decimal point, 'neg_' for minus (0_25 = 0.25).",
+        "Keyword parameters fill or override a name's parameters; (required): the name or a "
+        "keyword must give it; an alias lists the defaults it changes. Every LRP name also takes "
+        "last_rule= (a rule name such as 'epsilon_0_1' for the last conv/dense layer; None: the "
+        "hidden rule).",
+        "",
+    ]
     lines = [] if markdown else intro
     for kind in KINDS:
         rows = [f for f in families if f.kind == kind]
         required = kind in ("lrp rule", "lrp input rule")
         if markdown:
             lines += [f"### {kind}", "", "| name | what it computes | parameters | iNNvestigate |", "|---|---|---|---|"]
-            lines += [f"| `{f.pattern}` | {_cell(f.description)} | "
-                      f"{'-' if kind == 'refused' else _cell(_format_params(f.params, required))} | "
-                      f"{_cell(f.innvestigate) or '-'} |" for f in rows]
+            lines += [
+                f"| `{f.pattern}` | {_cell(f.description)} | "
+                f"{'-' if kind == 'refused' else _cell(_format_params(f.params, required))} | "
+                f"{_cell(f.innvestigate) or '-'} |"
+                for f in rows
+            ]
             lines.append("")
             continue
         width = max(len(f.pattern) for f in rows)
