@@ -1,6 +1,6 @@
 """Sessions: `nox -s tests` (fast suite, no TensorFlow), `nox -s parity` (the cross-framework
 harness on the bundled fixtures, then the TensorFlow test suite), `nox -s ray` (the harness and
-dataset explanations on a local Ray cluster), `nox -s zoo` (torchvision's architectures),
+dataset explanations on a local Ray cluster), `nox -s docs` (the documentation site), `nox -s zoo` (torchvision's architectures),
 `nox -s bench` (benchmarks).
 
 pytest's exit code 5 ("no tests collected") fails a session like any other non-zero code:
@@ -43,6 +43,14 @@ def parity(session: nox.Session) -> None:
     session.install("-e", ".[parity,test]")
     session.run("python", "-m", "parity", *session.posargs, env=ENV)
     session.log(f"nox -s parity took {time.time() - started:.0f} s (install included)")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The documentation site (MkDocs, API pages from the numpydoc docstrings by mkdocstrings)
+    into site/; a warning (a broken link, a docstring that does not parse) fails the build."""
+    session.install("-e", ".", "mkdocs>=1.6", "mkdocstrings[python]>=0.26")
+    session.run("mkdocs", "build", "--strict", "--clean")
 
 
 @nox.session(python=PYTHON)

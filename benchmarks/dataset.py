@@ -1,15 +1,18 @@
 """Dataset throughput of ``explain_dataset``: in this process, and on a local Ray cluster with 1
 and 2 actors.
 
-``lrp_epsilon_0_1`` (TF-compatible API) on the VGG-style CNN (``benchlib.vgg_style(32)``) over
-``--images`` standard-normal 3x32x32 inputs in batches of ``--batch``, each run into a fresh zarr
-store. In-process runs on one intra-op thread, as each Ray actor does (one CPU, one thread), so
-the rows compare like with like. The local cluster (127.0.0.1, no dashboard) has one CPU more
-than the actors, for Ray Data's own tasks; it is started once and warmed by a first job, so a
-row holds the job's own cost (actor start-up included), not the cluster's. Each configuration is
-run ``--repeats`` times taking turns; the best wall time of each gives images/s and the ratios
-(targets of issue 16: 2 actors >= 1.7x one; Ray with 1 actor within 1.15x of in-process). Every
-store is checked to equal the in-process maps bitwise.
+``lrp_epsilon_0_1`` (TF-compatible API) on the VGG-style CNN (``benchlib.vgg_style(size)``) over
+``--images`` standard-normal 3 x size x size inputs (``--size``, default 64) in batches of
+``--batch``, each run into a fresh zarr store. The job is long enough (about a minute
+in-process) for throughput to dominate Ray Data's start-up of a job's actors (several seconds:
+each imports torch and the library and receives the model). In-process runs on one intra-op
+thread, as each Ray actor does (one CPU, one thread), so the rows compare like with like. The
+local cluster (127.0.0.1, no dashboard) has one CPU more than the actors, for Ray Data's own
+tasks; it is started once and warmed by a first job, so a row holds the job's own cost (actor
+start-up included), not the cluster's. Each configuration is run ``--repeats`` times taking
+turns; the best wall time of each gives images/s and the ratios (targets of issue 16: 2 actors
+>= 1.7x one; Ray with 1 actor within 1.15x of in-process). Every store is checked to equal the
+in-process maps bitwise.
 
 Run: ``.venv/bin/python benchmarks/dataset.py`` (``--images``, ``--batch``, ``--repeats``).
 """
@@ -39,13 +42,14 @@ CONFIGS = {"in-process": {}, "Ray, 1 actor": {"ray": True, "workers": 1}, "Ray, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--images", type=int, default=4096)
+    parser.add_argument("--size", type=int, default=64, help="input side, a multiple of 8")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model = B.vgg_style(32)
-    x = np.random.default_rng(0).standard_normal((args.images, 3, 32, 32)).astype(np.float32)
+    model = B.vgg_style(args.size)
+    x = np.random.default_rng(0).standard_normal((args.images, 3, args.size, args.size)).astype(np.float32)
     connect("local", 3)
     folder = Path(tempfile.mkdtemp(prefix="signxai-bench-"))
     try:
@@ -77,7 +81,11 @@ def main() -> int:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     base, one, two = best["in-process"], best["Ray, 1 actor"], best["Ray, 2 actors"]
-    print(B.header(f"explain_dataset {METHOD}, VGG-style 3x32x32, {args.images} images, batch {args.batch}"))
+    print(
+        B.header(
+            f"explain_dataset {METHOD}, VGG-style 3x{args.size}x{args.size}, {args.images} images, batch {args.batch}"
+        )
+    )
     rows = [
         {"config": name, "seconds": seconds, "rate": args.images / seconds, "ratio": base / seconds}
         for name, seconds in best.items()

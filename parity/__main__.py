@@ -55,6 +55,16 @@ def _stored_note(run: ModelRun) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from .pipeline import UsageError
+
+    try:
+        return _run(args)
+    except UsageError as error:
+        print(f"python -m parity: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     graph_mode()
     from .pipeline import check, fixture_subjects, publish
     from .report import terminal_summary

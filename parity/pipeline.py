@@ -86,10 +86,29 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {flat(error)}"
 
 
-def fixture_subjects(names: list[str] | None = None) -> list[Subject]:
-    """The bundled fixture models (:data:`fixtures.models.FIXTURES`) with their stored inputs."""
-    from fixtures.models import FIXTURES, load_inputs, load_model
+#: where the fixtures are, for the message when they cannot be imported
+FIXTURES_HELP = (
+    "the bundled fixture models live in the fixtures/ folder of the signxai repository and are "
+    "not installed with the package: run from a clone of the repository (the folder that holds "
+    "fixtures/), or check your own model with signxai-parity --model MODULE:FUNCTION"
+)
 
+
+def fixture_subjects(names: list[str] | None = None) -> list[Subject]:
+    """The bundled fixture models (:data:`fixtures.models.FIXTURES`) with their stored inputs.
+
+    Raises
+    ------
+    UsageError
+        When the repository's ``fixtures`` package cannot be imported, or a name is not a fixture.
+    """
+    try:
+        from fixtures.models import FIXTURES, load_inputs, load_model
+    except ImportError as error:
+        raise UsageError(f"cannot import the fixtures ({error}): {FIXTURES_HELP}") from error
+    unknown = [name for name in names or () if name not in FIXTURES]
+    if unknown:
+        raise UsageError(f"no fixture named {', '.join(map(repr, unknown))}; the fixtures are {', '.join(FIXTURES)}")
     return [Subject(name, load_model(name), load_inputs(name)) for name in (names or list(FIXTURES))]
 
 

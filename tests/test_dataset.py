@@ -180,6 +180,25 @@ def test_store_of_another_job_is_refused(model, x, tmp_path):
         explain_dataset(other, x, METHOD, tmp_path / "store", batch_size=BATCH, progress=False)
 
 
+def test_a_folder_that_is_not_a_store_is_left_alone(model, x, tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a zarr store"):
+        explain_dataset(model, x, METHOD, folder, batch_size=BATCH, progress=False)
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+def test_parameters_resume(model, x, tmp_path):
+    first = explain_dataset(
+        model, x, "zblrp_epsilon_0_1", tmp_path / "store", batch_size=BATCH, low=-3.0, high=3.0, progress=False
+    )
+    again = explain_dataset(
+        model, x, "zblrp_epsilon_0_1", tmp_path / "store", batch_size=BATCH, low=-3.0, high=3.0, progress=False
+    )
+    assert (first.computed, again.computed, again.reused) == (4, 0, 4)
+
+
 def test_bad_input_is_refused_before_any_work(model, x, tmp_path):
     with pytest.raises(ValueError, match="shuffle=False"):
         explain_dataset(model, DataLoader(TensorDataset(torch.from_numpy(x)), shuffle=True), METHOD, tmp_path / "a")

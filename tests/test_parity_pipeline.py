@@ -103,3 +103,13 @@ def test_list_methods_needs_no_model(capsys):
     lines = out.splitlines()
     assert any(line.lstrip().startswith("<prefix>_epsilon[_<number>][_ib]") and "LRPEpsilon" in line for line in lines)
     assert any(line.lstrip().startswith("lrp.epsilon ") for line in lines)
+
+
+def test_missing_or_unknown_fixtures_say_where_they_are(monkeypatch):
+    import sys
+
+    with pytest.raises(pipeline.UsageError, match="no fixture named 'resnet'; the fixtures are digits_mlp"):
+        fixture_subjects(["resnet"])
+    monkeypatch.setitem(sys.modules, "fixtures.models", None)  # as where only the package is installed
+    with pytest.raises(pipeline.UsageError, match="run from a clone of the repository"):
+        fixture_subjects()

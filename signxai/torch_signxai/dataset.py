@@ -83,7 +83,7 @@ class Job:
             if isinstance(self.targets, np.ndarray)
             else int(self.targets)
         )
-        return {
+        record = {
             "method": self.method,
             "params": _plain(self.params),
             "api": self.api,
@@ -92,6 +92,7 @@ class Job:
             "count": self.count,
             "model": fingerprint(model),
         }
+        return json.loads(json.dumps(record))  # as the store gives it back (tuples as lists)
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -269,6 +270,8 @@ def _open_store(path: Path, job: Job, model: nn.Module) -> Any:
     import zarr
 
     attributes = job.attributes(model)
+    if path.exists() and not (path / "zarr.json").exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ValueError(f"{path} exists and is not a zarr store: give a new or empty folder for the maps")
     if (path / "zarr.json").exists():
         group = zarr.open_group(str(path), mode="r+")
         held = {key: group.attrs.get(key) for key in _JOB_KEYS}

@@ -203,10 +203,17 @@ def _format_params(params: Mapping[str, Any], required: bool) -> str:
     return ", ".join(f"{k}={'(required)' if v is None and required else repr(v)}" for k, v in params.items()) or "-"
 
 
-def format_methods() -> str:
-    """:func:`list_methods` as text, one section per kind, one family a line."""
+def format_methods(markdown: bool = False) -> str:
+    """:func:`list_methods` as text, one section per kind, one family a line.
+
+    Parameters
+    ----------
+    markdown : bool
+        A Markdown table per kind (the documentation's method reference) instead of plain text
+        (``signxai-parity --list-methods``).
+    """
     families = list_methods()
-    lines = [
+    intro = [
         "Method names: method[_x_input][_x_sign[_mu[_<number>]]]; LRP: <prefix>_<rule>; "
         "<number> is digits with '_' as the decimal point, 'neg_' for minus (0_25 = 0.25).",
         "Keyword parameters fill or override a name's parameters; (required): the name or a "
@@ -215,14 +222,30 @@ def format_methods() -> str:
         "hidden rule).",
         "",
     ]
+    lines = [] if markdown else intro
     for kind in KINDS:
         rows = [f for f in families if f.kind == kind]
+        required = kind in ("lrp rule", "lrp input rule")
+        if markdown:
+            lines += [f"### {kind}", "", "| name | what it computes | parameters | iNNvestigate |", "|---|---|---|---|"]
+            lines += [
+                f"| `{f.pattern}` | {_cell(f.description)} | "
+                f"{'-' if kind == 'refused' else _cell(_format_params(f.params, required))} | "
+                f"{_cell(f.innvestigate) or '-'} |"
+                for f in rows
+            ]
+            lines.append("")
+            continue
         width = max(len(f.pattern) for f in rows)
         lines.append(f"[{kind}]")
         for f in rows:
-            required = kind in ("lrp rule", "lrp input rule")
             extra = f"  params: {_format_params(f.params, required)}" if kind != "refused" else ""
             match = f"  iNNvestigate: {f.innvestigate}" if f.innvestigate else ""
             lines.append(f"  {f.pattern:<{width}}  {f.description}{match}{extra}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """``text`` for a Markdown table cell (pipes and stars escaped)."""
+    return text.replace("|", "\\|").replace("*", "\\*")

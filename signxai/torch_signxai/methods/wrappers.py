@@ -1,7 +1,8 @@
 """TensorFlow-compatible API: ``calculate_relevancemap(method_name, x, model_no_softmax, **kwargs)``.
 
 Gives, for a PyTorch model, the numbers iNNvestigate 2.1.2 gives for the same method on a Keras
-twin of the model (the README's "What the parity gate checks"). That includes iNNvestigate's
+twin of the model (the documentation's "Parity harness" page, ``docs/parity.md``, says how that
+is checked). That includes iNNvestigate's
 own BatchNorm linearisation under LRP (kernel ``gamma / sqrt(var**2 + eps)``, bias
 ``beta - mean / sqrt(var**2 + eps)``), which is not BatchNorm's true affine map: it is what a
 TensorFlow user's maps contain.
