@@ -103,6 +103,7 @@ __all__ = [
     "Twin",
     "TwinMismatchError",
     "UnsupportedLayerError",
+    "keras_floatx",
     "to_channels_first",
     "to_channels_last",
     "to_keras",
@@ -162,6 +163,18 @@ def to_channels_first(x: np.ndarray) -> np.ndarray:
         :func:`to_channels_last`.
     """
     return np.ascontiguousarray(np.moveaxis(x, -1, 1))
+
+
+@contextlib.contextmanager
+def keras_floatx(dtype: str) -> Iterator[None]:
+    """Set Keras' floatx to ``dtype`` for the ``with`` block, then restore it (Keras casts
+    floating inputs of ``predict`` to floatx, and iNNvestigate builds its constants in it)."""
+    previous = tf.keras.backend.floatx()
+    tf.keras.backend.set_floatx(dtype)
+    try:
+        yield
+    finally:
+        tf.keras.backend.set_floatx(previous)
 
 
 def _channels_last(rank: int) -> tuple[int, ...]:
@@ -286,12 +299,8 @@ class Twin:
         iNNvestigate builds its constants in floatx, so a float64 twin must be
         analysed inside this block (building the twin itself needs no floatx).
         """
-        previous = tf.keras.backend.floatx()
-        tf.keras.backend.set_floatx(self.dtype)
-        try:
+        with keras_floatx(self.dtype):
             yield
-        finally:
-            tf.keras.backend.set_floatx(previous)
 
     def verify(
         self,
