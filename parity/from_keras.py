@@ -16,28 +16,35 @@ that rebuilds it without this package.
 
 Keras layers and their torch counterparts
 -----------------------------------------
+1-D and 2-D versions alike (``Conv1D`` becomes ``Conv1d``, ...):
+
 =======================================  =======================================================
-Conv2D (``groups``, dilation)            Conv2d (``groups``), activation as its own module
-DepthwiseConv2D (``depth_multiplier``)   Conv2d(``groups=C``), output ``c * m + k`` from channel c
-Conv2DTranspose                          ConvTranspose2d (``output_padding`` where Keras adds)
+Conv (``groups``, dilation, 'causal')    Conv (``groups``), activation as its own module
+DepthwiseConv (``depth_multiplier``)     Conv(``groups=C``), output ``c * m + k`` from channel c
+ConvTranspose                            ConvTranspose (``output_padding`` where Keras adds)
 Dense                                    Linear (input weights permuted after a Flatten of NHWC)
 BatchNormalization                       BatchNorm1d/2d with Keras's epsilon
 Activation, ReLU, LeakyReLU, ELU         ReLU, ReLU6 / Hardtanh(0, m), LeakyReLU, ELU, SiLU, ...
-ZeroPadding2D                            ZeroPad2d
-MaxPooling2D, AveragePooling2D           MaxPool2d, AvgPool2d(``count_include_pad=False``)
-GlobalAverage/MaxPooling2D               AdaptiveAvg/MaxPool2d(1) (+ Flatten without keepdims)
-UpSampling2D (nearest)                   Upsample(nearest)
+ZeroPadding                              ZeroPad
+MaxPooling, AveragePooling               MaxPool, AvgPool(``count_include_pad=False``)
+GlobalAverage/MaxPooling                 AdaptiveAvg/MaxPool(1) (+ Flatten without keepdims)
+UpSampling (nearest)                     Upsample(nearest)
 Flatten                                  Flatten
-Add, Multiply, Concatenate               ``+``, ``*``, ``torch.cat`` in ``forward``
-Dropout, SpatialDropout2D, GaussianNoise nothing (inference)
+Add, Multiply, Concatenate (channels)    ``+``, ``*``, ``torch.cat(dim=1)`` in ``forward``
+Dropout, SpatialDropout, GaussianNoise   nothing (inference)
 a final softmax                          removed (both in the torch module and in the twin)
 =======================================  =======================================================
+
+Not converted (an :class:`~parity.twin.UnsupportedLayerError` names the layer and its class):
+SeparableConv, Lambda and TF-operator layers, Reshape/Permute, shared layers, nested models,
+'same' pooling that pads asymmetrically, and any other layer.
 
 Keras 2.14 facts the conversion relies on
 -----------------------------------------
 * TF's ``'same'`` padding pads ``max((ceil(n / s) - 1) * s + k - n, 0)`` in total, the odd
   element at the end; where that is asymmetric (often at stride 2) the torch module pads
-  explicitly with ``ZeroPad2d`` in front of a ``'valid'`` convolution.
+  explicitly with ``ZeroPad2d`` in front of a ``'valid'`` convolution; ``'causal'`` pads
+  ``k - 1`` entries in front.
 * TF's ``'same'`` average pooling divides by the number of real (unpadded) entries.
 * Keras ``Flatten`` flattens NHWC; the torch module flattens NCHW and the next Dense layer's
   input weights are permuted to match, so the module stays channels-first.
@@ -88,7 +95,9 @@ __all__ = [
     "compare_keras",
     "torch_input_shape",
     "load_keras",
+    "verify",
     "export",
+    "export_source",
 ]
 
 layers = tf.keras.layers
@@ -98,6 +107,8 @@ _INPUT = "input"
 #: layers that are identities at inference
 _IDENTITIES = (layers.Dropout, layers.SpatialDropout1D, layers.SpatialDropout2D, layers.GaussianNoise,
                layers.GaussianDropout, layers.AlphaDropout, layers.ActivityRegularization)
+#: max pooling layers (global ones included)
+_MAX_POOLS = (layers.MaxPooling1D, layers.MaxPooling2D, layers.GlobalMaxPooling1D, layers.GlobalMaxPooling2D)
 #: layers that combine several inputs
 _MERGES = (layers.Add, layers.Multiply, layers.Concatenate)
 
@@ -234,6 +245,16 @@ def _graph_layers(model: tf.keras.Model) -> Iterator[tuple[layers.Layer, list[st
         yield layer, [rename.get(name, name) for name in _inbound(layer)]
 
 
+def _weights_of(model: tf.keras.Model) -> dict[str, dict[str, np.ndarray]]:
+    """Every layer's weights by layer name and short weight name (``kernel``, ``bias``,
+    ``gamma``, ``moving_mean``, ...), read in one go (in graph mode one session run)."""
+    values = tf.keras.backend.batch_get_value(model.weights)
+    by_id = {id(weight): value for weight, value in zip(model.weights, values)}
+    return {layer.name: {weight.name.split("/")[-1].split(":")[0]: by_id[id(weight)]
+                         for weight in layer.weights}
+            for layer in model.layers}
+
+
 def _output_layer(model: tf.keras.Model) -> layers.Layer:
     """The layer that computes the model's output."""
     return model.get_layer(model.output_names[0])
@@ -309,6 +330,7 @@ class _Converter:
     def __init__(self, model: tf.keras.Model, dtype: torch.dtype) -> None:
         self.model = model
         self.dtype = dtype
+        self.weights = _weights_of(model)
         self.modules: dict[str, nn.Module] = {}
         self.steps: list[Step] = []
         self.values: dict[str, _Value] = {_INPUT: _Value(_INPUT)}
@@ -318,20 +340,22 @@ class _Converter:
         self._handlers: list[tuple[tuple[type, ...], Callable]] = [
             ((layers.InputLayer,), self._identity),
             (_IDENTITIES, self._identity),
-            ((layers.DepthwiseConv2D,), self._depthwise),   # before Conv2D: it subclasses it
-            ((layers.Conv2DTranspose,), self._conv_transpose),
-            ((layers.SeparableConv2D,), self._unsupported_layer),
-            ((layers.Conv2D,), self._conv),
+            ((layers.DepthwiseConv1D, layers.DepthwiseConv2D), self._depthwise),
+            ((layers.Conv1DTranspose, layers.Conv2DTranspose), self._conv_transpose),
+            ((layers.SeparableConv1D, layers.SeparableConv2D), self._unsupported_layer),
+            ((layers.Conv1D, layers.Conv2D), self._conv),  # after its subclasses above
             ((layers.Dense,), self._dense),
             ((layers.BatchNormalization,), self._batchnorm),
             ((layers.Activation, layers.Softmax), self._activation_layer),
             ((layers.ReLU,), self._relu),
             ((layers.LeakyReLU,), self._leaky_relu),
             ((layers.ELU,), self._elu),
-            ((layers.ZeroPadding2D,), self._zero_padding),
-            ((layers.MaxPooling2D, layers.AveragePooling2D), self._pooling),
-            ((layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D), self._global_pooling),
-            ((layers.UpSampling2D,), self._upsampling),
+            ((layers.ZeroPadding1D, layers.ZeroPadding2D), self._zero_padding),
+            ((layers.MaxPooling1D, layers.MaxPooling2D, layers.AveragePooling1D,
+              layers.AveragePooling2D), self._pooling),
+            ((layers.GlobalAveragePooling1D, layers.GlobalAveragePooling2D, layers.GlobalMaxPooling1D,
+              layers.GlobalMaxPooling2D), self._global_pooling),
+            ((layers.UpSampling1D, layers.UpSampling2D), self._upsampling),
             ((layers.Flatten,), self._flatten),
             ((layers.Add,), partial(self._combine, "add")),
             ((layers.Multiply,), partial(self._combine, "multiply")),
@@ -383,18 +407,20 @@ class _Converter:
         self.layer_names[f"layers.{name}"] = self.layer.name
         return _Value(name, order)
 
-    def _input(self, rank: int) -> _Value:
-        """The single input, checked to have ``rank`` axes (batch included) and natural order."""
-        value, shape = self.inputs[0], self.layer.input_shape
-        if len(shape) != rank:
-            raise self._error(f"gets an input of shape {shape}; the converter supports "
-                              f"{'2-D feature maps' if rank == 4 else 'flat features'} here")
-        return value
+    def _spatial(self) -> int:
+        """The number of spatial axes of the layer's input map, checked to be 1 or 2."""
+        rank = len(self.layer.input_shape) - 2
+        if rank not in (1, 2) or self.inputs[0].order is not None:
+            raise self._error(f"gets an input of shape {self.layer.input_shape}; the converter "
+                              "supports 1-D and 2-D feature maps here")
+        if getattr(self.layer, "data_format", "channels_last") != "channels_last":
+            raise self._error("uses data_format='channels_first'; the converter reads channels-last "
+                              "models")
+        return rank
 
     def _weights(self) -> dict[str, np.ndarray]:
         """The layer's weights by their short names (``kernel``, ``bias``, ``gamma``, ...)."""
-        return {w.name.split("/")[-1].split(":")[0]: value
-                for w, value in zip(self.layer.weights, self.layer.get_weights())}
+        return self.weights[self.layer.name]
 
     def _load(self, module: nn.Module, **params: np.ndarray) -> nn.Module:
         """Copy numpy arrays into the module's parameters and buffers of the same names."""
@@ -418,22 +444,30 @@ class _Converter:
                               f"(supported: {', '.join(sorted(_ACTIVATIONS))}, softmax at the end)")
         return self._layer(_ACTIVATIONS[name](), value, suffix, value.order)
 
+    def _pad_module(self, value: _Value, pads: list[tuple[int, int]], suffix: str = "_pad") -> _Value:
+        """Zero padding of (before, after) per spatial axis as ZeroPad1d/2d."""
+        cls = (nn.ZeroPad1d, nn.ZeroPad2d)[len(pads) - 1]
+        flat = tuple(p for pair in reversed(pads) for p in pair)  # torch: last axis first
+        return self._layer(cls(flat), value, suffix)
+
     def _padding(self, value: _Value, kernels: tuple[int, ...], strides: tuple[int, ...],
-                 dilations: tuple[int, ...] = (1, 1)) -> tuple[_Value, tuple[int, int]]:
-        """The symmetric torch padding of a Keras padding mode, with an explicit ZeroPad2d in
-        front where TF's 'same' padding is asymmetric."""
-        if self.layer.padding == "valid":
-            return value, (0, 0)
-        if self.layer.padding != "same":
-            raise self._error(f"uses padding={self.layer.padding!r}; the converter supports "
-                              "'valid' and 'same'")
-        sizes = self.layer.input_shape[1:3]
-        pads = [_tf_same_padding(n, d * (k - 1) + 1, s)
-                for n, k, s, d in zip(sizes, kernels, strides, dilations)]
+                 dilations: tuple[int, ...]) -> tuple[_Value, tuple[int, ...]]:
+        """The symmetric torch padding of the layer's Keras padding mode, with an explicit zero
+        padding step in front where TF's 'same' is asymmetric (and for 'causal')."""
+        effective = [d * (k - 1) + 1 for k, d in zip(kernels, dilations)]
+        mode = self.layer.padding
+        if mode == "valid":
+            return value, (0,) * len(kernels)
+        if mode == "causal":
+            return self._pad_module(value, [(effective[0] - 1, 0)]), (0,)
+        if mode != "same":
+            raise self._error(f"uses padding={mode!r}; the converter supports 'valid', 'same' and "
+                              "'causal'")
+        sizes = self.layer.input_shape[1:-1]
+        pads = [_tf_same_padding(n, k, s) for n, k, s in zip(sizes, effective, strides)]
         if all(before == after for before, after in pads):
             return value, tuple(before for before, _ in pads)
-        (top, bottom), (left, right) = pads
-        return self._layer(nn.ZeroPad2d((left, right, top, bottom)), value, "_pad"), (0, 0)
+        return self._pad_module(value, pads), (0,) * len(kernels)
 
     # -- handlers ---------------------------------------------------------
 
@@ -442,67 +476,65 @@ class _Converter:
         return self.inputs[0]
 
     def _conv(self) -> _Value:
-        """Conv2D (grouped, dilated) as Conv2d; its activation as a module of its own."""
-        conv = self.layer
-        value = self._input(4)
-        if conv.data_format != "channels_last":
-            raise self._error("uses data_format='channels_first'; the converter reads channels-last "
-                              "models")
+        """Conv1D/Conv2D (grouped, dilated) as Conv1d/Conv2d; its activation as a module."""
+        conv, rank = self.layer, self._spatial()
         weights = self._weights()
-        kernel = weights["kernel"]  # (kh, kw, in / groups, out)
-        value, padding = self._padding(value, conv.kernel_size, conv.strides, conv.dilation_rate)
-        module = nn.Conv2d(kernel.shape[2] * conv.groups, conv.filters, conv.kernel_size,
-                           stride=conv.strides, padding=padding, dilation=conv.dilation_rate,
-                           groups=conv.groups, bias=conv.use_bias)
-        self._load(module, weight=kernel.transpose(3, 2, 0, 1), **self._bias(weights))
-        value = self._layer(module, value)
-        return self._activation(value, _activation_name(conv))
+        kernel = weights["kernel"]  # (*k, in / groups, out)
+        value, padding = self._padding(self.inputs[0], conv.kernel_size, conv.strides, conv.dilation_rate)
+        module = (nn.Conv1d, nn.Conv2d)[rank - 1](
+            kernel.shape[-2] * conv.groups, conv.filters, conv.kernel_size, stride=conv.strides,
+            padding=padding, dilation=conv.dilation_rate, groups=conv.groups, bias=conv.use_bias)
+        self._load(module, weight=kernel.transpose(rank + 1, rank, *range(rank)), **self._bias(weights))
+        return self._activation(self._layer(module, value), _activation_name(conv))
 
     def _bias(self, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"bias": weights["bias"]} if "bias" in weights else {}
 
     def _depthwise(self) -> _Value:
-        """DepthwiseConv2D as Conv2d(groups=C): output channel c * m + k reads channel c with
-        the Keras kernel's ``[:, :, c, k]``."""
-        conv = self.layer
-        value = self._input(4)
+        """DepthwiseConv1D/2D as Conv1d/Conv2d(groups=C): output channel c * m + k reads
+        channel c with the Keras kernel's ``[..., c, k]``."""
+        conv, rank = self.layer, self._spatial()
         weights = self._weights()
-        kernel = weights["depthwise_kernel"]  # (kh, kw, C, m)
-        channels, multiplier = kernel.shape[2:]
-        value, padding = self._padding(value, conv.kernel_size, conv.strides, conv.dilation_rate)
-        module = nn.Conv2d(channels, channels * multiplier, conv.kernel_size, stride=conv.strides,
-                           padding=padding, dilation=conv.dilation_rate, groups=channels,
-                           bias=conv.use_bias)
-        weight = kernel.transpose(2, 3, 0, 1).reshape(channels * multiplier, 1, *conv.kernel_size)
+        kernel = weights["depthwise_kernel"]  # (*k, C, m)
+        channels, multiplier = kernel.shape[-2:]
+        value, padding = self._padding(self.inputs[0], conv.kernel_size, conv.strides, conv.dilation_rate)
+        module = (nn.Conv1d, nn.Conv2d)[rank - 1](
+            channels, channels * multiplier, conv.kernel_size, stride=conv.strides, padding=padding,
+            dilation=conv.dilation_rate, groups=channels, bias=conv.use_bias)
+        weight = kernel.transpose(rank, rank + 1, *range(rank)).reshape(
+            channels * multiplier, 1, *conv.kernel_size)
         self._load(module, weight=weight, **self._bias(weights))
         return self._activation(self._layer(module, value), _activation_name(conv))
 
     def _conv_transpose(self) -> _Value:
-        """Conv2DTranspose as ConvTranspose2d: 'valid' needs PyTorch's output_padding where the
-        stride exceeds the kernel; 'same' crops ``k - s`` rows, symmetric ones only."""
-        conv = self.layer
-        value = self._input(4)
+        """Conv1DTranspose/Conv2DTranspose as ConvTranspose1d/2d: 'valid' needs PyTorch's
+        output_padding where the stride exceeds the kernel; 'same' crops ``k - s`` rows, which
+        PyTorch does only when they split evenly."""
+        conv, rank = self.layer, self._spatial()
         if conv.output_padding is not None or max(conv.dilation_rate) > 1:
             raise self._error("sets output_padding or dilation, which the converter does not reproduce")
         kernels, strides = conv.kernel_size, conv.strides
         if conv.padding == "valid":
-            padding, extra = (0, 0), tuple(max(s - k, 0) for k, s in zip(kernels, strides))
-        elif all((k - s) >= 0 and (k - s) % 2 == 0 for k, s in zip(kernels, strides)):
-            padding, extra = tuple((k - s) // 2 for k, s in zip(kernels, strides)), (0, 0)
+            padding, extra = (0,) * rank, tuple(max(s - k, 0) for k, s in zip(kernels, strides))
+        elif all(k >= s and (k - s) % 2 == 0 for k, s in zip(kernels, strides)):
+            padding, extra = tuple((k - s) // 2 for k, s in zip(kernels, strides)), (0,) * rank
         else:
             raise self._error(f"uses 'same' padding with kernel {kernels} and strides {strides}, which "
-                              "crops asymmetrically; PyTorch's ConvTranspose2d crops symmetrically")
+                              "crops asymmetrically; PyTorch's transposed convolution crops symmetrically")
         weights = self._weights()
-        kernel = weights["kernel"]  # (kh, kw, out, in)
-        module = nn.ConvTranspose2d(kernel.shape[3], conv.filters, kernels, stride=strides,
-                                    padding=padding, output_padding=extra, bias=conv.use_bias)
-        self._load(module, weight=kernel.transpose(3, 2, 0, 1), **self._bias(weights))
-        return self._activation(self._layer(module, value), _activation_name(conv))
+        kernel = weights["kernel"]  # (*k, out, in)
+        module = (nn.ConvTranspose1d, nn.ConvTranspose2d)[rank - 1](
+            kernel.shape[-1], conv.filters, kernels, stride=strides, padding=padding,
+            output_padding=extra, bias=conv.use_bias)
+        self._load(module, weight=kernel.transpose(rank + 1, rank, *range(rank)), **self._bias(weights))
+        return self._activation(self._layer(module, self.inputs[0]), _activation_name(conv))
 
     def _dense(self) -> _Value:
         """Dense as Linear; after a Flatten of NHWC its input weights follow the torch order."""
-        dense = self.layer
-        value = self._input(2)
+        dense, value = self.layer, self.inputs[0]
+        if len(dense.input_shape) != 2:
+            raise self._error(f"gets an input of shape {dense.input_shape}; the converter needs flat "
+                              "features (add a Flatten)")
         weights = self._weights()
         kernel = weights["kernel"]  # (in, out)
         if value.order is not None:
@@ -515,9 +547,9 @@ class _Converter:
         """BatchNormalization over the channel axis as BatchNorm1d/2d with Keras's epsilon."""
         bn, value = self.layer, self.inputs[0]
         rank = len(bn.input_shape)
-        if rank not in (2, 4) or list(bn.axis) != [rank - 1]:
+        if rank not in (2, 3, 4) or list(bn.axis) != [rank - 1]:
             raise self._error(f"normalises axis {bn.axis} of a rank-{rank} input; the converter "
-                              "supports the channel axis of flat features or 2-D maps")
+                              "supports the channel (last) axis of flat features and 1-D or 2-D maps")
         weights = self._weights()
         mean, var = weights["moving_mean"], weights["moving_variance"]
         gamma, beta = weights.get("gamma", np.ones_like(mean)), weights.get("beta", np.zeros_like(mean))
@@ -525,7 +557,7 @@ class _Converter:
         if value.order is not None:
             params = {key: array[value.order] for key, array in params.items()}
         cls = nn.BatchNorm2d if rank == 4 else nn.BatchNorm1d
-        module = cls(mean.shape[0], eps=float(bn.epsilon), momentum=1.0 - float(bn.momentum))
+        module = cls(mean.shape[0], eps=float(bn.epsilon), momentum=round(1.0 - float(bn.momentum), 12))
         self._load(module, **params)
         return self._layer(module.eval(), value, order=value.order)
 
@@ -552,53 +584,54 @@ class _Converter:
         return self._layer(nn.ELU(float(self.layer.alpha)), self.inputs[0], order=self.inputs[0].order)
 
     def _zero_padding(self) -> _Value:
-        (top, bottom), (left, right) = self.layer.padding
-        return self._layer(nn.ZeroPad2d((left, right, top, bottom)), self._input(4))
+        rank = self._spatial()
+        pads = [tuple(self.layer.padding)] if rank == 1 else [tuple(p) for p in self.layer.padding]
+        return self._pad_module(self.inputs[0], pads, "")
 
     def _pooling(self) -> _Value:
         """Max/average pooling; TF's 'same' average divides by the real entries."""
-        pool = self.layer
-        value = self._input(4)
+        pool, rank = self.layer, self._spatial()
+        padding = (0,) * rank
         if pool.padding == "same":
-            sizes = pool.input_shape[1:3]
+            sizes = pool.input_shape[1:-1]
             pads = [_tf_same_padding(n, k, s) for n, k, s in zip(sizes, pool.pool_size, pool.strides)]
             if any(before != after for before, after in pads):
                 raise self._error(f"pads {pads} ('same' at this stride and size), asymmetrically, "
                                   "which PyTorch's pooling padding cannot reproduce")
             padding = tuple(before for before, _ in pads)
+        if isinstance(pool, _MAX_POOLS):
+            module = (nn.MaxPool1d, nn.MaxPool2d)[rank - 1](pool.pool_size, pool.strides, padding)
         else:
-            padding = (0, 0)
-        if isinstance(pool, layers.MaxPooling2D):
-            module = nn.MaxPool2d(pool.pool_size, pool.strides, padding)
-        else:
-            module = nn.AvgPool2d(pool.pool_size, pool.strides, padding, count_include_pad=False)
-        return self._layer(module, value)
+            module = (nn.AvgPool1d, nn.AvgPool2d)[rank - 1](pool.pool_size, pool.strides, padding,
+                                                            count_include_pad=False)
+        return self._layer(module, self.inputs[0])
 
     def _global_pooling(self) -> _Value:
-        """Global average/max pooling: adaptive pooling to 1 x 1, flattened unless keepdims."""
-        value = self._input(4)
-        cls = nn.AdaptiveAvgPool2d if isinstance(self.layer, layers.GlobalAveragePooling2D) \
-            else nn.AdaptiveMaxPool2d
-        value = self._layer(cls(1), value)
+        """Global average/max pooling: adaptive pooling to size 1, flattened unless keepdims."""
+        rank = self._spatial()
+        classes = (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d) if isinstance(self.layer, _MAX_POOLS) \
+            else (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+        value = self._layer(classes[rank - 1](1), self.inputs[0])
         return value if self.layer.keepdims else self._layer(nn.Flatten(), value, "_flatten")
 
     def _upsampling(self) -> _Value:
-        if self.layer.interpolation != "nearest":
+        """Nearest upsampling by integer factors."""
+        rank = self._spatial()
+        if getattr(self.layer, "interpolation", "nearest") != "nearest":
             raise self._error(f"uses interpolation={self.layer.interpolation!r}; the converter "
                               "supports 'nearest'")
-        factors = tuple(float(f) for f in self.layer.size)
-        return self._layer(nn.Upsample(scale_factor=factors, mode="nearest"), self._input(4))
+        sizes = (self.layer.size,) if rank == 1 else self.layer.size
+        factors = tuple(float(f) for f in sizes)
+        return self._layer(nn.Upsample(scale_factor=factors, mode="nearest"), self.inputs[0])
 
     def _flatten(self) -> _Value:
-        """Flatten; a (H, W, C) map's Keras feature order is remembered for the next layers."""
+        """Flatten; a channels-last map's Keras feature order is remembered for the next layers."""
         value, shape = self.inputs[0], tuple(self.layer.input_shape[1:])
-        if value.order is not None or len(shape) not in (1, 3):
-            raise self._error(f"flattens an input of shape {shape}; the converter supports "
-                              "2-D maps and flat features")
         if len(shape) == 1:
             return self._identity()
+        rank = self._spatial()
         keras_index = np.arange(math.prod(shape)).reshape(shape)
-        order = np.transpose(keras_index, (2, 0, 1)).ravel()
+        order = np.transpose(keras_index, (rank, *range(rank))).ravel()
         natural = np.array_equal(order, np.arange(order.size))
         return self._layer(nn.Flatten(), value, order=None if natural else order)
 
@@ -708,9 +741,16 @@ def verify(keras_model: tf.keras.Model, module: FromKeras, *, rtol: float = 1e-5
     x_keras = to_channels_last(x)
     final = _output_layer(keras_model)
 
+    def step(layer: layers.Layer) -> tuple[str, np.ndarray | None]:
+        """The step and feature order of a Keras layer's output (``'input'``: no step)."""
+        name = layer.name
+        if name not in module.keras_outputs and name.startswith("user_"):  # a keras_twin's name
+            name = name[len("user_"):]
+        return module.keras_outputs.get(name, (_INPUT, None))
+
     def torch_value(layer: layers.Layer) -> np.ndarray:
         """The torch value of a Keras layer's output, in its Keras layout."""
-        name, order = module.keras_outputs[layer.name]
+        name, order = step(layer)
         value = values[name]
         if layer is final and _is_softmax(layer):  # the module returns the logits
             value = torch.softmax(value, dim=1)
@@ -721,15 +761,15 @@ def verify(keras_model: tf.keras.Model, module: FromKeras, *, rtol: float = 1e-5
         if error <= rtol:
             return error
         for layer in keras_model.layers[1:]:
-            if module.keras_outputs.get(layer.name, (_INPUT,))[0] == _INPUT:
+            if step(layer)[0] == _INPUT:
                 continue  # no step of its own: an identity of the input
             layer_error = _relative_error(torch_value(layer), _layer_output(keras_model, layer.name, x_keras))
             if layer_error > rtol:
                 raise TwinMismatchError(
                     f"the PyTorch module's output differs from Keras by {error:.3g} (relative to the "
                     f"largest |output|, rtol {rtol:g}); activations first diverge at Keras layer "
-                    f"'{layer.name}' ({type(layer).__name__}, torch step "
-                    f"'{module.keras_outputs[layer.name][0]}') with relative error {layer_error:.3g}")
+                    f"'{layer.name}' ({type(layer).__name__}, torch step '{step(layer)[0]}') with "
+                    f"relative error {layer_error:.3g}")
     raise TwinMismatchError(f"the PyTorch module's output differs from Keras by {error:.3g} (rtol {rtol:g})")
 
 
@@ -781,6 +821,7 @@ def _specs(model: tf.keras.Model, dtype: str) -> tuple[list[_LayerSpec], str, li
     output = _output_layer(model)
     specs: dict[str, _LayerSpec] = {}
     removed = []
+    weights = _weights_of(model)
     rename: dict[str, str] = {}  # an inference identity's output is its input
     for layer, inputs in _graph_layers(model):
         inputs = [rename.get(name, name) for name in inputs]
@@ -791,8 +832,8 @@ def _specs(model: tf.keras.Model, dtype: str) -> tuple[list[_LayerSpec], str, li
         config = {key: value for key, value in layer.get_config().items() if key != "dtype"}
         config["name"] = _reference_name(layer.name)
         initial = {}
-        for weight, value in zip(layer.weights, layer.get_weights()):
-            key = _initializer_key(layer, weight.name.split("/")[-1].split(":")[0])
+        for weight, value in weights[layer.name].items():
+            key = _initializer_key(layer, weight)
             config.pop(key)
             initial[key] = value.astype(dtype)
         call_kwargs = {"training": False} if isinstance(layer, layers.BatchNormalization) else {}
@@ -968,3 +1009,108 @@ def load_keras(source: str) -> tf.keras.Model:
         raise UsageError(f"{source} gives an object of type {type(model).__name__}, not a tf.keras.Model "
                          f"(a SavedModel folder must have been written by Keras' model.save)")
     return model
+
+
+# ----------------------------------------------------------------------------
+# Exporting the torch module without this package
+
+#: constructor arguments of the torch layers the converter makes, read back from their attributes
+_CONSTRUCTOR_ARGS: dict[type, tuple[str, ...]] = {
+    **dict.fromkeys((nn.Conv1d, nn.Conv2d), ("in_channels", "out_channels", "kernel_size", "stride", "padding",
+                                             "dilation", "groups")),
+    **dict.fromkeys((nn.ConvTranspose1d, nn.ConvTranspose2d), ("in_channels", "out_channels", "kernel_size",
+                                                               "stride", "padding", "output_padding")),
+    nn.Linear: ("in_features", "out_features"),
+    **dict.fromkeys((nn.BatchNorm1d, nn.BatchNorm2d), ("num_features", "eps", "momentum")),
+    nn.ReLU: (), nn.ReLU6: (), nn.Sigmoid: (), nn.Tanh: (), nn.SiLU: (), nn.SELU: (), nn.Softsign: (),
+    nn.ELU: ("alpha",), nn.LeakyReLU: ("negative_slope",), nn.Hardtanh: ("min_val", "max_val"),
+    nn.Softplus: ("beta", "threshold"), nn.GELU: ("approximate",),
+    **dict.fromkeys((nn.ZeroPad1d, nn.ZeroPad2d), ("padding",)),
+    **dict.fromkeys((nn.MaxPool1d, nn.MaxPool2d), ("kernel_size", "stride", "padding")),
+    **dict.fromkeys((nn.AvgPool1d, nn.AvgPool2d), ("kernel_size", "stride", "padding", "count_include_pad")),
+    **dict.fromkeys((nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d),
+                    ("output_size",)),
+    nn.Upsample: ("scale_factor", "mode"),
+    nn.Flatten: ("start_dim", "end_dim"),
+}
+#: how a combining step is written in the exported forward
+_COMBINE_SOURCE = {"add": " + ", "multiply": " * "}
+
+
+def _constructor(module: nn.Module) -> str:
+    """Python source that builds ``module`` (its weights come from the state dict)."""
+    cls = type(module)
+    if cls not in _CONSTRUCTOR_ARGS:
+        raise UnsupportedLayerError(f"{cls.__name__} has no constructor in the export table")
+    args = {name: getattr(module, name) for name in _CONSTRUCTOR_ARGS[cls]}
+    if hasattr(module, "bias") and cls not in (nn.BatchNorm1d, nn.BatchNorm2d):
+        args["bias"] = module.bias is not None
+    return f"nn.{cls.__name__}({', '.join(f'{key}={value!r}' for key, value in args.items())})"
+
+
+def _variable(name: str, taken: set[str]) -> str:
+    """A Python identifier for a step value, not a keyword or one of the file's own names."""
+    variable = re.sub(r"\W", "_", name)
+    if not variable.isidentifier() or keyword.iskeyword(variable) or variable in taken:
+        variable = f"v_{variable}"
+    return variable
+
+
+def export_source(module: FromKeras, class_name: str = "Model") -> str:
+    """The source of a Python module defining ``class_name``, which rebuilds ``module``'s
+    architecture with torch alone (same state-dict keys); see :func:`export`."""
+    reserved = {"self", "x", "torch", "nn", "layers", class_name}
+    names = {_INPUT: "x", **{step.name: _variable(step.name, reserved) for step in module.steps}}
+    constructors = "\n".join(f"            {name!r}: {_constructor(layer)},"
+                             for name, layer in module.layers.items())
+    lines = []
+    for step in module.steps:
+        args = [names[name] for name in step.inputs]
+        if step.op == "layer":
+            expression = f"layers[{step.name!r}]({args[0]})"
+        elif step.op == "concat":
+            expression = f"torch.cat([{', '.join(args)}], dim=1)"
+        else:
+            expression = _COMBINE_SOURCE[step.op].join(args)
+        lines.append(f"        {names[step.name]} = {expression}")
+    body = "\n".join(lines)
+    return f'''"""PyTorch model converted from the Keras model {module.source!r} (channels first; a final
+softmax removed, so it returns logits). Load it with::
+
+    model = {class_name}()
+    model.load_state_dict(torch.load("state_dict.pt", weights_only=True))
+    model.eval()
+"""
+import torch
+from torch import nn
+
+
+class {class_name}(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleDict({{
+{constructors}
+        }})
+
+    def forward(self, x):
+        layers = self.layers
+{body}
+        return {names[module.output]}
+'''
+
+
+def export(module: FromKeras, folder: str | Path, class_name: str = "Model") -> tuple[Path, Path]:
+    """Write ``module`` so that torch alone can load it: ``model.py`` (:func:`export_source`) and
+    ``state_dict.pt`` (``torch.save(module.state_dict())``) in ``folder`` (created if needed).
+
+    Returns
+    -------
+    tuple of pathlib.Path
+        The paths of ``model.py`` and ``state_dict.pt``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    source, weights = folder / "model.py", folder / "state_dict.pt"
+    source.write_text(export_source(module, class_name))
+    torch.save(module.state_dict(), weights)
+    return source, weights
