@@ -57,8 +57,11 @@ import copy
 import keyword
 import math
 import operator
+import os
 import re
-import textwrap
+import subprocess
+import sys
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial, reduce
@@ -883,7 +886,7 @@ def keras_twin(model: tf.keras.Model, dtype: str = "float32", torch_model: FromK
         torch_model = from_keras(model, check=False)
     specs, output, removed = _specs(model, dtype)
     shape = torch_input_shape(model)
-    hidden = _hidden_reason(specs)
+    hidden = _hidden_reason(specs, padding_note=False)
     layer_names = {path: _reference_name(name) for path, name in torch_model.layer_names.items()}
     return Twin(keras_model=_build(specs, shape, dtype, output), layer_names=layer_names,
                 input_layer_hidden=hidden is not None, hidden_reason=hidden, dropped=tuple(removed),
@@ -968,6 +971,29 @@ def compare_keras(keras_model: tf.keras.Model, x: np.ndarray, names: list[str] |
 # Loading a Keras model
 
 
+#: a child process that re-saves a ``.keras`` file as HDF5 (argv: source, target)
+_KERAS_TO_H5 = ("import sys, tensorflow as tf; "
+                "tf.keras.models.load_model(sys.argv[1], compile=False).save(sys.argv[2])")
+
+
+def _load_file(path: Path) -> tf.keras.Model:
+    """``tf.keras.models.load_model(path, compile=False)``; in graph mode a ``.keras`` file goes
+    through HDF5 first, re-saved by an eager child process: Keras 2.14 loads a ``.keras`` file's
+    weights with assignments that graph mode never runs, so the model would keep its random
+    initial weights."""
+    if path.suffix != ".keras" or tf.executing_eagerly():
+        return tf.keras.models.load_model(path, compile=False)
+    with tempfile.TemporaryDirectory(prefix="signxai-keras-") as folder:
+        target = Path(folder) / f"{path.stem}.h5"
+        child = subprocess.run([sys.executable, "-c", _KERAS_TO_H5, str(path), str(target)],
+                               capture_output=True, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        if child.returncode != 0:
+            raise RuntimeError(child.stderr.strip().splitlines()[-1] if child.stderr.strip() else
+                               f"re-saving as HDF5 failed with exit status {child.returncode}")
+        return tf.keras.models.load_model(target, compile=False)
+
+
 def load_keras(source: str) -> tf.keras.Model:
     """Load the Keras model ``source`` names.
 
@@ -975,7 +1001,9 @@ def load_keras(source: str) -> tf.keras.Model:
     ----------
     source : str
         A ``.h5`` or ``.keras`` file or a SavedModel folder (loaded with
-        ``tf.keras.models.load_model(source, compile=False)``), or ``module:function``, a factory
+        ``tf.keras.models.load_model(source, compile=False)``; in graph mode a ``.keras`` file is
+        first re-saved as HDF5 by an eager child process, since graph mode would not load its
+        weights), or ``module:function``, a factory
         returning the model, imported with the current folder on ``sys.path``.
 
     Returns
@@ -1002,7 +1030,7 @@ def load_keras(source: str) -> tf.keras.Model:
                          f"folder, or MODULE:FUNCTION returning a Keras model)")
     else:
         try:
-            model = tf.keras.models.load_model(path, compile=False)
+            model = _load_file(path)
         except Exception as error:
             raise UsageError(f"cannot load a Keras model from {source}: {_one_line(error)}") from error
     if not isinstance(model, tf.keras.Model):

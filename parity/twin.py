@@ -1388,12 +1388,14 @@ def _is_kernel_layer(spec: _LayerSpec) -> bool:
     return any(key in spec.initial for key in ("kernel_initializer", "depthwise_initializer"))
 
 
-def _hidden_reason(specs: list[_LayerSpec]) -> str | None:
+def _hidden_reason(specs: list[_LayerSpec], padding_note: bool = True) -> str | None:
     """Why iNNvestigate would not see every first conv/dense layer as an input layer.
 
     A first kernel layer has no kernel layer upstream. iNNvestigate counts it as
     an input layer only when every path back to the input passes Flatten,
-    Permute or Reshape layers alone.
+    Permute or Reshape layers alone. ``padding_note`` adds, for a ZeroPadding
+    layer, that the twin needed it for PyTorch's padding (not so for a Keras
+    model's own padding layer).
     """
     by_name = {spec.config["name"]: spec for spec in specs}
     kernel_upstream: dict[str, bool] = {_INPUT: False}
@@ -1423,7 +1425,8 @@ def _hidden_reason(specs: list[_LayerSpec]) -> str | None:
         if found is None:
             continue
         detail = ""
-        if issubclass(found.cls, (tf.keras.layers.ZeroPadding1D, tf.keras.layers.ZeroPadding2D)):
+        if padding_note and issubclass(found.cls, (tf.keras.layers.ZeroPadding1D,
+                                                   tf.keras.layers.ZeroPadding2D)):
             detail = (
                 f" (padding {found.config['padding']}: Keras 'same' cannot reproduce PyTorch's "
                 "symmetric padding at this stride and input size)"

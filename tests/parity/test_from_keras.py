@@ -2,6 +2,9 @@
 with iNNvestigate on the original Keras model (TF graph mode, see conftest)."""
 
 import importlib.util
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -21,7 +24,7 @@ from parity.from_keras import (
     torch_input_shape,
     verify,
 )
-from parity.twin import TwinMismatchError, UnsupportedLayerError, to_channels_first, to_keras
+from parity.twin import TwinMismatchError, UnsupportedLayerError, to_keras
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps
 
 pytestmark = pytest.mark.tf
@@ -249,19 +252,38 @@ def test_export_rebuilds_the_module_with_torch_alone(tmp_path):
 # Loading
 
 
-def test_load_keras_reads_h5_and_keras_files_and_factories(tmp_path, monkeypatch):
-    model = tf.keras.Sequential([tf.keras.Input((3,)), layers.Dense(2, name="out")])
-    weights = model.get_weights()
-    model.save(tmp_path / "m.h5")
+#: a script that saves a small Keras model in eager mode, as a user's training script would
+_SAVE = """
+import sys
+import numpy as np
+import tensorflow as tf
+model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2, name="out")])
+np.save(sys.argv[2], model.layers[-1].get_weights()[0])
+model.save(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("saved", ["m.h5", "m.keras", "saved_model"])
+def test_load_keras_reads_files_and_folders_saved_in_eager_mode(tmp_path, saved):
+    subprocess.run([sys.executable, "-c", _SAVE, str(tmp_path / saved), str(tmp_path / "kernel.npy")],
+                   check=True, capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    loaded = load_keras(str(tmp_path / saved))
+    np.testing.assert_array_equal(loaded.get_layer("out").get_weights()[0], np.load(tmp_path / "kernel.npy"))
+
+
+def test_load_keras_calls_factories_and_names_what_is_missing(tmp_path, monkeypatch):
+    from parity.cli import UsageError
+
     (tmp_path / "my_factory.py").write_text(
         "import tensorflow as tf\n"
         "def build():\n"
-        "    return tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2)])\n")
+        "    return tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2)])\n"
+        "def not_a_model():\n"
+        "    return 3\n")
     monkeypatch.chdir(tmp_path)
-    loaded = load_keras(str(tmp_path / "m.h5"))
-    assert all(np.array_equal(a, b) for a, b in zip(loaded.get_weights(), weights))
     assert load_keras("my_factory:build").layers[-1].units == 2
-    from parity.cli import UsageError
+    with pytest.raises(UsageError, match="type int, not a tf.keras.Model"):
+        load_keras("my_factory:not_a_model")
     with pytest.raises(UsageError, match="no such file or folder"):
         load_keras(str(tmp_path / "missing.h5"))
 
@@ -299,6 +321,49 @@ def test_reference_twin_rebuilds_the_original_layers():
     assert twin.keras_model.get_layer("user_add").__class__ is layers.Add  # default names prefixed
     assert twin.input_layer_hidden is False  # the stem is the first layer, as in Keras
     assert twin.dropped == ("dropout", "logits")
+
+
+# ----------------------------------------------------------------------------
+# keras.applications (random weights, nothing downloaded)
+
+#: architecture -> (input size, constructor options, pytest marks of the forward test); the sizes
+#: are the smallest each accepts, VGG16's 34M parameters make its float64 rebuild slow
+APPLICATIONS = {
+    "VGG16": (32, {}, [pytest.mark.slow]),
+    "ResNet50": (32, {}, []),
+    "MobileNetV2": (32, {}, []),
+    "DenseNet121": (32, {}, []),
+    "InceptionV3": (75, {}, []),
+}
+
+
+def _application(name: str) -> tf.keras.Model:
+    size, options, _ = APPLICATIONS[name]
+    model = getattr(tf.keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=10,
+                                                 **options)
+    return _randomize_batchnorm(model)
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=marks) for name, (_, _, marks) in APPLICATIONS.items()])
+def test_applications_convert_with_equal_forward_in_both_dtypes(name):
+    model = _application(name)
+    torch_model = _check_both_dtypes(model)
+    convs = sum(isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D)) for layer in model.layers)
+    assert sum(isinstance(m, nn.Conv2d) for m in torch_model.layers.values()) == convs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(APPLICATIONS))
+def test_applications_pass_parity_with_innvestigate_on_the_original(name):
+    """Minutes each (iNNvestigate builds every analyzer on the whole graph, in both dtypes).
+    MobileNetV2's ReLU(6.) layers make iNNvestigate refuse guided backprop there."""
+    model = _application(name)
+    size = APPLICATIONS[name][0]
+    x = np.random.default_rng(5).standard_normal((2, size, size, 3)).astype(np.float32)
+    methods = [m for m in METHODS if not (name == "MobileNetV2" and m == "guided_backprop")]
+    rows, _ = compare_keras(model, x, methods)
+    assert {row.method for row in rows} == set(methods)
+    assert all(row.passed for row in rows), [(r.method, r.rel_error, r.note) for r in rows]
 
 
 # ----------------------------------------------------------------------------
