@@ -251,6 +251,7 @@ def _graph_layers(model: tf.keras.Model) -> Iterator[tuple[layers.Layer, list[st
 def _weights_of(model: tf.keras.Model) -> dict[str, dict[str, np.ndarray]]:
     """Every layer's weights by layer name and short weight name (``kernel``, ``bias``,
     ``gamma``, ``moving_mean``, ...), read in one go (in graph mode one session run)."""
+    _check_model(model)
     values = tf.keras.backend.batch_get_value(model.weights)
     by_id = {id(weight): value for weight, value in zip(model.weights, values)}
     return {layer.name: {weight.name.split("/")[-1].split(":")[0]: by_id[id(weight)]

@@ -204,6 +204,23 @@ def test_shared_layers_and_nested_models_are_rejected():
         from_keras(tf.keras.Model(inputs, inner(inputs)))
 
 
+def test_unbuilt_models_and_unfixed_shapes_are_rejected():
+    with pytest.raises(UnsupportedLayerError, match="not a built Keras"):
+        from_keras(tf.keras.Sequential([layers.Dense(2)]))
+    inputs = tf.keras.Input((None, None, 3))
+    with pytest.raises(UnsupportedLayerError, match="every non-batch axis fixed"):
+        torch_input_shape(tf.keras.Model(inputs, layers.GlobalAveragePooling2D()(inputs)))
+
+
+def test_compare_keras_turns_an_unsupported_layer_into_a_usage_error():
+    from parity.cli import UsageError
+
+    inputs = tf.keras.Input((4, 4, 1))
+    model = tf.keras.Model(inputs, layers.Flatten()(layers.Lambda(lambda t: t + 1.0, name="plus")(inputs)))
+    with pytest.raises(UsageError, match="unsupported layer for the PyTorch twin: Lambda 'plus'"):
+        compare_keras(model, np.zeros((1, 4, 4, 1), np.float32), ["gradient"])
+
+
 def test_a_changed_weight_is_reported_at_its_layer():
     model = _small_graph()
     torch_model = from_keras(model)
