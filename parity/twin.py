@@ -106,6 +106,7 @@ __all__ = [
     "Twin",
     "TwinMismatchError",
     "UnsupportedLayerError",
+    "keras_floatx",
     "to_channels_first",
     "to_channels_last",
     "to_keras",
@@ -165,6 +166,18 @@ def to_channels_first(x: np.ndarray) -> np.ndarray:
         :func:`to_channels_last`.
     """
     return np.ascontiguousarray(np.moveaxis(x, -1, 1))
+
+
+@contextlib.contextmanager
+def keras_floatx(dtype: str) -> Iterator[None]:
+    """Set Keras' floatx to ``dtype`` for the ``with`` block, then restore it (Keras casts
+    floating inputs of ``predict`` to floatx, and iNNvestigate builds its constants in it)."""
+    previous = tf.keras.backend.floatx()
+    tf.keras.backend.set_floatx(dtype)
+    try:
+        yield
+    finally:
+        tf.keras.backend.set_floatx(previous)
 
 
 def _channels_last(rank: int) -> tuple[int, ...]:
@@ -289,12 +302,8 @@ class Twin:
         iNNvestigate builds its constants in floatx, so a float64 twin must be
         analysed inside this block (building the twin itself needs no floatx).
         """
-        previous = tf.keras.backend.floatx()
-        tf.keras.backend.set_floatx(self.dtype)
-        try:
+        with keras_floatx(self.dtype):
             yield
-        finally:
-            tf.keras.backend.set_floatx(previous)
 
     def verify(
         self,
@@ -1430,12 +1439,14 @@ def _is_kernel_layer(spec: _LayerSpec) -> bool:
     return any(key in spec.initial for key in ("kernel_initializer", "depthwise_initializer"))
 
 
-def _hidden_reason(specs: list[_LayerSpec]) -> str | None:
+def _hidden_reason(specs: list[_LayerSpec], padding_note: bool = True) -> str | None:
     """Why iNNvestigate would not see every first conv/dense layer as an input layer.
 
     A first kernel layer has no kernel layer upstream. iNNvestigate counts it as
     an input layer only when every path back to the input passes Flatten,
-    Permute or Reshape layers alone.
+    Permute or Reshape layers alone. ``padding_note`` adds, for a ZeroPadding
+    layer, that the twin needed it for PyTorch's padding (not so for a Keras
+    model's own padding layer).
     """
     by_name = {spec.config["name"]: spec for spec in specs}
     kernel_upstream: dict[str, bool] = {_INPUT: False}
@@ -1464,7 +1475,8 @@ def _hidden_reason(specs: list[_LayerSpec]) -> str | None:
         if found is None:
             continue
         detail = ""
-        if issubclass(found.cls, (tf.keras.layers.ZeroPadding1D, tf.keras.layers.ZeroPadding2D)):
+        if padding_note and issubclass(found.cls, (tf.keras.layers.ZeroPadding1D,
+                                                   tf.keras.layers.ZeroPadding2D)):
             detail = (
                 f" (padding {found.config['padding']}: Keras 'same' cannot reproduce PyTorch's "
                 "symmetric padding at this stride and input size)"
