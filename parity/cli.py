@@ -70,6 +70,24 @@ def _parser() -> argparse.ArgumentParser:
         help="a TorchScript file (torch.jit.save); the Keras twin converter needs "
         "torch.fx, which cannot trace TorchScript, so prefer --model",
     )
+    model.add_argument(
+        "--keras",
+        metavar="PATH",
+        help="a Keras model (.h5 or .keras file, or SavedModel folder): iNNvestigate runs on it as it "
+        "is, signxai on its PyTorch twin (parity.from_keras); --input-shape and --inputs are then in "
+        "the Keras model's layout (channels last) and may be left out (the model's input shape)",
+    )
+    model.add_argument(
+        "--keras-factory",
+        metavar="MODULE:FUNCTION",
+        help="a factory returning a Keras model, checked as --keras checks a file",
+    )
+    parser.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="with --keras: write the PyTorch twin as model.py (torch only) and state_dict.pt into DIR",
+    )
     parser.add_argument(
         "--state-dict",
         type=Path,
@@ -77,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         help="weights for the model --model builds, loaded with "
         "torch.load(PATH, map_location='cpu', weights_only=True)",
     )
-    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs = parser.add_mutually_exclusive_group()
     inputs.add_argument(
         "--input-shape",
         metavar="C,H,W",
@@ -225,6 +243,10 @@ def _wants_method_list(argv: list[str] | None) -> bool:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.keras or args.keras_factory:
+        return _run_keras(args)
+    if args.export is not None:
+        raise UsageError("--export writes the PyTorch twin of a Keras model: it needs --keras or --keras-factory")
     model = _load_model(args)
     x = _load_inputs(args)
     require_parity_extra()
@@ -254,6 +276,47 @@ def _run(args: argparse.Namespace) -> int:
     return report_rows(outcome.rows)
 
 
+def _run_keras(args: argparse.Namespace) -> int:
+    """``--keras``: iNNvestigate on the user's Keras model, signxai on its PyTorch twin."""
+    if args.ray is not None or args.workers > 1:
+        raise UsageError("a Keras model's check runs in one process: leave out --workers and --ray")
+    if args.state_dict is not None:
+        raise UsageError("--state-dict belongs to --model; a Keras model brings its own weights")
+    require_parity_extra()
+    from .from_keras import compare_keras, export, load_keras
+    from .harness import graph_mode
+    from .pipeline import publish
+
+    graph_mode()
+    warnings.filterwarnings("ignore", message="`Model.state_updates` will be removed", category=UserWarning)
+    source = args.keras or args.keras_factory
+    keras_model = load_keras(source)
+    x = _load_inputs(args, tuple(int(n) for n in keras_model.inputs[0].shape[1:]))
+    names = [name.strip() for name in args.methods.split(",")] if args.methods else None
+    outcome, torch_model = compare_keras(
+        keras_model,
+        x,
+        names,
+        label=str(source),
+        tolerance=args.tolerance,
+        float64=not args.float32_only,
+        progress=True,
+        cache=cache_of(args),
+    )
+    outcome.context.update(
+        {
+            "model": f"{source} (Keras; signxai on its PyTorch twin)",
+            "inputs": _describe_inputs(args, x),
+            "options": {key: _plain(value) for key, value in vars(args).items()},
+        }
+    )
+    if args.export is not None:
+        files = export(torch_model, args.export)
+        print(f"PyTorch twin written: {', '.join(map(str, files))}")
+    publish(outcome, out=args.out, json_path=args.json)
+    return report_rows(outcome.rows)
+
+
 def _plain(value: Any) -> Any:
     """An option's value as JSON can hold it."""
     return str(value) if isinstance(value, Path) else value
@@ -275,7 +338,7 @@ def _load_model(args: argparse.Namespace) -> torch.nn.Module:
     return model.eval()
 
 
-def _factory(spec: str) -> Callable[[], Any]:
+def load_factory(spec: str) -> Callable[[], Any]:
     """The function ``module:function`` names, imported with the current folder on sys.path."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
@@ -305,7 +368,7 @@ def _factory(spec: str) -> Callable[[], Any]:
 
 def _build(spec: str) -> torch.nn.Module:
     """Call the factory ``spec`` names and check that it returns a torch.nn.Module."""
-    factory = _factory(spec)
+    factory = load_factory(spec)
     try:
         model = factory()
     except Exception as error:
@@ -353,13 +416,17 @@ def _load_torchscript(path: Path) -> torch.nn.Module:
     return model
 
 
-def _load_inputs(args: argparse.Namespace) -> np.ndarray:
-    """The inputs, with batch axis, channels first."""
+def _load_inputs(args: argparse.Namespace, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """The inputs, with batch axis (channels first; a Keras model's own layout with --keras), drawn
+    in ``shape`` when neither --inputs nor --input-shape is given."""
     if args.inputs is not None:
         return _read_npy(args.inputs)
     if args.batch < 1:
         raise UsageError(f"--batch must be at least 1, got {args.batch}")
-    shape = _shape(args.input_shape)
+    if args.input_shape is not None:
+        shape = _shape(args.input_shape)
+    elif shape is None:
+        raise UsageError("give the inputs: --input-shape C,H,W (random draws) or --inputs x.npy")
     rng = np.random.default_rng(args.seed)
     return rng.standard_normal((args.batch, *shape)).astype(np.float32)
 

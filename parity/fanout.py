@@ -27,6 +27,7 @@ import torch
 
 if TYPE_CHECKING:
     from .harness import ModelRun
+    from .twin import Twin
 
 __all__ = ["Subject", "Task", "Backend", "perform", "execute", "RAY_RETRIES"]
 
@@ -47,11 +48,17 @@ class Subject:
         importable there).
     inputs : numpy.ndarray
         Inputs with batch axis, channels first.
+    reference : callable, optional
+        The Keras side, a function of the dtype returning the :class:`parity.twin.Twin`
+        iNNvestigate runs on (a user's own Keras model, :func:`parity.from_keras.keras_twin`);
+        default: the model converted by :func:`parity.twin.to_keras`. A subject with one runs in
+        this process.
     """
 
     label: str
     model: torch.nn.Module
     inputs: np.ndarray
+    reference: Callable[[str], Twin] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -107,6 +114,7 @@ def perform(subject: Subject, task: Task, ours: bool, cache: Path | None) -> Mod
         ours=ours,
         identities=task.identities,
         cache=ReferenceCache(cache),
+        reference=subject.reference,
     )
 
 

@@ -51,6 +51,7 @@ Keras 2.14 facts the conversion relies on
 * ``Conv2DTranspose`` with ``'valid'`` padding and no ``output_padding`` outputs
   ``n * s + max(k - s, 0)`` rows, PyTorch ``(n - 1) * s + k + output_padding``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -62,12 +63,11 @@ import re
 import subprocess
 import sys
 import tempfile
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial, reduce
 from pathlib import Path
-from typing import Any, Callable, Iterator
-from unittest import mock
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
@@ -75,7 +75,8 @@ import torch
 from keras.src.utils.generic_utils import to_snake_case
 from torch import nn
 
-from . import twin as twin_module
+from .compare import relative_error
+from .fanout import Backend
 from .twin import (
     Twin,
     TwinMismatchError,
@@ -84,11 +85,13 @@ from .twin import (
     _hidden_reason,
     _layer_output,
     _LayerSpec,
-    _relative_error,
     keras_floatx,
     to_channels_first,
     to_channels_last,
 )
+
+if TYPE_CHECKING:
+    from .pipeline import Outcome
 
 __all__ = [
     "FromKeras",
@@ -108,8 +111,15 @@ _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: the name of the model input among the step values (as in :mod:`parity.twin`)
 _INPUT = "input"
 #: layers that are identities at inference
-_IDENTITIES = (layers.Dropout, layers.SpatialDropout1D, layers.SpatialDropout2D, layers.GaussianNoise,
-               layers.GaussianDropout, layers.AlphaDropout, layers.ActivityRegularization)
+_IDENTITIES = (
+    layers.Dropout,
+    layers.SpatialDropout1D,
+    layers.SpatialDropout2D,
+    layers.GaussianNoise,
+    layers.GaussianDropout,
+    layers.AlphaDropout,
+    layers.ActivityRegularization,
+)
 #: max pooling layers (global ones included)
 _MAX_POOLS = (layers.MaxPooling1D, layers.MaxPooling2D, layers.GlobalMaxPooling1D, layers.GlobalMaxPooling2D)
 #: layers that combine several inputs
@@ -171,10 +181,16 @@ class FromKeras(nn.Module):
         Keras layers with no step (inference identities, a final softmax).
     """
 
-    def __init__(self, layers: dict[str, nn.Module], steps: list[Step], output: str, source: str = "",
-                 layer_names: dict[str, str] | None = None,
-                 keras_outputs: dict[str, tuple[str, np.ndarray | None]] | None = None,
-                 dropped: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        layers: dict[str, nn.Module],
+        steps: list[Step],
+        output: str,
+        source: str = "",
+        layer_names: dict[str, str] | None = None,
+        keras_outputs: dict[str, tuple[str, np.ndarray | None]] | None = None,
+        dropped: tuple[str, ...] = (),
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleDict(layers)
         self.steps = tuple(steps)
@@ -210,30 +226,34 @@ def _inbound(layer: layers.Layer) -> list[str]:
     if len(nodes) != 1:
         raise UnsupportedLayerError(
             f"{type(layer).__name__} '{layer.name}' is called {len(nodes)} times; the converter "
-            "needs every layer called once (no shared layers)")
+            "needs every layer called once (no shared layers)"
+        )
     inbound = nodes[0].inbound_layers
-    return [l.name for l in (inbound if isinstance(inbound, list) else [inbound])]
+    return [layer.name for layer in (inbound if isinstance(inbound, list) else [inbound])]
 
 
 def _check_model(model: tf.keras.Model) -> None:
     """Raise UnsupportedLayerError unless ``model`` is a built single-input, single-output graph."""
-    if not isinstance(model, tf.keras.Model) or not model.built or not hasattr(model, "inputs") \
-            or model.inputs is None:
+    if not isinstance(model, tf.keras.Model) or not model.built or not hasattr(model, "inputs") or model.inputs is None:
         raise UnsupportedLayerError(
             f"{type(model).__name__} '{getattr(model, 'name', '?')}' is not a built Keras functional or "
-            "Sequential model; build it with an input shape (e.g. tf.keras.Input) first")
+            "Sequential model; build it with an input shape (e.g. tf.keras.Input) first"
+        )
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise UnsupportedLayerError(
             f"Keras model '{model.name}' has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
-            "the converter needs exactly one of each")
+            "the converter needs exactly one of each"
+        )
     for layer in model.layers:
         if isinstance(layer, tf.keras.Model):
             raise UnsupportedLayerError(
                 f"{type(layer).__name__} '{layer.name}' is a model nested in '{model.name}'; call its "
-                "layers directly in the outer model")
+                "layers directly in the outer model"
+            )
         if layer.name == _INPUT and not isinstance(layer, layers.InputLayer):
             raise UnsupportedLayerError(
-                f"{type(layer).__name__} '{layer.name}': the name '{_INPUT}' is reserved for the input")
+                f"{type(layer).__name__} '{layer.name}': the name '{_INPUT}' is reserved for the input"
+            )
 
 
 def _graph_layers(model: tf.keras.Model) -> Iterator[tuple[layers.Layer, list[str]]]:
@@ -253,10 +273,11 @@ def _weights_of(model: tf.keras.Model) -> dict[str, dict[str, np.ndarray]]:
     ``gamma``, ``moving_mean``, ...), read in one go (in graph mode one session run)."""
     _check_model(model)
     values = tf.keras.backend.batch_get_value(model.weights)
-    by_id = {id(weight): value for weight, value in zip(model.weights, values)}
-    return {layer.name: {weight.name.split("/")[-1].split(":")[0]: by_id[id(weight)]
-                         for weight in layer.weights}
-            for layer in model.layers}
+    by_id = {id(weight): value for weight, value in zip(model.weights, values, strict=True)}
+    return {
+        layer.name: {weight.name.split("/")[-1].split(":")[0]: by_id[id(weight)] for weight in layer.weights}
+        for layer in model.layers
+    }
 
 
 def _output_layer(model: tf.keras.Model) -> layers.Layer:
@@ -282,7 +303,8 @@ def torch_input_shape(model: tf.keras.Model) -> tuple[int, ...]:
     if any(d is None for d in shape):
         raise UnsupportedLayerError(
             f"Keras model '{model.name}' takes inputs of shape {shape}; the converter needs every "
-            "non-batch axis fixed (give tf.keras.Input a full shape)")
+            "non-batch axis fixed (give tf.keras.Input a full shape)"
+        )
     return (shape[-1], *shape[:-1]) if len(shape) > 1 else shape
 
 
@@ -338,7 +360,7 @@ class _Converter:
         self.modules: dict[str, nn.Module] = {}
         self.steps: list[Step] = []
         self.values: dict[str, _Value] = {_INPUT: _Value(_INPUT)}
-        self.layer_names: dict[str, str] = {}   # torch module path -> Keras layer name
+        self.layer_names: dict[str, str] = {}  # torch module path -> Keras layer name
         self.dropped: list[str] = []
         self._names: set[str] = {_INPUT}
         self._handlers: list[tuple[tuple[type, ...], Callable]] = [
@@ -355,10 +377,19 @@ class _Converter:
             ((layers.LeakyReLU,), self._leaky_relu),
             ((layers.ELU,), self._elu),
             ((layers.ZeroPadding1D, layers.ZeroPadding2D), self._zero_padding),
-            ((layers.MaxPooling1D, layers.MaxPooling2D, layers.AveragePooling1D,
-              layers.AveragePooling2D), self._pooling),
-            ((layers.GlobalAveragePooling1D, layers.GlobalAveragePooling2D, layers.GlobalMaxPooling1D,
-              layers.GlobalMaxPooling2D), self._global_pooling),
+            (
+                (layers.MaxPooling1D, layers.MaxPooling2D, layers.AveragePooling1D, layers.AveragePooling2D),
+                self._pooling,
+            ),
+            (
+                (
+                    layers.GlobalAveragePooling1D,
+                    layers.GlobalAveragePooling2D,
+                    layers.GlobalMaxPooling1D,
+                    layers.GlobalMaxPooling2D,
+                ),
+                self._global_pooling,
+            ),
             ((layers.UpSampling1D, layers.UpSampling2D), self._upsampling),
             ((layers.Flatten,), self._flatten),
             ((layers.Add,), partial(self._combine, "add")),
@@ -373,15 +404,16 @@ class _Converter:
             self.layer = layer
             self.is_output = layer is output
             self.inputs = [self.values[name] for name in inputs]
-            handler = next((h for classes, h in self._handlers if isinstance(layer, classes)),
-                           self._unsupported_layer)
+            handler = next((h for classes, h in self._handlers if isinstance(layer, classes)), self._unsupported_layer)
             if len(self.inputs) != 1 and not isinstance(layer, _MERGES):
                 raise self._error(f"takes {len(self.inputs)} tensors; the converter expects one")
             self.values[layer.name] = handler()
         value = self.values[output.name]
         if value.order is not None:
-            raise self._error("outputs features flattened from a spatial map, whose order differs "
-                              "between NHWC and NCHW; end the model with a Dense layer or pooling")
+            raise self._error(
+                "outputs features flattened from a spatial map, whose order differs "
+                "between NHWC and NCHW; end the model with a Dense layer or pooling"
+            )
         return value.name
 
     # -- bookkeeping ------------------------------------------------------
@@ -402,8 +434,7 @@ class _Converter:
         self._names.add(name)
         return name
 
-    def _layer(self, module: nn.Module, source: _Value, suffix: str = "",
-               order: np.ndarray | None = None) -> _Value:
+    def _layer(self, module: nn.Module, source: _Value, suffix: str = "", order: np.ndarray | None = None) -> _Value:
         """Add a module step on ``source``; the step's module path maps to the Keras layer."""
         name = self._step_name(suffix)
         self.modules[name] = module.to(self.dtype)
@@ -415,11 +446,11 @@ class _Converter:
         """The number of spatial axes of the layer's input map, checked to be 1 or 2."""
         rank = len(self.layer.input_shape) - 2
         if rank not in (1, 2) or self.inputs[0].order is not None:
-            raise self._error(f"gets an input of shape {self.layer.input_shape}; the converter "
-                              "supports 1-D and 2-D feature maps here")
+            raise self._error(
+                f"gets an input of shape {self.layer.input_shape}; the converter supports 1-D and 2-D feature maps here"
+            )
         if getattr(self.layer, "data_format", "channels_last") != "channels_last":
-            raise self._error("uses data_format='channels_first'; the converter reads channels-last "
-                              "models")
+            raise self._error("uses data_format='channels_first'; the converter reads channels-last models")
         return rank
 
     def _weights(self) -> dict[str, np.ndarray]:
@@ -439,13 +470,14 @@ class _Converter:
             return value
         if name == "softmax":
             if not self.is_output:
-                raise self._error("applies a softmax before the last layer; the converter only "
-                                  "removes a final softmax")
+                raise self._error("applies a softmax before the last layer; the converter only removes a final softmax")
             self.dropped.append(f"{self.layer.name} (softmax)")
             return value
         if name not in _ACTIVATIONS:
-            raise self._error(f"uses the activation {name!r}, which has no PyTorch module here "
-                              f"(supported: {', '.join(sorted(_ACTIVATIONS))}, softmax at the end)")
+            raise self._error(
+                f"uses the activation {name!r}, which has no PyTorch module here "
+                f"(supported: {', '.join(sorted(_ACTIVATIONS))}, softmax at the end)"
+            )
         return self._layer(_ACTIVATIONS[name](), value, suffix, value.order)
 
     def _pad_module(self, value: _Value, pads: list[tuple[int, int]], suffix: str = "_pad") -> _Value:
@@ -454,21 +486,21 @@ class _Converter:
         flat = tuple(p for pair in reversed(pads) for p in pair)  # torch: last axis first
         return self._layer(cls(flat), value, suffix)
 
-    def _padding(self, value: _Value, kernels: tuple[int, ...], strides: tuple[int, ...],
-                 dilations: tuple[int, ...]) -> tuple[_Value, tuple[int, ...]]:
+    def _padding(
+        self, value: _Value, kernels: tuple[int, ...], strides: tuple[int, ...], dilations: tuple[int, ...]
+    ) -> tuple[_Value, tuple[int, ...]]:
         """The symmetric torch padding of the layer's Keras padding mode, with an explicit zero
         padding step in front where TF's 'same' is asymmetric (and for 'causal')."""
-        effective = [d * (k - 1) + 1 for k, d in zip(kernels, dilations)]
+        effective = [d * (k - 1) + 1 for k, d in zip(kernels, dilations, strict=True)]
         mode = self.layer.padding
         if mode == "valid":
             return value, (0,) * len(kernels)
         if mode == "causal":
             return self._pad_module(value, [(effective[0] - 1, 0)]), (0,)
         if mode != "same":
-            raise self._error(f"uses padding={mode!r}; the converter supports 'valid', 'same' and "
-                              "'causal'")
+            raise self._error(f"uses padding={mode!r}; the converter supports 'valid', 'same' and 'causal'")
         sizes = self.layer.input_shape[1:-1]
-        pads = [_tf_same_padding(n, k, s) for n, k, s in zip(sizes, effective, strides)]
+        pads = [_tf_same_padding(n, k, s) for n, k, s in zip(sizes, effective, strides, strict=True)]
         if all(before == after for before, after in pads):
             return value, tuple(before for before, _ in pads)
         return self._pad_module(value, pads), (0,) * len(kernels)
@@ -486,8 +518,15 @@ class _Converter:
         kernel = weights["kernel"]  # (*k, in / groups, out)
         value, padding = self._padding(self.inputs[0], conv.kernel_size, conv.strides, conv.dilation_rate)
         module = (nn.Conv1d, nn.Conv2d)[rank - 1](
-            kernel.shape[-2] * conv.groups, conv.filters, conv.kernel_size, stride=conv.strides,
-            padding=padding, dilation=conv.dilation_rate, groups=conv.groups, bias=conv.use_bias)
+            kernel.shape[-2] * conv.groups,
+            conv.filters,
+            conv.kernel_size,
+            stride=conv.strides,
+            padding=padding,
+            dilation=conv.dilation_rate,
+            groups=conv.groups,
+            bias=conv.use_bias,
+        )
         self._load(module, weight=kernel.transpose(rank + 1, rank, *range(rank)), **self._bias(weights))
         return self._activation(self._layer(module, value), _activation_name(conv))
 
@@ -503,10 +542,16 @@ class _Converter:
         channels, multiplier = kernel.shape[-2:]
         value, padding = self._padding(self.inputs[0], conv.kernel_size, conv.strides, conv.dilation_rate)
         module = (nn.Conv1d, nn.Conv2d)[rank - 1](
-            channels, channels * multiplier, conv.kernel_size, stride=conv.strides, padding=padding,
-            dilation=conv.dilation_rate, groups=channels, bias=conv.use_bias)
-        weight = kernel.transpose(rank, rank + 1, *range(rank)).reshape(
-            channels * multiplier, 1, *conv.kernel_size)
+            channels,
+            channels * multiplier,
+            conv.kernel_size,
+            stride=conv.strides,
+            padding=padding,
+            dilation=conv.dilation_rate,
+            groups=channels,
+            bias=conv.use_bias,
+        )
+        weight = kernel.transpose(rank, rank + 1, *range(rank)).reshape(channels * multiplier, 1, *conv.kernel_size)
         self._load(module, weight=weight, **self._bias(weights))
         return self._activation(self._layer(module, value), _activation_name(conv))
 
@@ -519,17 +564,25 @@ class _Converter:
             raise self._error("sets output_padding or dilation, which the converter does not reproduce")
         kernels, strides = conv.kernel_size, conv.strides
         if conv.padding == "valid":
-            padding, extra = (0,) * rank, tuple(max(s - k, 0) for k, s in zip(kernels, strides))
-        elif all(k >= s and (k - s) % 2 == 0 for k, s in zip(kernels, strides)):
-            padding, extra = tuple((k - s) // 2 for k, s in zip(kernels, strides)), (0,) * rank
+            padding, extra = (0,) * rank, tuple(max(s - k, 0) for k, s in zip(kernels, strides, strict=True))
+        elif all(k >= s and (k - s) % 2 == 0 for k, s in zip(kernels, strides, strict=True)):
+            padding, extra = tuple((k - s) // 2 for k, s in zip(kernels, strides, strict=True)), (0,) * rank
         else:
-            raise self._error(f"uses 'same' padding with kernel {kernels} and strides {strides}, which "
-                              "crops asymmetrically; PyTorch's transposed convolution crops symmetrically")
+            raise self._error(
+                f"uses 'same' padding with kernel {kernels} and strides {strides}, which "
+                "crops asymmetrically; PyTorch's transposed convolution crops symmetrically"
+            )
         weights = self._weights()
         kernel = weights["kernel"]  # (*k, out, in)
         module = (nn.ConvTranspose1d, nn.ConvTranspose2d)[rank - 1](
-            kernel.shape[-1], conv.filters, kernels, stride=strides, padding=padding,
-            output_padding=extra, bias=conv.use_bias)
+            kernel.shape[-1],
+            conv.filters,
+            kernels,
+            stride=strides,
+            padding=padding,
+            output_padding=extra,
+            bias=conv.use_bias,
+        )
         self._load(module, weight=kernel.transpose(rank + 1, rank, *range(rank)), **self._bias(weights))
         return self._activation(self._layer(module, self.inputs[0]), _activation_name(conv))
 
@@ -537,8 +590,9 @@ class _Converter:
         """Dense as Linear; after a Flatten of NHWC its input weights follow the torch order."""
         dense, value = self.layer, self.inputs[0]
         if len(dense.input_shape) != 2:
-            raise self._error(f"gets an input of shape {dense.input_shape}; the converter needs flat "
-                              "features (add a Flatten)")
+            raise self._error(
+                f"gets an input of shape {dense.input_shape}; the converter needs flat features (add a Flatten)"
+            )
         weights = self._weights()
         kernel = weights["kernel"]  # (in, out)
         if value.order is not None:
@@ -552,8 +606,10 @@ class _Converter:
         bn, value = self.layer, self.inputs[0]
         rank = len(bn.input_shape)
         if rank not in (2, 3, 4) or list(bn.axis) != [rank - 1]:
-            raise self._error(f"normalises axis {bn.axis} of a rank-{rank} input; the converter "
-                              "supports the channel (last) axis of flat features and 1-D or 2-D maps")
+            raise self._error(
+                f"normalises axis {bn.axis} of a rank-{rank} input; the converter "
+                "supports the channel (last) axis of flat features and 1-D or 2-D maps"
+            )
         weights = self._weights()
         mean, var = weights["moving_mean"], weights["moving_variance"]
         gamma, beta = weights.get("gamma", np.ones_like(mean)), weights.get("beta", np.zeros_like(mean))
@@ -581,8 +637,7 @@ class _Converter:
         return self._layer(module, self.inputs[0], order=self.inputs[0].order)
 
     def _leaky_relu(self) -> _Value:
-        return self._layer(nn.LeakyReLU(float(self.layer.alpha)), self.inputs[0],
-                           order=self.inputs[0].order)
+        return self._layer(nn.LeakyReLU(float(self.layer.alpha)), self.inputs[0], order=self.inputs[0].order)
 
     def _elu(self) -> _Value:
         return self._layer(nn.ELU(float(self.layer.alpha)), self.inputs[0], order=self.inputs[0].order)
@@ -598,23 +653,29 @@ class _Converter:
         padding = (0,) * rank
         if pool.padding == "same":
             sizes = pool.input_shape[1:-1]
-            pads = [_tf_same_padding(n, k, s) for n, k, s in zip(sizes, pool.pool_size, pool.strides)]
+            pads = [_tf_same_padding(n, k, s) for n, k, s in zip(sizes, pool.pool_size, pool.strides, strict=True)]
             if any(before != after for before, after in pads):
-                raise self._error(f"pads {pads} ('same' at this stride and size), asymmetrically, "
-                                  "which PyTorch's pooling padding cannot reproduce")
+                raise self._error(
+                    f"pads {pads} ('same' at this stride and size), asymmetrically, "
+                    "which PyTorch's pooling padding cannot reproduce"
+                )
             padding = tuple(before for before, _ in pads)
         if isinstance(pool, _MAX_POOLS):
             module = (nn.MaxPool1d, nn.MaxPool2d)[rank - 1](pool.pool_size, pool.strides, padding)
         else:
-            module = (nn.AvgPool1d, nn.AvgPool2d)[rank - 1](pool.pool_size, pool.strides, padding,
-                                                            count_include_pad=False)
+            module = (nn.AvgPool1d, nn.AvgPool2d)[rank - 1](
+                pool.pool_size, pool.strides, padding, count_include_pad=False
+            )
         return self._layer(module, self.inputs[0])
 
     def _global_pooling(self) -> _Value:
         """Global average/max pooling: adaptive pooling to size 1, flattened unless keepdims."""
         rank = self._spatial()
-        classes = (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d) if isinstance(self.layer, _MAX_POOLS) \
+        classes = (
+            (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+            if isinstance(self.layer, _MAX_POOLS)
             else (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+        )
         value = self._layer(classes[rank - 1](1), self.inputs[0])
         return value if self.layer.keepdims else self._layer(nn.Flatten(), value, "_flatten")
 
@@ -622,8 +683,7 @@ class _Converter:
         """Nearest upsampling by integer factors."""
         rank = self._spatial()
         if getattr(self.layer, "interpolation", "nearest") != "nearest":
-            raise self._error(f"uses interpolation={self.layer.interpolation!r}; the converter "
-                              "supports 'nearest'")
+            raise self._error(f"uses interpolation={self.layer.interpolation!r}; the converter supports 'nearest'")
         sizes = (self.layer.size,) if rank == 1 else self.layer.size
         factors = tuple(float(f) for f in sizes)
         return self._layer(nn.Upsample(scale_factor=factors, mode="nearest"), self.inputs[0])
@@ -643,7 +703,8 @@ class _Converter:
         """A step combining the inputs by ``op``; flattened inputs must share one order."""
         orders = [v.order for v in self.inputs]
         if any(o is not None for o in orders) and not all(
-                o is not None and np.array_equal(o, orders[0]) for o in orders):
+            o is not None and np.array_equal(o, orders[0]) for o in orders
+        ):
             raise self._error("combines features flattened in different orders")
         name = self._step_name()
         self.steps.append(Step(name, op, tuple(v.name for v in self.inputs)))
@@ -653,8 +714,10 @@ class _Converter:
         """Concatenate along the channel axis (the last Keras axis, dim 1 in torch)."""
         rank = len(self.layer.output_shape)
         if self.layer.axis % rank != rank - 1 or any(v.order is not None for v in self.inputs):
-            raise self._error(f"concatenates along axis {self.layer.axis} of rank-{rank} tensors; "
-                              "the converter supports the channel (last) axis of unflattened values")
+            raise self._error(
+                f"concatenates along axis {self.layer.axis} of rank-{rank} tensors; "
+                "the converter supports the channel (last) axis of unflattened values"
+            )
         return self._combine("concat")
 
 
@@ -662,8 +725,9 @@ class _Converter:
 # The converter's entry point and its forward check
 
 
-def from_keras(model: tf.keras.Model, *, dtype: str = "float32", check: bool = True,
-               rtol: float = 1e-5, seed: int = 0) -> FromKeras:
+def from_keras(
+    model: tf.keras.Model, *, dtype: str = "float32", check: bool = True, rtol: float = 1e-5, seed: int = 0
+) -> FromKeras:
     """Convert a Keras model into a PyTorch :class:`FromKeras` module with identical weights.
 
     Parameters
@@ -701,15 +765,23 @@ def from_keras(model: tf.keras.Model, *, dtype: str = "float32", check: bool = T
     if output == _INPUT:
         raise UnsupportedLayerError(f"Keras model '{model.name}' has no layer with a PyTorch counterpart")
     keras_outputs = {name: (v.name, v.order) for name, v in converter.values.items() if name != _INPUT}
-    module = FromKeras(converter.modules, converter.steps, output, model.name, converter.layer_names,
-                       keras_outputs, tuple(converter.dropped)).eval()
+    module = FromKeras(
+        converter.modules,
+        converter.steps,
+        output,
+        model.name,
+        converter.layer_names,
+        keras_outputs,
+        tuple(converter.dropped),
+    ).eval()
     if check:
         verify(model, module, rtol=rtol, seed=seed)
     return module
 
 
-def verify(keras_model: tf.keras.Model, module: FromKeras, *, rtol: float = 1e-5, seed: int = 0,
-           batch: int = 4) -> float:
+def verify(
+    keras_model: tf.keras.Model, module: FromKeras, *, rtol: float = 1e-5, seed: int = 0, batch: int = 4
+) -> float:
     """Check a :class:`FromKeras` module against a Keras model on seeded standard-normal inputs.
 
     Parameters
@@ -749,7 +821,7 @@ def verify(keras_model: tf.keras.Model, module: FromKeras, *, rtol: float = 1e-5
         """The step and feature order of a Keras layer's output (``'input'``: no step)."""
         name = layer.name
         if name not in module.keras_outputs and name.startswith("user_"):  # a keras_twin's name
-            name = name[len("user_"):]
+            name = name[len("user_") :]
         return module.keras_outputs.get(name, (_INPUT, None))
 
     def torch_value(layer: layers.Layer) -> np.ndarray:
@@ -761,19 +833,20 @@ def verify(keras_model: tf.keras.Model, module: FromKeras, *, rtol: float = 1e-5
         return _keras_layout(value.numpy(), order)
 
     with keras_floatx(dtype):  # predict casts its inputs to floatx
-        error = _relative_error(torch_value(final), keras_model.predict(x_keras, verbose=0))
+        error = relative_error(torch_value(final), keras_model.predict(x_keras, verbose=0))
         if error <= rtol:
             return error
         for layer in keras_model.layers[1:]:
             if step(layer)[0] == _INPUT:
                 continue  # no step of its own: an identity of the input
-            layer_error = _relative_error(torch_value(layer), _layer_output(keras_model, layer.name, x_keras))
+            layer_error = relative_error(torch_value(layer), _layer_output(keras_model, layer.name, x_keras))
             if layer_error > rtol:
                 raise TwinMismatchError(
                     f"the PyTorch module's output differs from Keras by {error:.3g} (relative to the "
                     f"largest |output|, rtol {rtol:g}); activations first diverge at Keras layer "
                     f"'{layer.name}' ({type(layer).__name__}, torch step '{step(layer)[0]}') with "
-                    f"relative error {layer_error:.3g}")
+                    f"relative error {layer_error:.3g}"
+                )
     raise TwinMismatchError(f"the PyTorch module's output differs from Keras by {error:.3g} (rtol {rtol:g})")
 
 
@@ -798,7 +871,8 @@ def _initializer_key(layer: layers.Layer, weight: str) -> str:
     if key not in layer.get_config():
         raise UnsupportedLayerError(
             f"{type(layer).__name__} '{layer.name}' has a weight {weight!r} without a "
-            f"'{key}' argument, so it cannot be rebuilt with its weights")
+            f"'{key}' argument, so it cannot be rebuilt with its weights"
+        )
     return key
 
 
@@ -889,36 +963,38 @@ def keras_twin(model: tf.keras.Model, dtype: str = "float32", torch_model: FromK
     shape = torch_input_shape(model)
     hidden = _hidden_reason(specs, padding_note=False)
     layer_names = {path: _reference_name(name) for path, name in torch_model.layer_names.items()}
-    return Twin(keras_model=_build(specs, shape, dtype, output), layer_names=layer_names,
-                input_layer_hidden=hidden is not None, hidden_reason=hidden, dropped=tuple(removed),
-                input_shape=shape, dtype=dtype, _specs=specs, _output=output)
+    return Twin(
+        keras_model=_build(specs, shape, dtype, output),
+        layer_names=layer_names,
+        input_layer_hidden=hidden is not None,
+        hidden_reason=hidden,
+        dropped=tuple(removed),
+        input_shape=shape,
+        dtype=dtype,
+        _specs=specs,
+        _output=output,
+    )
 
 
 # ----------------------------------------------------------------------------
 # The parity check on a Keras model
 
 
-@contextmanager
-def _reference_twins(keras_model: tf.keras.Model, torch_model: FromKeras) -> Iterator[None]:
-    """Within the block the harness's twin maker (:func:`parity.twin.to_keras`, looked up by
-    :func:`parity.harness.run_model` at each call) returns :func:`keras_twin` of the user's model
-    in the requested dtype instead of converting the torch model back."""
-    # read now: the harness clears the Keras session (and with it the user's model) between maps
-    twins = {dtype: keras_twin(keras_model, dtype, torch_model) for dtype in _TORCH_DTYPES}
-
-    def twin_of_original(_model: nn.Module, _input_shape: tuple[int, ...], *, dtype: str = "float32",
-                         **_options: Any) -> Twin:
-        return twins[dtype]
-
-    with mock.patch.object(twin_module, "to_keras", twin_of_original):
-        yield
-
-
-def compare_keras(keras_model: tf.keras.Model, x: np.ndarray, names: list[str] | None = None, *,
-                  label: str | None = None, tolerance: float | None = None, float64: bool = True,
-                  progress: bool = False, torch_model: FromKeras | None = None) -> tuple[list, Any]:
+def compare_keras(
+    keras_model: tf.keras.Model,
+    x: np.ndarray,
+    names: list[str] | None = None,
+    *,
+    label: str | None = None,
+    tolerance: float | None = None,
+    float64: bool = True,
+    progress: bool = False,
+    cache: Path | None = None,
+    torch_model: FromKeras | None = None,
+) -> tuple[Outcome, FromKeras]:
     """Compare signxai's maps of the torch twin of ``keras_model`` with iNNvestigate's on
-    ``keras_model`` itself (rebuilt by :func:`keras_twin`, no second conversion).
+    ``keras_model`` itself (rebuilt by :func:`keras_twin`, no second conversion), through the
+    parity pipeline (:func:`parity.pipeline.check`), in this process.
 
     TensorFlow must be in graph mode (:func:`parity.harness.graph_mode`) and the model built
     or loaded there. The harness clears the Keras session between maps, so ``keras_model``
@@ -930,8 +1006,8 @@ def compare_keras(keras_model: tf.keras.Model, x: np.ndarray, names: list[str] |
         The user's model (see :func:`from_keras`); a final softmax is left out on both sides.
     x : numpy.ndarray
         Inputs with batch axis in the Keras model's layout (channels last).
-    names, tolerance, float64, progress
-        As for :func:`parity.cli.compare_model`.
+    names, tolerance, float64, progress, cache
+        As for :func:`parity.pipeline.check`.
     label : str, optional
         The model's name in the report (default: the Keras model's name).
     torch_model : FromKeras, optional
@@ -939,33 +1015,46 @@ def compare_keras(keras_model: tf.keras.Model, x: np.ndarray, names: list[str] |
 
     Returns
     -------
-    rows : list of parity.report.Row
-        One row per compared method, as :func:`parity.cli.compare_model` returns them.
-    run : parity.harness.ModelRun
-        The float32 maps of both frameworks, channels-first.
+    outcome : parity.pipeline.Outcome
+        The judged rows and the float32 maps of both frameworks (channels first).
+    torch_model : FromKeras
+        The torch twin the maps were computed on.
 
     Raises
     ------
-    parity.cli.UsageError
-        When a layer cannot be converted, the converted module does not reproduce the model, or
-        for any reason :func:`parity.cli.compare_model` gives.
+    parity.pipeline.UsageError
+        When a layer cannot be converted, the converted module does not reproduce the model, the
+        inputs do not fit, or for any reason :func:`parity.pipeline.check` gives.
     """
-    from .cli import UsageError, _flat, compare_model
+    from .pipeline import Subject, UsageError, check, flat
 
     try:
         torch_model = from_keras(keras_model) if torch_model is None else torch_model
     except UnsupportedLayerError as error:
-        raise UsageError(f"unsupported layer for the PyTorch twin: {_flat(error)}") from error
+        raise UsageError(f"unsupported layer for the PyTorch twin: {flat(error)}") from error
     except TwinMismatchError as error:
-        raise UsageError(f"the PyTorch twin does not reproduce the Keras model's outputs, so no map "
-                         f"can be compared: {_flat(error)}") from error
+        raise UsageError(
+            f"the PyTorch twin does not reproduce the Keras model's outputs, so no map can be compared: {flat(error)}"
+        ) from error
     x = np.asarray(x, dtype=np.float32)
     if x.shape[1:] != tuple(keras_model.inputs[0].shape[1:]):
-        raise UsageError(f"the inputs have shape {x.shape}; the Keras model takes "
-                         f"(batch, {', '.join(map(str, keras_model.inputs[0].shape[1:]))}), channels last")
-    with _reference_twins(keras_model, torch_model):
-        return compare_model(torch_model, to_channels_first(x), names, label=label or keras_model.name,
-                             tolerance=tolerance, float64=float64, progress=progress)
+        raise UsageError(
+            f"the inputs have shape {x.shape}; the Keras model takes "
+            f"(batch, {', '.join(map(str, keras_model.inputs[0].shape[1:]))}), channels last"
+        )
+    # read now: the harness clears the Keras session (and with it the user's model) between maps
+    twins = {dtype: keras_twin(keras_model, dtype, torch_model) for dtype in _TORCH_DTYPES}
+    subject = Subject(label or keras_model.name, torch_model, to_channels_first(x), reference=twins.__getitem__)
+    outcome = check(
+        [subject],
+        names,
+        float64=float64,
+        tolerance=tolerance,
+        backend=Backend(workers=1),
+        cache=cache,
+        progress=progress,
+    )
+    return outcome, torch_model
 
 
 # ----------------------------------------------------------------------------
@@ -973,8 +1062,7 @@ def compare_keras(keras_model: tf.keras.Model, x: np.ndarray, names: list[str] |
 
 
 #: a child process that re-saves a ``.keras`` file as HDF5 (argv: source, target)
-_KERAS_TO_H5 = ("import sys, tensorflow as tf; "
-                "tf.keras.models.load_model(sys.argv[1], compile=False).save(sys.argv[2])")
+_KERAS_TO_H5 = "import sys, tensorflow as tf; tf.keras.models.load_model(sys.argv[1], compile=False).save(sys.argv[2])"
 
 
 def _load_file(path: Path) -> tf.keras.Model:
@@ -986,12 +1074,18 @@ def _load_file(path: Path) -> tf.keras.Model:
         return tf.keras.models.load_model(path, compile=False)
     with tempfile.TemporaryDirectory(prefix="signxai-keras-") as folder:
         target = Path(folder) / f"{path.stem}.h5"
-        child = subprocess.run([sys.executable, "-c", _KERAS_TO_H5, str(path), str(target)],
-                               capture_output=True, text=True,
-                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        child = subprocess.run(
+            [sys.executable, "-c", _KERAS_TO_H5, str(path), str(target)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
         if child.returncode != 0:
-            raise RuntimeError(child.stderr.strip().splitlines()[-1] if child.stderr.strip() else
-                               f"re-saving as HDF5 failed with exit status {child.returncode}")
+            raise RuntimeError(
+                child.stderr.strip().splitlines()[-1]
+                if child.stderr.strip()
+                else f"re-saving as HDF5 failed with exit status {child.returncode}"
+            )
         return tf.keras.models.load_model(target, compile=False)
 
 
@@ -1016,27 +1110,32 @@ def load_keras(source: str) -> tf.keras.Model:
     parity.cli.UsageError
         When nothing can be loaded from ``source`` or the factory returns no Keras model.
     """
-    from .cli import UsageError, _factory, _one_line
+    from .cli import load_factory
+    from .pipeline import UsageError, one_line
 
     path = Path(source)
     tf.random.set_seed(0)  # TF's op determinism (the harness's) refuses Dropout layers without a seed
     if not path.exists() and ":" in source and not source.endswith((".h5", ".keras")):
-        factory = _factory(source)
+        factory = load_factory(source)
         try:
             model = factory()
         except Exception as error:
-            raise UsageError(f"{source}() raised {_one_line(error)}") from error
+            raise UsageError(f"{source}() raised {one_line(error)}") from error
     elif not path.exists():
-        raise UsageError(f"no such file or folder: {source} (give a .h5 or .keras file, a SavedModel "
-                         f"folder, or MODULE:FUNCTION returning a Keras model)")
+        raise UsageError(
+            f"no such file or folder: {source} (give a .h5 or .keras file, a SavedModel "
+            f"folder, or MODULE:FUNCTION returning a Keras model)"
+        )
     else:
         try:
             model = _load_file(path)
         except Exception as error:
-            raise UsageError(f"cannot load a Keras model from {source}: {_one_line(error)}") from error
+            raise UsageError(f"cannot load a Keras model from {source}: {one_line(error)}") from error
     if not isinstance(model, tf.keras.Model):
-        raise UsageError(f"{source} gives an object of type {type(model).__name__}, not a tf.keras.Model "
-                         f"(a SavedModel folder must have been written by Keras' model.save)")
+        raise UsageError(
+            f"{source} gives an object of type {type(model).__name__}, not a tf.keras.Model "
+            f"(a SavedModel folder must have been written by Keras' model.save)"
+        )
     return model
 
 
@@ -1045,20 +1144,34 @@ def load_keras(source: str) -> tf.keras.Model:
 
 #: constructor arguments of the torch layers the converter makes, read back from their attributes
 _CONSTRUCTOR_ARGS: dict[type, tuple[str, ...]] = {
-    **dict.fromkeys((nn.Conv1d, nn.Conv2d), ("in_channels", "out_channels", "kernel_size", "stride", "padding",
-                                             "dilation", "groups")),
-    **dict.fromkeys((nn.ConvTranspose1d, nn.ConvTranspose2d), ("in_channels", "out_channels", "kernel_size",
-                                                               "stride", "padding", "output_padding")),
+    **dict.fromkeys(
+        (nn.Conv1d, nn.Conv2d),
+        ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"),
+    ),
+    **dict.fromkeys(
+        (nn.ConvTranspose1d, nn.ConvTranspose2d),
+        ("in_channels", "out_channels", "kernel_size", "stride", "padding", "output_padding"),
+    ),
     nn.Linear: ("in_features", "out_features"),
     **dict.fromkeys((nn.BatchNorm1d, nn.BatchNorm2d), ("num_features", "eps", "momentum")),
-    nn.ReLU: (), nn.ReLU6: (), nn.Sigmoid: (), nn.Tanh: (), nn.SiLU: (), nn.SELU: (), nn.Softsign: (),
-    nn.ELU: ("alpha",), nn.LeakyReLU: ("negative_slope",), nn.Hardtanh: ("min_val", "max_val"),
-    nn.Softplus: ("beta", "threshold"), nn.GELU: ("approximate",),
+    nn.ReLU: (),
+    nn.ReLU6: (),
+    nn.Sigmoid: (),
+    nn.Tanh: (),
+    nn.SiLU: (),
+    nn.SELU: (),
+    nn.Softsign: (),
+    nn.ELU: ("alpha",),
+    nn.LeakyReLU: ("negative_slope",),
+    nn.Hardtanh: ("min_val", "max_val"),
+    nn.Softplus: ("beta", "threshold"),
+    nn.GELU: ("approximate",),
     **dict.fromkeys((nn.ZeroPad1d, nn.ZeroPad2d), ("padding",)),
     **dict.fromkeys((nn.MaxPool1d, nn.MaxPool2d), ("kernel_size", "stride", "padding")),
     **dict.fromkeys((nn.AvgPool1d, nn.AvgPool2d), ("kernel_size", "stride", "padding", "count_include_pad")),
-    **dict.fromkeys((nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d),
-                    ("output_size",)),
+    **dict.fromkeys(
+        (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d), ("output_size",)
+    ),
     nn.Upsample: ("scale_factor", "mode"),
     nn.Flatten: ("start_dim", "end_dim"),
 }
@@ -1090,8 +1203,7 @@ def export_source(module: FromKeras, class_name: str = "Model") -> str:
     architecture with torch alone (same state-dict keys); see :func:`export`."""
     reserved = {"self", "x", "torch", "nn", "layers", class_name}
     names = {_INPUT: "x", **{step.name: _variable(step.name, reserved) for step in module.steps}}
-    constructors = "\n".join(f"            {name!r}: {_constructor(layer)},"
-                             for name, layer in module.layers.items())
+    constructors = "\n".join(f"            {name!r}: {_constructor(layer)}," for name, layer in module.layers.items())
     lines = []
     for step in module.steps:
         args = [names[name] for name in step.inputs]

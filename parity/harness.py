@@ -9,7 +9,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps
 
 from .cache import ReferenceCache, twin_digest
 from .cases import Case, cases
+
+if TYPE_CHECKING:
+    from .twin import Twin
 
 __all__ = [
     "graph_mode",
@@ -126,6 +129,7 @@ def run_model(
     ours: bool = True,
     identities: bool = True,
     cache: ReferenceCache | None = None,
+    reference: Callable[[str], Twin] | None = None,
 ) -> ModelRun:
     """Compute our maps and iNNvestigate's reference maps for one model.
 
@@ -151,6 +155,9 @@ def run_model(
         Check the trap-10 identities on the reference side (:attr:`ModelRun.identities`).
     cache : parity.cache.ReferenceCache, optional
         Where reference maps are looked up and stored (default: none, every map computed live).
+    reference : callable, optional
+        The Keras side: a function of the dtype returning the twin iNNvestigate runs on (default:
+        ``model`` converted by :func:`parity.twin.to_keras`).
     """
     import tensorflow as tf
 
@@ -166,7 +173,7 @@ def run_model(
     tf.keras.backend.set_floatx(dtype)
     cache = ReferenceCache(None) if cache is None else cache
     try:
-        twin = to_keras(model, tuple(input_shape), dtype=dtype)
+        twin = to_keras(model, tuple(input_shape), dtype=dtype) if reference is None else reference(dtype)
         run = ModelRun(
             label,
             dtype,

@@ -322,6 +322,8 @@ def check(
     from .twin import TwinMismatchError, UnsupportedLayerError
 
     started = time.time()
+    if any(s.reference is not None for s in subjects) and (backend.ray is not None or backend.workers > 1):
+        raise UsageError("a Keras model's own check runs in this process: leave out --workers and --ray")
     for subject in subjects:
         validate(subject, names)
     dtypes = ["float32", "float64"] if float64 else ["float32"]

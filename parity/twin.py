@@ -1475,8 +1475,7 @@ def _hidden_reason(specs: list[_LayerSpec], padding_note: bool = True) -> str | 
         if found is None:
             continue
         detail = ""
-        if padding_note and issubclass(found.cls, (tf.keras.layers.ZeroPadding1D,
-                                                   tf.keras.layers.ZeroPadding2D)):
+        if padding_note and issubclass(found.cls, (tf.keras.layers.ZeroPadding1D, tf.keras.layers.ZeroPadding2D)):
             detail = (
                 f" (padding {found.config['padding']}: Keras 'same' cannot reproduce PyTorch's "
                 "symmetric padding at this stride and input size)"

@@ -2,6 +2,7 @@
 with iNNvestigate on the original Keras model (TF graph mode, see conftest)."""
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -53,18 +54,21 @@ def _randomize_batchnorm(model: tf.keras.Model, seed: int = 0) -> tf.keras.Model
     positive = ("gamma", "moving_variance")
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
-            layer.set_weights([
-                rng.uniform(0.5, 1.5, value.shape) if weight.name.split("/")[-1].split(":")[0] in positive
-                else rng.standard_normal(value.shape)
-                for weight, value in zip(layer.weights, layer.get_weights())])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, value.shape)
+                    if weight.name.split("/")[-1].split(":")[0] in positive
+                    else rng.standard_normal(value.shape)
+                    for weight, value in zip(layer.weights, layer.get_weights(), strict=True)
+                ]
+            )
     return model
 
 
 def _check_both_dtypes(model: tf.keras.Model) -> FromKeras:
     """Convert ``model``; check float32 against it and float64 against its float64 rebuild."""
     torch_model = from_keras(model, rtol=RTOL32, seed=1)  # raises above RTOL32
-    assert verify(keras_twin(model, "float64", torch_model).keras_model, torch_model,
-                  rtol=RTOL64, seed=1) <= RTOL64
+    assert verify(keras_twin(model, "float64", torch_model).keras_model, torch_model, rtol=RTOL64, seed=1) <= RTOL64
     return torch_model
 
 
@@ -128,20 +132,35 @@ def test_dense_weights_follow_the_torch_flatten_order():
         np.testing.assert_array_equal(weight[:, (c * 2 + h) * 3 + w], kernel[(h * 3 + w) * 4 + c])
 
 
-@pytest.mark.parametrize("build", [
-    lambda x: layers.Conv2D(3, 3, dilation_rate=2, padding="same")(x),
-    lambda x: layers.Conv2D(3, 4, strides=3, padding="same", use_bias=False)(x),
-    lambda x: layers.Conv2DTranspose(3, 3, strides=2, padding="valid")(x),
-    lambda x: layers.Conv2DTranspose(3, 2, strides=3, padding="valid")(x),
-    lambda x: layers.Conv2DTranspose(3, 4, strides=2, padding="same")(x),
-    lambda x: layers.ZeroPadding2D(((1, 2), (0, 3)))(x),
-    lambda x: layers.UpSampling2D((2, 3))(x),
-    lambda x: layers.MaxPooling2D(2)(layers.LeakyReLU(0.2)(x)),
-    lambda x: layers.GlobalMaxPooling2D(keepdims=True)(layers.ELU(0.5)(x)),
-    lambda x: layers.Multiply()([x, layers.Activation("sigmoid")(layers.GlobalAveragePooling2D(keepdims=True)(x))]),
-    lambda x: layers.ReLU(max_value=2.5)(x),
-], ids=["dilated", "stride3", "transpose_valid", "transpose_k<s", "transpose_same", "zero_padding",
-        "upsampling", "leaky_maxpool", "elu_global_max", "gate", "relu_max"])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda x: layers.Conv2D(3, 3, dilation_rate=2, padding="same")(x),
+        lambda x: layers.Conv2D(3, 4, strides=3, padding="same", use_bias=False)(x),
+        lambda x: layers.Conv2DTranspose(3, 3, strides=2, padding="valid")(x),
+        lambda x: layers.Conv2DTranspose(3, 2, strides=3, padding="valid")(x),
+        lambda x: layers.Conv2DTranspose(3, 4, strides=2, padding="same")(x),
+        lambda x: layers.ZeroPadding2D(((1, 2), (0, 3)))(x),
+        lambda x: layers.UpSampling2D((2, 3))(x),
+        lambda x: layers.MaxPooling2D(2)(layers.LeakyReLU(0.2)(x)),
+        lambda x: layers.GlobalMaxPooling2D(keepdims=True)(layers.ELU(0.5)(x)),
+        lambda x: layers.Multiply()([x, layers.Activation("sigmoid")(layers.GlobalAveragePooling2D(keepdims=True)(x))]),
+        lambda x: layers.ReLU(max_value=2.5)(x),
+    ],
+    ids=[
+        "dilated",
+        "stride3",
+        "transpose_valid",
+        "transpose_k<s",
+        "transpose_same",
+        "zero_padding",
+        "upsampling",
+        "leaky_maxpool",
+        "elu_global_max",
+        "gate",
+        "relu_max",
+    ],
+)
 def test_layer_kinds_match_in_float32_and_float64(build):
     inputs = tf.keras.Input((7, 7, 2))
     x = build(inputs)
@@ -167,26 +186,41 @@ def test_one_dimensional_layers_match():
 
 
 def test_sequential_model_converts():
-    model = tf.keras.Sequential([
-        tf.keras.Input((6, 6, 1)),
-        layers.Conv2D(3, 3, activation="tanh"),
-        layers.Flatten(),
-        layers.Dense(4, activation="relu"),
-        layers.Dense(2),
-    ])
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((6, 6, 1)),
+            layers.Conv2D(3, 3, activation="tanh"),
+            layers.Flatten(),
+            layers.Dense(4, activation="relu"),
+            layers.Dense(2),
+        ]
+    )
     torch_model = _check_both_dtypes(model)
     assert [type(m).__name__ for m in torch_model.layers.values()] == [
-        "Conv2d", "Tanh", "Flatten", "Linear", "ReLU", "Linear"]
+        "Conv2d",
+        "Tanh",
+        "Flatten",
+        "Linear",
+        "ReLU",
+        "Linear",
+    ]
     assert torch_input_shape(model) == (1, 6, 6)
 
 
-@pytest.mark.parametrize("build, expected", [
-    (lambda x: layers.Lambda(lambda t: t * 2.0, name="doubling")(x), "Lambda 'doubling'"),
-    (lambda x: layers.SeparableConv2D(2, 3, name="sep")(x), "SeparableConv2D 'sep'"),
-    (lambda x: layers.Reshape((4, 4, 1), name="shape")(x), "Reshape 'shape'"),
-    (lambda x: layers.Activation("exponential", name="exp")(x), "Activation 'exp' uses the activation 'exponential'"),
-    (lambda x: layers.MaxPooling2D(3, 2, padding="same", name="pool")(x), "MaxPooling2D 'pool' pads"),
-], ids=["lambda", "separable", "reshape", "activation", "asymmetric_pool"])
+@pytest.mark.parametrize(
+    "build, expected",
+    [
+        (lambda x: layers.Lambda(lambda t: t * 2.0, name="doubling")(x), "Lambda 'doubling'"),
+        (lambda x: layers.SeparableConv2D(2, 3, name="sep")(x), "SeparableConv2D 'sep'"),
+        (lambda x: layers.Reshape((4, 4, 1), name="shape")(x), "Reshape 'shape'"),
+        (
+            lambda x: layers.Activation("exponential", name="exp")(x),
+            "Activation 'exp' uses the activation 'exponential'",
+        ),
+        (lambda x: layers.MaxPooling2D(3, 2, padding="same", name="pool")(x), "MaxPooling2D 'pool' pads"),
+    ],
+    ids=["lambda", "separable", "reshape", "activation", "asymmetric_pool"],
+)
 def test_unsupported_layers_raise_one_error_naming_layer_and_class(build, expected):
     inputs = tf.keras.Input((4, 4, 1))
     model = tf.keras.Model(inputs, layers.Flatten()(build(inputs)))
@@ -213,7 +247,7 @@ def test_unbuilt_models_and_unfixed_shapes_are_rejected():
 
 
 def test_compare_keras_turns_an_unsupported_layer_into_a_usage_error():
-    from parity.cli import UsageError
+    from parity.pipeline import UsageError
 
     inputs = tf.keras.Input((4, 4, 1))
     model = tf.keras.Model(inputs, layers.Flatten()(layers.Lambda(lambda t: t + 1.0, name="plus")(inputs)))
@@ -281,21 +315,26 @@ model.save(sys.argv[1])
 
 @pytest.mark.parametrize("saved", ["m.h5", "m.keras", "saved_model"])
 def test_load_keras_reads_files_and_folders_saved_in_eager_mode(tmp_path, saved):
-    subprocess.run([sys.executable, "-c", _SAVE, str(tmp_path / saved), str(tmp_path / "kernel.npy")],
-                   check=True, capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    subprocess.run(
+        [sys.executable, "-c", _SAVE, str(tmp_path / saved), str(tmp_path / "kernel.npy")],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     loaded = load_keras(str(tmp_path / saved))
     np.testing.assert_array_equal(loaded.get_layer("out").get_weights()[0], np.load(tmp_path / "kernel.npy"))
 
 
 def test_load_keras_calls_factories_and_names_what_is_missing(tmp_path, monkeypatch):
-    from parity.cli import UsageError
+    from parity.pipeline import UsageError
 
     (tmp_path / "my_factory.py").write_text(
         "import tensorflow as tf\n"
         "def build():\n"
         "    return tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2)])\n"
         "def not_a_model():\n"
-        "    return 3\n")
+        "    return 3\n"
+    )
     monkeypatch.chdir(tmp_path)
     assert load_keras("my_factory:build").layers[-1].units == 2
     with pytest.raises(UsageError, match="type int, not a tf.keras.Model"):
@@ -314,7 +353,8 @@ def test_parity_on_the_original_model_passes_and_reports_rows():
     ReLU activations only iNNvestigate's guided backprop accepts the model."""
     model = _small_graph(size=9, relu_only=True)
     x = np.random.default_rng(4).standard_normal((3, 9, 9, 3)).astype(np.float32)
-    rows, run = compare_keras(model, x, METHODS + ["lrpsign_z"])
+    outcome, _ = compare_keras(model, x, METHODS + ["lrpsign_z"])
+    rows, run = outcome.rows, outcome.runs[0]
     assert {row.method for row in rows} == set(METHODS + ["lrpsign_z"])
     assert all(row.passed for row in rows), [(r.method, r.rel_error, r.note) for r in rows]
     assert max(row.rel_error_f64 for row in rows) <= 1e-10
@@ -322,7 +362,7 @@ def test_parity_on_the_original_model_passes_and_reports_rows():
 
 
 def test_parity_inputs_must_have_the_keras_layout():
-    from parity.cli import UsageError
+    from parity.pipeline import UsageError
 
     with pytest.raises(UsageError, match="channels last"):
         compare_keras(_small_graph(), np.zeros((2, 3, 8, 8), np.float32), ["gradient"])
@@ -331,8 +371,8 @@ def test_parity_inputs_must_have_the_keras_layout():
 def test_reference_twin_rebuilds_the_original_layers():
     model = _small_graph()
     twin = keras_twin(model, "float64")
-    original = [type(l) for l in model.layers if not isinstance(l, (layers.InputLayer, layers.Dropout))]
-    assert [type(l) for l in twin.keras_model.layers[1:]] == original
+    original = [type(layer) for layer in model.layers if not isinstance(layer, (layers.InputLayer, layers.Dropout))]
+    assert [type(layer) for layer in twin.keras_model.layers[1:]] == original
     assert twin.keras_model.get_layer("logits").activation is tf.keras.activations.linear
     assert twin.keras_model.get_layer("user_add").__class__ is layers.Add  # default names prefixed
     assert twin.input_layer_hidden is False  # the stem is the first layer, as in Keras
@@ -357,8 +397,7 @@ APPLICATIONS = {
 
 def _application(name: str) -> tf.keras.Model:
     size, options, _ = APPLICATIONS[name]
-    model = getattr(tf.keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=10,
-                                                 **options)
+    model = getattr(tf.keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=10, **options)
     return _randomize_batchnorm(model)
 
 
@@ -379,7 +418,7 @@ def test_applications_pass_parity_with_innvestigate_on_the_original(name):
     size = APPLICATIONS[name][0]
     x = np.random.default_rng(5).standard_normal((2, size, size, 3)).astype(np.float32)
     methods = [m for m in METHODS if not (name == "MobileNetV2" and m == "guided_backprop")]
-    rows, _ = compare_keras(model, x, methods)
+    rows = compare_keras(model, x, methods)[0].rows
     assert {row.method for row in rows} == set(methods)
     assert all(row.passed for row in rows), [(r.method, r.rel_error, r.note) for r in rows]
 
@@ -388,8 +427,18 @@ def test_applications_pass_parity_with_innvestigate_on_the_original(name):
 # Round trip: PyTorch fixture -> Keras twin -> PyTorch
 
 
-@pytest.mark.parametrize("name", ["digits_mlp", "digits_cnn", "digits_cnn_bn", "series_cnn1d", "digits_resnet",
-                                  "digits_densenet", "digits_mobilenet"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "digits_mlp",
+        "digits_cnn",
+        "digits_cnn_bn",
+        "series_cnn1d",
+        "digits_resnet",
+        "digits_densenet",
+        "digits_mobilenet",
+    ],
+)
 def test_round_trip_through_keras_gives_bitwise_the_same_forward(name):
     from fixtures.models import ALL_FIXTURES, load_inputs, load_model
 
@@ -415,14 +464,23 @@ def _keras_models(draw):
     for _ in range(draw(st.integers(1, 3))):
         kernel, stride = draw(st.sampled_from([1, 3])), draw(st.sampled_from([1, 2]))
         padding = "same" if kernel > size else draw(st.sampled_from(["same", "valid"]))
-        block = [layers.Conv2D(draw(st.integers(1, 4)), kernel, strides=stride, padding=padding,
-                               activation=draw(st.sampled_from([None, "relu", "tanh"])))]
+        block = [
+            layers.Conv2D(
+                draw(st.integers(1, 4)),
+                kernel,
+                strides=stride,
+                padding=padding,
+                activation=draw(st.sampled_from([None, "relu", "tanh"])),
+            )
+        ]
         if draw(st.booleans()):
             block.append(layers.BatchNormalization())
         blocks.append((block, not sequential and stride == 1 and padding == "same" and draw(st.booleans())))
         size = -(-size // stride) if padding == "same" else (size - kernel) // stride + 1
-    head = [layers.GlobalAveragePooling2D() if draw(st.booleans()) else layers.Flatten(),
-            layers.Dense(draw(st.integers(2, 4)))]
+    head = [
+        layers.GlobalAveragePooling2D() if draw(st.booleans()) else layers.Flatten(),
+        layers.Dense(draw(st.integers(2, 4))),
+    ]
     if sequential:
         model = tf.keras.Sequential([inputs] + [layer for block, _ in blocks for layer in block] + head)
     else:
@@ -442,3 +500,61 @@ def _keras_models(draw):
 @given(_keras_models())
 def test_random_keras_models_match_in_both_dtypes(model):
     _check_both_dtypes(model)
+
+
+# ----------------------------------------------------------------------------
+# signxai-parity --keras
+
+
+#: a user's training script: a small CNN saved in eager mode
+_SAVE_CNN = """
+import sys
+import tensorflow as tf
+tf.keras.utils.set_random_seed(3)
+inputs = tf.keras.Input((8, 8, 1))
+h = tf.keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+h = tf.keras.layers.MaxPooling2D()(h)
+out = tf.keras.layers.Dense(5, activation="softmax")(tf.keras.layers.Flatten()(h))
+tf.keras.Model(inputs, out).save(sys.argv[1])
+"""
+
+
+def test_cli_checks_a_saved_keras_model_and_exports_its_twin(tmp_path, capsys):
+    from parity.cli import main
+
+    subprocess.run(
+        [sys.executable, "-c", _SAVE_CNN, str(tmp_path / "cnn.h5")],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    record = tmp_path / "parity.json"
+    code = main(
+        [
+            "--keras",
+            str(tmp_path / "cnn.h5"),
+            "--methods",
+            "gradient,lrp_epsilon_0_1,lrpsign_z",
+            "--json",
+            str(record),
+            "--export",
+            str(tmp_path / "twin"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "parity: 3/3 passed" in out
+    rows = json.loads(record.read_text())["rows"]
+    assert all(r["passed"] and r["rel_error_f64"] <= 1e-10 for r in rows)
+    # the exported twin loads with torch alone and gives the converter's outputs
+    script = (
+        "import sys, torch; sys.path.insert(0, sys.argv[1]); from model import Model; m = Model(); "
+        "m.load_state_dict(torch.load(sys.argv[1] + '/state_dict.pt')); torch.manual_seed(0); "
+        "print(m.eval()(torch.randn(2, 1, 8, 8)).sum().item())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "twin")], check=True, capture_output=True, text=True
+    )
+    assert done.stdout.strip()
+    assert main(["--keras", str(tmp_path / "cnn.h5"), "--workers", "2"]) == 2
+    assert "runs in one process" in capsys.readouterr().err
