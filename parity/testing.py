@@ -43,7 +43,7 @@ _STDERR_LINES = 20
 
 
 def assert_parity(
-    model: torch.nn.Module,
+    model: Any,
     x: Any,
     methods: list[str] | None = None,
     rtol: float = 1e-4,
@@ -55,11 +55,13 @@ def assert_parity(
 
     Parameters
     ----------
-    model : torch.nn.Module
+    model : torch.nn.Module or tf.keras.Model
         The model, returning logits; its classes must be importable (see the module docstring).
-        It is not modified.
+        A Keras model is saved as HDF5 for the child, which runs iNNvestigate on it as it is and
+        signxai on its PyTorch twin (:func:`parity.from_keras.compare_keras`). It is not modified.
     x : numpy.ndarray or torch.Tensor
-        Inputs, channels first, with a batch axis (or one input of ``input_shape``).
+        Inputs with a batch axis (or one input of ``input_shape``): channels first for a PyTorch
+        model, in the Keras model's own layout for a Keras model.
     methods : list of str, optional
         Method names (default: every applicable name of :func:`parity.cases.session_names`).
     rtol : float
@@ -90,19 +92,25 @@ def assert_parity(
         When the check cannot run (a layer the twin or LRP cannot handle, an input the model
         rejects, the parity extra missing); the message quotes the child process.
     """
+    keras = not isinstance(model, torch.nn.Module) and type(model).__module__.startswith(("keras", "tensorflow"))
     x = _batch(x, input_shape)
     folder_of_cache = default_folder() if cache is True else Path(cache) if cache else None
     request = {
         "methods": methods,
         "rtol": rtol,
         "float64": float64,
-        "label": type(model).__name__,
+        "label": model.name if keras else type(model).__name__,
         "cache": str(folder_of_cache) if folder_of_cache else None,
+        "keras": keras,
     }
     with tempfile.TemporaryDirectory(prefix="signxai-parity-") as name:
         folder = Path(name)
-        env = _child_env(model)
-        torch.save(model, folder / "model.pt")
+        if keras:
+            env = _child_env(None)
+            model.save(folder / "model.h5")
+        else:
+            env = _child_env(model)
+            torch.save(model, folder / "model.pt")
         np.save(folder / "x.npy", x)
         (folder / "request.json").write_text(json.dumps(request))
         child = subprocess.run(
@@ -135,11 +143,12 @@ def _batch(x: Any, input_shape: tuple[int, ...] | None) -> np.ndarray:
     return x
 
 
-def _child_env(model: torch.nn.Module) -> dict[str, str]:
+def _child_env(model: torch.nn.Module | None) -> dict[str, str]:
     """The environment of the child: PYTHONPATH finds parity and every class of ``model``."""
     import parity
 
-    folders = [*_class_roots(model), str(Path(parity.__file__).resolve().parents[1])]
+    roots = [] if model is None else _class_roots(model)
+    folders = [*roots, str(Path(parity.__file__).resolve().parents[1])]
     inherited = os.environ.get("PYTHONPATH")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(folders + ([inherited] if inherited else [])))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -182,17 +191,32 @@ def _child(folder: Path) -> int:
         from .harness import graph_mode
 
         graph_mode()
-        # a whole module, pickled by the caller's process moments ago
-        model = torch.load(folder / "model.pt", map_location="cpu", weights_only=False).eval()
-        outcome = check(
-            [Subject(request["label"], model, np.load(folder / "x.npy"))],
-            request["methods"],
-            tolerance=request["rtol"],
-            float64=request["float64"],
-            backend=Backend(workers=1),
-            cache=Path(request["cache"]) if request["cache"] else None,
-            context={"options": request},
-        )
+        cache = Path(request["cache"]) if request["cache"] else None
+        x = np.load(folder / "x.npy")
+        if request["keras"]:
+            from .from_keras import compare_keras, load_keras
+
+            outcome = compare_keras(
+                load_keras(str(folder / "model.h5")),
+                x,
+                request["methods"],
+                label=request["label"],
+                tolerance=request["rtol"],
+                float64=request["float64"],
+                cache=cache,
+            )[0]
+        else:
+            # a whole module, pickled by the caller's process moments ago
+            model = torch.load(folder / "model.pt", map_location="cpu", weights_only=False).eval()
+            outcome = check(
+                [Subject(request["label"], model, x)],
+                request["methods"],
+                tolerance=request["rtol"],
+                float64=request["float64"],
+                backend=Backend(workers=1),
+                cache=cache,
+            )
+        outcome.context["options"] = request
     except UsageError as error:
         print(f"assert_parity: {error}", file=sys.stderr)
         return 2

@@ -104,3 +104,17 @@ def test_channels_last_pooling_path_keeps_parity_with_innvestigate():
     methods = ["gradient", "lrp_epsilon_0_1", "lrp_alpha_1_beta_0", "lrpsign_z", "guided_backprop"]
     rows = assert_parity(PooledCNN(), x, methods=methods)
     assert sorted(row["method"] for row in rows) == sorted(methods) and all(row["passed"] for row in rows)
+
+
+def test_a_keras_model_is_checked_as_it_is():
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(1)
+    inputs = tf.keras.Input((8, 8, 1))
+    hidden = tf.keras.layers.Conv2D(3, 3, padding="same", activation="relu")(inputs)
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(4)(tf.keras.layers.Flatten()(hidden)), name="user_cnn")
+    x = np.moveaxis(X, 1, -1)  # the Keras model's own layout
+    rows = assert_parity(model, x, methods=["gradient", "lrp_z", "lrpsign_epsilon_0_1"])
+    assert [row["method"] for row in rows] == ["gradient", "lrp_z", "lrpsign_epsilon_0_1"]
+    assert all(row["passed"] and row["rel_error_f64"] <= 1e-10 for row in rows)
+    assert all(row["model"] == "user_cnn" for row in rows)
