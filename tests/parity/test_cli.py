@@ -165,7 +165,9 @@ def test_functional_relu_model_passes(capsys):
             ["--model", "user_models:small_cnn", "--state-dict", "missing.pt", "--input-shape", "1,8,8"],
             "no such file: missing.pt",
         ),
-        (["--input-shape", "1,8,8"], "one of the arguments --model --torchscript is required"),
+        (["--input-shape", "1,8,8"], "one of the arguments --model --torchscript --keras --keras-factory is required"),
+        (["--model", "user_models:small_cnn"], "give the inputs: --input-shape C,H,W"),
+        (["--model", "user_models:small_cnn", "--input-shape", "1,8,8", "--export", "out"], "--export writes"),
     ],
 )
 def test_user_error_is_one_line_and_exit_2(args, says, capsys):
@@ -204,6 +206,14 @@ def test_help_explains_every_option_and_ends_with_an_example(capsys):
         "--float32-only",
         "--out",
         "--json",
+        "--workers",
+        "--ray",
+        "--cache",
+        "--no-cache",
+        "--keras",
+        "--keras-factory",
+        "--export",
+        "--list-methods",
     ):
         assert option in text
     assert text.rstrip().splitlines()[-2].strip().startswith("signxai-parity --model my_model:build")
