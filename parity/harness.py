@@ -93,7 +93,6 @@ def run_fixture(
     fixture: str,
     dtype: str = "float32",
     names: list[str] | None = None,
-    progress: Callable[[str], None] | None = None,
     ours: bool = True,
     identities: bool = True,
     cache: Path | None = None,
@@ -110,7 +109,6 @@ def run_fixture(
         FIXTURES[fixture].input_shape,
         dtype,
         names,
-        progress=progress,
         ours=ours,
         identities=identities,
         cache=ReferenceCache(cache),
@@ -125,7 +123,6 @@ def run_model(
     dtype: str = "float32",
     names: list[str] | None = None,
     *,
-    progress: Callable[[str], None] | None = None,
     ours: bool = True,
     identities: bool = True,
     cache: ReferenceCache | None = None,
@@ -147,8 +144,6 @@ def run_model(
         Both frameworks compute in this dtype (Keras ``floatx`` and ``model.double()``).
     names : list of str, optional
         Method names (default: every name of :func:`parity.cases.session_names`).
-    progress : callable, optional
-        Called with each method name before it runs.
     ours : bool
         Also compute our library's maps (False: references only).
     identities : bool
@@ -195,8 +190,6 @@ def run_model(
             run.identities = cached("identities", lambda: check_identities(twin.fresh, x, targets))
         bases: dict = {}  # maps without post-multipliers, shared by e.g. lrp_z, lrp_z_x_input
         for case in chosen:
-            if progress is not None:
-                progress(case.method)
             if ours:
                 try:
                     run.ours[case.method] = _ours(case, model, x, targets)
