@@ -1043,7 +1043,8 @@ def compare_keras(
             f"(batch, {', '.join(map(str, keras_model.inputs[0].shape[1:]))}), channels last"
         )
     # read now: the harness clears the Keras session (and with it the user's model) between maps
-    twins = {dtype: keras_twin(keras_model, dtype, torch_model) for dtype in _TORCH_DTYPES}
+    dtypes = ("float32", "float64") if float64 else ("float32",)
+    twins = {dtype: keras_twin(keras_model, dtype, torch_model) for dtype in dtypes}
     subject = Subject(label or keras_model.name, torch_model, to_channels_first(x), reference=twins.__getitem__)
     outcome = check(
         [subject],
