@@ -3,7 +3,6 @@ child process that imports this module to unpickle :class:`TinyCNN`."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 import numpy as np
@@ -13,13 +12,7 @@ from torch import nn
 
 from parity.testing import assert_parity
 
-pytestmark = [
-    pytest.mark.tf,
-    pytest.mark.skipif(
-        importlib.util.find_spec("tensorflow") is None,
-        reason="needs the parity extra (TensorFlow, iNNvestigate) for the child process",
-    ),
-]
+pytestmark = pytest.mark.tf  # the child process needs the parity extra (TensorFlow, iNNvestigate)
 
 X = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
 
