@@ -20,7 +20,8 @@ Mapping (spec -> reference)
 ``smoothgrad`` / ``vargrad``  ``Gradient`` at every ``x + noise[k]`` (the harness's noise), then
                             mean / population variance over k
 ``deeplift``                own TF: rescale rule at every activation, gradient elsewhere
-``grad_cam``                own TF: ReLU(sum_k w_k A_k), / max, bilinear/linear half-pixel resize
+``grad_cam``                own TF: ReLU(sum_k w_k A_k), / max, bilinear/linear half-pixel resize;
+                            default layer: the conv with the most convs on a path from the input
 ``guided_grad_cam``         ``GuidedBackprop`` times the Grad-CAM map
 ``lrp`` rule ``z``          ``LRPZ`` (``bias=False``: ``LRP`` with ``ZRule(bias=False)``)
 ``epsilon``                 ``LRPEpsilon(epsilon=E, bias=B)``
@@ -497,17 +498,56 @@ def bilinear_resize_matrix(size_in: int, size_out: int) -> np.ndarray:
     return matrix
 
 
+def _is_gradcam_conv(layer: keras.layers.Layer) -> bool:
+    """A convolution Grad-CAM may default to: Conv1D/2D/3D, grouped or depthwise, not transposed
+    (the library's kinds table: ``conv``, not ``conv_transpose``)."""
+    return bool(ichecks.is_conv_layer(layer)) and not isinstance(
+        layer, (klayers.Conv1DTranspose, klayers.Conv2DTranspose, klayers.Conv3DTranspose)
+    )
+
+
 def _conv_layers(model: keras.Model) -> list:
-    return [layer for layer in model.layers if ichecks.is_conv_layer(layer)]
+    return [layer for layer in model.layers if _is_gradcam_conv(layer)]
+
+
+def _inbound_layers(layer: keras.layers.Layer) -> list:
+    inbound = layer._inbound_nodes[0].inbound_layers if layer._inbound_nodes else []
+    return list(inbound) if isinstance(inbound, (list, tuple)) else [inbound]
+
+
+def _deepest_conv(spec: MethodSpec, model: keras.Model, layer_names: Mapping[str, str] | None) -> keras.layers.Layer:
+    """The default Grad-CAM layer by graph position: the conv layer with the most conv layers on
+    a path from the input to it (itself included). Among equals, the one built last: the twin
+    builds its layers in the PyTorch graph's execution order, which ``layer_names`` (torch path
+    -> Keras name, in the order built) keeps; without it a tie has no answer."""
+    depth: dict[str, int] = {}
+
+    def depth_of(layer: keras.layers.Layer) -> int:
+        if layer.name not in depth:
+            inbound = max((depth_of(i) for i in _inbound_layers(layer)), default=0)
+            depth[layer.name] = inbound + int(_is_gradcam_conv(layer))
+        return depth[layer.name]
+
+    convs = _conv_layers(model)
+    if not convs:
+        raise ReferenceUnavailable(f"{spec.name}: the model has no conv layer for Grad-CAM")
+    deepest = max(depth_of(layer) for layer in convs)
+    tied = [layer for layer in convs if depth_of(layer) == deepest]
+    if len(tied) == 1:
+        return tied[0]
+    order = {name: k for k, name in enumerate((layer_names or {}).values())}
+    if not all(layer.name in order for layer in tied):
+        raise ReferenceUnavailable(
+            f"{spec.name}: conv layers {[layer.name for layer in tied]} are equally far from the input "
+            "and no build order (layer_names) says which ran last; name one with layer_name="
+        )
+    return max(tied, key=lambda layer: order[layer.name])
 
 
 def _gradcam_layer(spec: MethodSpec, model: keras.Model, layer_names: Mapping[str, str] | None) -> keras.layers.Layer:
     name = spec.params.get("layer_name")
     if name is None:
-        convs = _conv_layers(model)
-        if not convs:
-            raise ReferenceUnavailable(f"{spec.name}: the model has no conv layer for Grad-CAM")
-        return convs[-1]
+        return _deepest_conv(spec, model, layer_names)
     keras_name = (layer_names or {}).get(name, name)
     try:
         return model.get_layer(keras_name)

@@ -99,6 +99,7 @@ from signxai.torch_signxai.methods.graph import (
     make_activation,
     model_graph,
 )
+from signxai.torch_signxai.methods.lrp.padding import keras_padding
 
 from .compare import relative_error
 
@@ -562,36 +563,6 @@ def _ntuple(value: Any, rank: int) -> tuple:
     if isinstance(value, (tuple, list)):
         return tuple(value)
     return (value,) * rank
-
-
-def _same_reproduces(size: int, kernel: int, stride: int, pad: int) -> bool:
-    """Whether TF 'same' gives PyTorch's windows for symmetric padding ``pad``.
-
-    Both produce windows starting at ``i * stride - before``; they agree when
-    the number of windows and the padding in front agree.
-    """
-    torch_out = (size + 2 * pad - kernel) // stride + 1
-    tf_out = -(-size // stride)
-    tf_before = max((tf_out - 1) * stride + kernel - size, 0) // 2
-    return torch_out == tf_out and tf_before == pad
-
-
-def _keras_padding(
-    sizes: tuple[int, ...],
-    kernels: tuple[int, ...],
-    strides: tuple[int, ...],
-    pads: tuple[int, ...],
-) -> tuple[str, tuple[int, ...] | None]:
-    """Keras padding mode for symmetric PyTorch padding, and explicit padding if needed.
-
-    Returns ``('valid', None)`` without padding, ``('same', None)`` where TF's
-    'same' gives PyTorch's windows, else ``('valid', pads)``: pad explicitly.
-    """
-    if not any(pads):
-        return "valid", None
-    if all(map(_same_reproduces, sizes, kernels, strides, pads)):
-        return "same", None
-    return "valid", tuple(pads)
 
 
 def _feature_order(shape: tuple[int, ...], layout: tuple[int, ...]) -> np.ndarray | None:
@@ -1088,7 +1059,7 @@ class _Converter:
             padding, explicit = conv.padding, None
         else:
             effective = tuple(d * (k - 1) + 1 for k, d in zip(kernels, dilations, strict=True))
-            padding, explicit = _keras_padding(value.shape[1:], effective, strides, _ntuple(conv.padding, rank))
+            padding, explicit = keras_padding(value.shape[1:], effective, strides, _ntuple(conv.padding, rank))
         if explicit is not None:
             value = self._zero_pad(step, value, tuple((p, p) for p in explicit))
         weight = _numpy(conv.weight)  # (out, in / groups, *kernel)
@@ -1220,7 +1191,7 @@ class _Converter:
         pool = step.module
         kernels, strides = _ntuple(pool.kernel_size, rank), _ntuple(pool.stride, rank)
         pads = _ntuple(pool.padding, rank)
-        padding, explicit = _keras_padding(value.shape[1:], kernels, strides, pads)
+        padding, explicit = keras_padding(value.shape[1:], kernels, strides, pads)
         pairs = None if explicit is None else tuple((pad, pad) for pad in explicit)
         return kernels, strides, pads, padding, pairs
 

@@ -580,3 +580,47 @@ def test_functional_activation_after_the_conv_counts_as_its_activation():
     np.testing.assert_allclose(run("grad_cam", module, x, neuron_selection=0), expected, **TOL)
     np.testing.assert_allclose(run("grad_cam", functional, x, neuron_selection=0), expected, **TOL)
     assert hooks_left(functional) == []
+
+
+class _ProjectionLast(nn.Module):
+    """A residual block whose strided projection shortcut runs (and is registered) after the
+    main branch, as in torchvision's BasicBlock: the last conv executed is the shortcut's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.stem = nn.Conv2d(1, 3, 3, padding=1)
+        self.conv1 = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.shortcut = nn.Conv2d(3, 4, 1, stride=2)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        out = self.conv2(torch.relu(self.conv1(y)))
+        out = torch.relu(out + self.shortcut(y))
+        return self.fc(out.mean(dim=(2, 3)))
+
+
+def test_default_layer_is_the_conv_farthest_from_the_input_not_the_last_executed():
+    model = _ProjectionLast().eval()
+    assert gradcam.deepest_conv(model) == "conv2"  # 3 convs on its path; the shortcut has 2
+    x = np.random.default_rng(0).normal(size=(2, 1, 8, 8)).astype(np.float32)
+    default = calculate_relevancemaps("grad_cam", x, model, neuron_selection=[0, 2])
+    named = calculate_relevancemaps("grad_cam", x, model, neuron_selection=[0, 2], layer_name="conv2")
+    shortcut = calculate_relevancemaps("grad_cam", x, model, neuron_selection=[0, 2], layer_name="shortcut")
+    assert np.array_equal(default, named)
+    assert not np.allclose(default, shortcut)
+
+
+def test_default_layer_among_equally_deep_convs_is_the_last_executed():
+    class Parallel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.b = nn.Conv2d(1, 2, 3, padding=1)
+            self.a = nn.Conv2d(1, 2, 1)
+
+        def forward(self, x):
+            return torch.cat([self.b(x), self.a(x)], dim=1).mean(dim=(2, 3))
+
+    assert gradcam.deepest_conv(Parallel()) == "a"

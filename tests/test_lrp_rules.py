@@ -269,10 +269,38 @@ def _windows(in_shape, kernel, stride) -> tuple[list[np.ndarray], tuple]:
     return windows, (c, *out)
 
 
+def keras_pads_explicitly(size, kernel, stride, padding, dilation) -> bool:
+    """Whether a Keras model spells this convolution's symmetric zero padding as a ZeroPadding
+    layer in front of a 'valid' convolution: where TF's 'same' (total padding
+    ``max((ceil(n / s) - 1) * s + k - n, 0)``, the smaller half in front) does not give PyTorch's
+    windows on some axis."""
+    nd = len(size)
+    for n, k, s, p, d in zip(
+        size, _tuple(kernel, nd), _tuple(stride, nd), _tuple(padding, nd), _tuple(dilation, nd), strict=True
+    ):
+        k = d * (k - 1) + 1
+        windows = -(-n // s)
+        if p and ((n + 2 * p - k) // s + 1 != windows or max((windows - 1) * s + k - n, 0) // 2 != p):
+            return True
+    return False
+
+
+def zero_pad_matrix(shape: tuple, padding: tuple) -> tuple[np.ndarray, tuple]:
+    """``P`` with ``P @ a`` the flat ``a`` of ``shape`` zero-padded by ``padding`` on both sides of
+    each spatial axis, and the padded shape."""
+    c, *size = shape
+    padded = (c, *[n + 2 * p for n, p in zip(size, padding, strict=True)])
+    P = np.zeros((math.prod(padded), math.prod(shape)))
+    for where in itertools.product(*map(range, shape)):
+        inside = (where[0], *[w + p for w, p in zip(where[1:], padding, strict=True)])
+        P[np.ravel_multi_index(inside, padded), np.ravel_multi_index(where, shape)] = 1.0
+    return P, padded
+
+
 @dataclass
 class Layer:
     """One step of a numpy model: 'linear' (dense/conv), 'bn', 'relu', 'leaky', 'maxpool',
-    'avgpool', 'identity'."""
+    'avgpool', 'pad' (a zero padding layer: ``P @ a``, its gradient crops), 'identity'."""
 
     op: str
     linear: Linear | None = None
@@ -301,7 +329,12 @@ def numpy_layers(modules: list[tuple[str, nn.Module]], in_shape: tuple) -> list[
             shape = (W.shape[0],)
         elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
             assert m.groups == 1 and m.padding_mode == "zeros"
-            L, shape = conv_linear(_numpy(m.weight), _numpy(m.bias), shape, m.stride, m.padding, m.dilation)
+            padding = m.padding
+            if keras_pads_explicitly(shape[1:], m.kernel_size, m.stride, m.padding, m.dilation):
+                P, shape = zero_pad_matrix(shape, _tuple(m.padding, len(shape) - 1))
+                layers.append(Layer("pad", P=P, name=name + "_pad"))
+                padding = 0
+            L, shape = conv_linear(_numpy(m.weight), _numpy(m.bias), shape, m.stride, padding, m.dilation)
             layers.append(Layer("linear", L, name=name))
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             per = math.prod(shape[1:]) if len(shape) > 1 else 1
@@ -376,7 +409,7 @@ def forward(layers: list[Layer], x: np.ndarray) -> list[np.ndarray]:
             out = np.where(a > 0, a, layer.slope * a)
         elif layer.op == "maxpool":
             out = np.array([a[w].max() for w in layer.windows])
-        elif layer.op == "avgpool":
+        elif layer.op in ("avgpool", "pad"):
             out = layer.P @ a
         else:
             out = a
@@ -468,6 +501,8 @@ def reference(
         elif layer.op == "avgpool":
             P = layer.P
             R = P.T @ R if method.deep_taylor else a * (P.T @ (R / safe(P @ a)))
+        elif layer.op == "pad":  # its gradient: the padded entries' relevance is cropped away
+            R = layer.P.T @ R
     for step in method.post:
         R = R * (x if step == "x_input" else sign(x))
     return R

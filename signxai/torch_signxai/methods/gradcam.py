@@ -6,7 +6,10 @@ logit), divided by its maximum per sample, resized to the input's spatial size w
 centres (linear in 1-D, bilinear in 2-D) and broadcast over the input's channels.
 
 The layer is a module path of the model (``spec['layer_name']``, e.g. ``'features.28'``), or, when
-None, the last convolution executed in the forward pass. When a convolution's output goes directly
+None, the convolution farthest from the input by graph position: the one with the most
+convolutions on a path from the input to it, itself included (so on a residual block with a
+projection shortcut, the main branch's last conv, not the shortcut's), the one executed last
+among equals; for a model fx cannot trace, the last convolution executed. When a convolution's output goes directly
 into an elementwise activation (the next module executed, consuming that tensor), ``A`` is the
 activation's output, as a Keras convolution with a built-in activation gives it. A functional
 activation (``F.relu``, ``torch.relu``) counts as a module would: where the model computes one,
@@ -28,10 +31,10 @@ from torch import nn
 from .gradient import guard_activations, with_activation_modules
 from .gradient import guided_backprop as _guided_backprop
 from .grammar import MethodSpec
-from .graph import kind_of_module
+from .graph import Node, kind_of_module, model_graph
 from .targets import check_logits, output_seed, resolve_targets
 
-__all__ = ["grad_cam", "guided_grad_cam"]
+__all__ = ["grad_cam", "guided_grad_cam", "deepest_conv"]
 
 
 def _is_conv(module: nn.Module) -> bool:
@@ -69,6 +72,25 @@ def _lookup(model: nn.Module, layer_name: str | None) -> nn.Module | None:
     return modules[layer_name]
 
 
+def deepest_conv(model: nn.Module) -> str | None:
+    """Module path of Grad-CAM's default layer: the convolution with the most convolutions on a
+    path from the input to it (itself included), the last in execution order among equals; None
+    when fx cannot trace the model or it calls no convolution."""
+    graph = model_graph(model)
+    if graph is None:
+        return None
+    depth: dict[str, int] = {}
+    best: Node | None = None
+    for node in graph.nodes:  # in execution order
+        conv = node.op == "call_module" and node.module is not None and _is_conv(node.module)
+        depth[node.name] = max((depth.get(name, 0) for name in node.inputs), default=0) + int(conv)
+        if conv and (best is None or depth[node.name] >= depth[best.name]):
+            best = node
+    if best is None:
+        return None
+    return next(name for name, module in model.named_modules() if module is best.module)
+
+
 def _is_leaf(module: nn.Module) -> bool:
     """Whether ``module`` has no submodules (its forward hook fires in execution order)."""
     return next(module.children(), None) is None
@@ -88,10 +110,12 @@ class _FeatureRecorder:
         The caller's model, in which ``layer_name`` is looked up (the module that runs may be its
         graph with added activation modules, sharing its submodules).
     layer_name : str or None
-        Module path of the layer; None selects the last convolution executed.
+        Module path of the layer; None selects :func:`deepest_conv`, or, where fx cannot trace the
+        model, the last convolution executed.
     """
 
     def __init__(self, model: nn.Module, layer_name: str | None):
+        layer_name = deepest_conv(model) if layer_name is None else layer_name
         self._layer = _lookup(model, layer_name)
         self._names = {module: name for name, module in model.named_modules()}
         self._pending: torch.Tensor | None = None
@@ -234,7 +258,7 @@ def _resize(cam: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -> torch.Tensor:
-    """Grad-CAM of the named (or last executed) conv layer, of ``x``'s shape.
+    """Grad-CAM of the named (or default, :func:`deepest_conv`) conv layer, of ``x``'s shape.
 
     Parameters
     ----------
@@ -245,7 +269,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: Any, spec: MethodSpec) -
     target : Any
         The caller's target (see :func:`.targets.resolve_targets`).
     spec : MethodSpec
-        ``spec['layer_name']``: module path of the layer, or None for the last conv executed;
+        ``spec['layer_name']``: module path of the layer, or None for :func:`deepest_conv`;
         ``spec.params['timeseries']``: require a 1-D layer (grad_cam_timeseries).
 
     Returns

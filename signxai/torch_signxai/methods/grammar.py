@@ -69,7 +69,7 @@ LRP_RULES: Mapping[str, tuple[str, ...]] = MappingProxyType(
 
 #: ImageNet (BGR, mean-subtracted) input range of the VGG16 presets
 _ZBOX_PRESETS = MappingProxyType({"VGG16ILSVRC": (-123.68, 151.061)})
-#: Grad-CAM presets: default layer of each known architecture (None: the last conv layer)
+#: Grad-CAM presets: default layer of each known architecture (None: the conv farthest from the input)
 GRADCAM_PRESETS = MappingProxyType(
     {
         "VGG16ILSVRC": "features.28",

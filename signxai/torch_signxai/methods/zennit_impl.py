@@ -157,7 +157,7 @@ class DeepTaylorAnalyzer(Analyzer):
 
 class GradCAMAnalyzer(Analyzer):
     """Grad-CAM of ``target_layer`` (a module path such as ``'features.28'``, or the module
-    itself; None: the last conv layer run)."""
+    itself; None: the default layer of :func:`.gradcam.deepest_conv`, the conv farthest from the input)."""
 
     def __init__(self, model: nn.Module, target_layer: Any = None) -> None:
         if isinstance(target_layer, nn.Module):

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import torch
 from torch import nn
 from zennit.core import Composite, Hook
 
@@ -31,7 +32,7 @@ T = TypeVar("T")
 
 
 def _fixed_rule_hook(
-    view: Callable[[nn.Module], Affine], rule: Rule | None, trace: Trace, native: bool
+    view: Callable[[nn.Module, torch.Tensor], Affine], rule: Rule | None, trace: Trace, native: bool
 ) -> RuleHook | None:
     """A hook applying ``rule`` to every layer it is placed on; None without a rule."""
     if rule is None:
@@ -72,8 +73,8 @@ class LRPComposite(Composite):
         self.positions: dict[nn.Module, tuple[bool, bool]] = {}
         self.fused: dict[nn.Module, bool] = {}
         kernel_hook = RuleHook(kernel_view, self._kernel_rule, self.trace, self._kernel_rules, native=reuse_outputs)
-        norm_hook = _fixed_rule_hook(lambda m: batchnorm_view(m, batchnorm), plan.batchnorm, self.trace, False)
-        pool_hook = _fixed_rule_hook(pool_view, plan.average_pool, self.trace, reuse_outputs)
+        norm_hook = _fixed_rule_hook(lambda m, x: batchnorm_view(m, batchnorm), plan.batchnorm, self.trace, False)
+        pool_hook = _fixed_rule_hook(lambda m, x: pool_view(m), plan.average_pool, self.trace, reuse_outputs)
         pass_hook, fused_pass, sum_hook = PassHook(self.trace), FusedPass(self._is_fused), SumHook()
 
         def module_map(ctx: Any, name: str, module: nn.Module) -> Hook | None:

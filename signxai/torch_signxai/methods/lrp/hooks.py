@@ -137,7 +137,7 @@ class RuleHook(Hook):
     Parameters
     ----------
     view : callable
-        The layer as an :class:`Affine` map.
+        ``view(module, x)``: the layer as an :class:`Affine` map, given its input ``x``.
     choose : callable
         ``choose(module) -> Rule`` at backward time.
     trace : Trace
@@ -153,7 +153,7 @@ class RuleHook(Hook):
 
     def __init__(
         self,
-        view: Callable[[nn.Module], Affine],
+        view: Callable[[nn.Module, torch.Tensor], Affine],
         choose: Callable[[nn.Module], Rule],
         trace: Trace,
         candidates: Callable[[nn.Module], Iterable[Rule]] | None = None,
@@ -210,7 +210,10 @@ class RuleHook(Hook):
         slot.x = slot.z = None  # type: ignore[assignment]  # the slot is spent: release its tensors
         # z None: the rule computes the layer's output itself (a rule that modifies the weights,
         # or an output modified in place later / a failed ReLU premise)
-        return rule.relevance(self.view(module), x, r, z=z, cut=z is not None and fused)
+        layer, cut = self.view(module, x), z is not None and fused
+        if layer.padding is None:
+            return rule.relevance(layer, x, r, z=z, cut=cut)
+        return layer.crop(rule.relevance(layer, layer.pad(x), r, z=z, cut=cut))
 
 
 class PassHook(Hook):

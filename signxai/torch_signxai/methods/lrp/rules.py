@@ -114,6 +114,23 @@ class Affine:
     #: blocks of this many output rows as they are used, so that no modified copy of a large
     #: weight exists whole; None: modify the whole weight at once
     row_block: int | None = None
+    #: zero padding (per spatial axis, both sides) that the layer's input gets in a layer of its
+    #: own before this map (a convolution whose padding Keras spells as a ``ZeroPadding`` layer,
+    #: see :mod:`.padding`): the rule runs on :meth:`pad` of the input, its result is
+    #: :meth:`crop`-ped; None: the map takes the input as it is
+    padding: tuple[int, ...] | None = None
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with :attr:`padding` zeros on both sides of each spatial axis."""
+        assert self.padding is not None
+        widths = [p for pad in reversed(self.padding) for p in (pad, pad)]
+        return torch.nn.functional.pad(x, widths)
+
+    def crop(self, r: torch.Tensor) -> torch.Tensor:
+        """Relevance at the padded input cut back to the input (the padding layer's gradient)."""
+        assert self.padding is not None
+        index = (slice(None), slice(None)) + tuple(slice(p, r.shape[2 + i] - p) for i, p in enumerate(self.padding))
+        return r[index]
 
     def __call__(self, x: torch.Tensor, weights: Modifier = _keep, bias: bool = True) -> torch.Tensor:
         """The layer at ``x`` with ``weights`` applied to its weight and (if ``bias``) its bias."""

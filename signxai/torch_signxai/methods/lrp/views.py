@@ -18,6 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from ..graph import UnsupportedLayerError
+from .padding import explicit_padding
 from .rules import Affine
 
 __all__ = ["kernel_view", "batchnorm_view", "pool_view", "conv_adjoint", "linear_adjoint"]
@@ -34,18 +35,22 @@ def linear_adjoint(v: torch.Tensor, like: torch.Tensor, weight: torch.Tensor) ->
     return torch.matmul(v, weight)
 
 
-def conv_adjoint(module: _ConvNd) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
+def conv_adjoint(
+    module: _ConvNd, padding: tuple[int, ...] | None = None
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:
     """``weight^T v`` of a convolution by its input-gradient kernel (``convolution_backward``,
-    what autograd runs for the layer's own backward, without a forward pass); None for padding
-    that is not a plain zero padding of fixed size (autograd handles those)."""
-    if module.padding_mode != "zeros" or isinstance(module.padding, str):
+    what autograd runs for the layer's own backward, without a forward pass), with the module's
+    padding or ``padding``; None for padding that is not a plain zero padding of fixed size
+    (autograd handles those)."""
+    if padding is None and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
         return None
-    stride, padding, dilation, groups = module.stride, module.padding, module.dilation, module.groups
+    stride, dilation, groups = module.stride, module.dilation, module.groups
+    pads = cast(tuple[int, ...], module.padding) if padding is None else padding
     output_padding = (0,) * len(stride)
 
     def adjoint(v: torch.Tensor, like: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten.convolution_backward(
-            v, like, weight, None, stride, padding, dilation, False, output_padding, groups, (True, False, False)
+            v, like, weight, None, stride, pads, dilation, False, output_padding, groups, (True, False, False)
         )[0]
 
     return adjoint
@@ -57,8 +62,30 @@ def conv_adjoint(module: _ConvNd) -> Callable[[torch.Tensor, torch.Tensor, torch
 _BLOCK_ENTRIES = 1 << 20
 
 
-def kernel_view(module: nn.Module) -> Affine:
-    """A conv (any ``groups``), transposed conv or dense layer as an :class:`Affine` map."""
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _explicitly_padded(module: _ConvNd, padding: tuple[int, ...]) -> Affine:
+    """Convolution ``module`` as the unpadded map of its input zero-padded by ``padding``."""
+    function = _CONV[module.weight.ndim - 2]
+    unpadded = (0,) * len(padding)
+
+    def apply(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return function(x, weight, bias, module.stride, unpadded, module.dilation, module.groups)
+
+    return Affine(module.weight, module.bias, apply, conv_adjoint(module, unpadded), 1, padding=padding)
+
+
+def kernel_view(module: nn.Module, x: torch.Tensor | None = None) -> Affine:
+    """A conv (any ``groups``), transposed conv or dense layer as an :class:`Affine` map.
+
+    Given the layer's input ``x``, a convolution whose zero padding the Keras spelling of the
+    model puts in a layer of its own (:func:`.padding.explicit_padding`) is the unpadded map of
+    the padded input (:attr:`.rules.Affine.padding`), as iNNvestigate's rules see it.
+    """
+    padding = None if x is None else explicit_padding(module, x)
+    if padding is not None:  # explicit_padding finds it for convolutions only
+        return _explicitly_padded(cast(_ConvNd, module), padding)
     if isinstance(module, nn.Linear):
         rows = max(1, _BLOCK_ENTRIES // module.in_features) if module.weight.numel() > 4 * _BLOCK_ENTRIES else None
         return Affine(module.weight, module.bias, torch.nn.functional.linear, linear_adjoint, -1, rows)
