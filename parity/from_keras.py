@@ -107,6 +107,15 @@ __all__ = [
 ]
 
 layers = tf.keras.layers
+
+#: PyTorch's layer classes by spatial rank (1-D, 2-D); called with tuples of the layer's rank,
+#: which torch's stubs spell per class
+_RankedLayer = Callable[..., nn.Module]
+_CONV: tuple[_RankedLayer, ...] = (nn.Conv1d, nn.Conv2d)
+_CONV_TRANSPOSE: tuple[_RankedLayer, ...] = (nn.ConvTranspose1d, nn.ConvTranspose2d)
+_ZERO_PAD: tuple[_RankedLayer, ...] = (nn.ZeroPad1d, nn.ZeroPad2d)
+_MAX_POOL: tuple[_RankedLayer, ...] = (nn.MaxPool1d, nn.MaxPool2d)
+_AVG_POOL: tuple[_RankedLayer, ...] = (nn.AvgPool1d, nn.AvgPool2d)
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: the name of the model input among the step values (as in :mod:`parity.twin`)
 _INPUT = "input"
@@ -220,7 +229,7 @@ class FromKeras(nn.Module):
 # Reading the Keras graph
 
 
-def _inbound(layer: layers.Layer) -> list[str]:
+def _inbound(layer: tf.keras.layers.Layer) -> list[str]:
     """Names of the layers whose outputs ``layer`` takes, checked to be one call."""
     nodes = layer.inbound_nodes
     if len(nodes) != 1:
@@ -256,7 +265,7 @@ def _check_model(model: tf.keras.Model) -> None:
             )
 
 
-def _graph_layers(model: tf.keras.Model) -> Iterator[tuple[layers.Layer, list[str]]]:
+def _graph_layers(model: tf.keras.Model) -> Iterator[tuple[tf.keras.layers.Layer, list[str]]]:
     """Every layer but the input with the names of its inputs (the input layer named
     ``'input'``), in an order where inputs come first."""
     _check_model(model)
@@ -280,18 +289,18 @@ def _weights_of(model: tf.keras.Model) -> dict[str, dict[str, np.ndarray]]:
     }
 
 
-def _output_layer(model: tf.keras.Model) -> layers.Layer:
+def _output_layer(model: tf.keras.Model) -> tf.keras.layers.Layer:
     """The layer that computes the model's output."""
     return model.get_layer(model.output_names[0])
 
 
-def _activation_name(layer: layers.Layer) -> str:
+def _activation_name(layer: tf.keras.layers.Layer) -> str:
     """The name of a layer's (fused) activation function, ``'linear'`` for none."""
     activation = getattr(layer, "activation", None)
     return "linear" if activation is None else tf.keras.activations.serialize(activation)
 
 
-def _is_softmax(layer: layers.Layer) -> bool:
+def _is_softmax(layer: tf.keras.layers.Layer) -> bool:
     """Whether the layer is or ends in a softmax over the features."""
     return isinstance(layer, layers.Softmax) or _activation_name(layer) == "softmax"
 
@@ -482,7 +491,7 @@ class _Converter:
 
     def _pad_module(self, value: _Value, pads: list[tuple[int, int]], suffix: str = "_pad") -> _Value:
         """Zero padding of (before, after) per spatial axis as ZeroPad1d/2d."""
-        cls = (nn.ZeroPad1d, nn.ZeroPad2d)[len(pads) - 1]
+        cls = _ZERO_PAD[len(pads) - 1]
         flat = tuple(p for pair in reversed(pads) for p in pair)  # torch: last axis first
         return self._layer(cls(flat), value, suffix)
 
@@ -517,7 +526,7 @@ class _Converter:
         weights = self._weights()
         kernel = weights["kernel"]  # (*k, in / groups, out)
         value, padding = self._padding(self.inputs[0], conv.kernel_size, conv.strides, conv.dilation_rate)
-        module = (nn.Conv1d, nn.Conv2d)[rank - 1](
+        module = _CONV[rank - 1](
             kernel.shape[-2] * conv.groups,
             conv.filters,
             conv.kernel_size,
@@ -541,7 +550,7 @@ class _Converter:
         kernel = weights["depthwise_kernel"]  # (*k, C, m)
         channels, multiplier = kernel.shape[-2:]
         value, padding = self._padding(self.inputs[0], conv.kernel_size, conv.strides, conv.dilation_rate)
-        module = (nn.Conv1d, nn.Conv2d)[rank - 1](
+        module = _CONV[rank - 1](
             channels,
             channels * multiplier,
             conv.kernel_size,
@@ -574,7 +583,7 @@ class _Converter:
             )
         weights = self._weights()
         kernel = weights["kernel"]  # (*k, out, in)
-        module = (nn.ConvTranspose1d, nn.ConvTranspose2d)[rank - 1](
+        module = _CONV_TRANSPOSE[rank - 1](
             kernel.shape[-1],
             conv.filters,
             kernels,
@@ -661,11 +670,9 @@ class _Converter:
                 )
             padding = tuple(before for before, _ in pads)
         if isinstance(pool, _MAX_POOLS):
-            module = (nn.MaxPool1d, nn.MaxPool2d)[rank - 1](pool.pool_size, pool.strides, padding)
+            module = _MAX_POOL[rank - 1](pool.pool_size, pool.strides, padding)
         else:
-            module = (nn.AvgPool1d, nn.AvgPool2d)[rank - 1](
-                pool.pool_size, pool.strides, padding, count_include_pad=False
-            )
+            module = _AVG_POOL[rank - 1](pool.pool_size, pool.strides, padding, count_include_pad=False)
         return self._layer(module, self.inputs[0])
 
     def _global_pooling(self) -> _Value:
@@ -702,8 +709,9 @@ class _Converter:
     def _combine(self, op: str) -> _Value:
         """A step combining the inputs by ``op``; flattened inputs must share one order."""
         orders = [v.order for v in self.inputs]
-        if any(o is not None for o in orders) and not all(
-            o is not None and np.array_equal(o, orders[0]) for o in orders
+        first = orders[0]
+        if any(o is not None for o in orders) and not (
+            first is not None and all(o is not None and np.array_equal(o, first) for o in orders)
         ):
             raise self._error("combines features flattened in different orders")
         name = self._step_name()
@@ -817,14 +825,14 @@ def verify(
     x_keras = to_channels_last(x)
     final = _output_layer(keras_model)
 
-    def step(layer: layers.Layer) -> tuple[str, np.ndarray | None]:
+    def step(layer: tf.keras.layers.Layer) -> tuple[str, np.ndarray | None]:
         """The step and feature order of a Keras layer's output (``'input'``: no step)."""
         name = layer.name
         if name not in module.keras_outputs and name.startswith("user_"):  # a keras_twin's name
             name = name[len("user_") :]
         return module.keras_outputs.get(name, (_INPUT, None))
 
-    def torch_value(layer: layers.Layer) -> np.ndarray:
+    def torch_value(layer: tf.keras.layers.Layer) -> np.ndarray:
         """The torch value of a Keras layer's output, in its Keras layout."""
         name, order = step(layer)
         value = values[name]
@@ -865,7 +873,7 @@ def _keras_layout(value: np.ndarray, order: np.ndarray | None) -> np.ndarray:
 # The reference side: the user's own Keras model, rebuilt for iNNvestigate
 
 
-def _initializer_key(layer: layers.Layer, weight: str) -> str:
+def _initializer_key(layer: tf.keras.layers.Layer, weight: str) -> str:
     """The constructor argument that initialises the layer's weight ``weight``."""
     key = {"depthwise_kernel": "depthwise_initializer"}.get(weight, f"{weight}_initializer")
     if key not in layer.get_config():
