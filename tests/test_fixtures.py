@@ -15,14 +15,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fixtures import FIXTURES, load_inputs, load_labels, load_model  # noqa: E402
 from fixtures.models import (  # noqa: E402
-    ALL_FIXTURES,
     CHAIN_FIXTURES,
     FIXTURE_DIR,
     GRAPH_FIXTURES,
     WEIGHTS_DIR,
 )
 
-NAMES = sorted(ALL_FIXTURES)
+NAMES = sorted(FIXTURES)
 GRAPH_NAMES = sorted(GRAPH_FIXTURES)
 RECORD = json.loads((FIXTURE_DIR / "training.json").read_text())
 CONV = {"cnn": nn.Conv2d, "cnn1d": nn.Conv1d}
@@ -64,9 +63,8 @@ def executed_modules(model, x, kind):
 def test_registry_has_the_chain_and_graph_fixtures():
     assert sorted(CHAIN_FIXTURES) == ["digits_cnn", "digits_cnn_bn", "digits_mlp", "series_cnn1d"]
     assert GRAPH_NAMES == ["digits_densenet", "digits_mobilenet", "digits_resnet"]
-    assert ALL_FIXTURES == {**CHAIN_FIXTURES, **GRAPH_FIXTURES}
-    assert set(CHAIN_FIXTURES) <= set(FIXTURES) <= set(ALL_FIXTURES)
-    for name, info in ALL_FIXTURES.items():
+    assert FIXTURES == {**CHAIN_FIXTURES, **GRAPH_FIXTURES}
+    for name, info in FIXTURES.items():
         assert info.name == name
         assert info.kind in {"mlp", "cnn", "cnn1d"}
         assert (WEIGHTS_DIR / info.weights).is_file()
@@ -92,7 +90,7 @@ def test_loads_in_eval_mode_on_cpu(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_factory_gives_an_untrained_model(name):
-    fresh = ALL_FIXTURES[name].factory()
+    fresh = FIXTURES[name].factory()
     trained = load_model(name)
     assert fresh.state_dict().keys() == trained.state_dict().keys()
     assert any(not torch.equal(a, b) for a, b in zip(fresh.parameters(), trained.parameters(), strict=True))
@@ -102,14 +100,14 @@ def test_factory_gives_an_untrained_model(name):
 def test_stored_inputs_shape_and_signs(name):
     x = load_inputs(name)
     assert x.dtype == np.float32
-    assert x.shape == (8, *ALL_FIXTURES[name].input_shape)
+    assert x.shape == (8, *FIXTURES[name].input_shape)
     assert (x > 0).any() and (x < 0).any()
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_logits_shape_and_not_softmax(name):
     out = logits(name)
-    assert out.shape == (8, ALL_FIXTURES[name].n_classes)
+    assert out.shape == (8, FIXTURES[name].n_classes)
     assert (out < 0).any()
     assert not torch.allclose(out.sum(dim=1), torch.ones(8), atol=1e-3)
 
@@ -144,7 +142,7 @@ def test_relus_are_modules_and_not_inplace(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_gradcam_layer_is_the_last_executed_conv(name):
-    info = ALL_FIXTURES[name]
+    info = FIXTURES[name]
     model = load_model(name)
     if info.kind == "mlp":
         assert info.gradcam_layer is None

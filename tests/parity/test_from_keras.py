@@ -440,10 +440,10 @@ def test_applications_pass_parity_with_innvestigate_on_the_original(name):
     ],
 )
 def test_round_trip_through_keras_gives_bitwise_the_same_forward(name):
-    from fixtures.models import ALL_FIXTURES, load_inputs, load_model
+    from fixtures.models import FIXTURES, load_inputs, load_model
 
     model = load_model(name)
-    twin = to_keras(model, ALL_FIXTURES[name].input_shape)
+    twin = to_keras(model, FIXTURES[name].input_shape)
     back = from_keras(twin.keras_model)
     x = torch.from_numpy(load_inputs(name))
     with torch.no_grad():
