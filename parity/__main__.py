@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     graph_mode()
-    from .pipeline import check, fixture_subjects, publish
+    from .pipeline import UNANALYSABLE, check, fixture_subjects, publish
     from .report import terminal_summary
 
     subjects = fixture_subjects(args.models)
@@ -92,6 +92,8 @@ def _run(args: argparse.Namespace) -> int:
     for fixture, note in stored.items():
         if "DIFFER" in note:
             print(f"[parity] {fixture}: stored references {note}", flush=True)
+    if UNANALYSABLE in outcome.context:
+        print(f"[parity] {UNANALYSABLE}: {outcome.context[UNANALYSABLE]}", flush=True)
     print(f"[parity] references: {outcome.context['reference cache']}; {outcome.context['runtime']}", flush=True)
     print(terminal_summary(outcome.rows, report.resolve()), flush=True)
     return 0 if outcome.passed else 1

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .report import Row
 
 __all__ = [
+    "UNANALYSABLE",
     "UsageError",
     "PARITY_EXTRA",
     "require_parity_extra",
@@ -277,6 +278,38 @@ class Outcome:
         return all(row.passed for row in self.rows)
 
 
+#: the report's context entry naming the rows iNNvestigate cannot analyse
+UNANALYSABLE = "not applicable: iNNvestigate cannot analyse"
+
+
+def _drop_unanalysable(by_job: dict[tuple[str, str], ModelRun]) -> dict[str, dict[str, str]]:
+    """Turn the rows without a reference (in either dtype) into skipped names of their model, in
+    every run of that model; return ``{model: {method: why}}``. A row whose own map failed stays."""
+    found: dict[str, dict[str, str]] = {}
+    for (label, _), run in by_job.items():
+        for method, why in run.unavailable.items():
+            found.setdefault(label, {}).setdefault(method, why)
+    for (label, _), run in by_job.items():
+        for method, why in found.get(label, {}).items():
+            if method in run.errors:
+                continue
+            for held in (run.unavailable, run.ours, run.references):
+                held.pop(method, None)
+            run.skipped[method] = f"iNNvestigate cannot analyse it on this model: {why}"
+    return found
+
+
+def _unanalysable_text(found: dict[str, dict[str, str]]) -> str:
+    """``model: method, method (why); ...``, methods with one reason named together."""
+    parts = []
+    for label, methods in found.items():
+        by_reason: dict[str, list[str]] = {}
+        for method, why in methods.items():
+            by_reason.setdefault(why, []).append(method)
+        parts += [f"{label}: {', '.join(group)} ({why})" for why, group in by_reason.items()]
+    return "; ".join(parts)
+
+
 def check(
     subjects: list[Subject],
     names: list[str] | None = None,
@@ -297,7 +330,10 @@ def check(
     subjects : list of Subject
         The models and their inputs; the models are not modified.
     names : list of str, optional
-        Method names (default: every applicable name of :func:`parity.cases.session_names`).
+        Method names (default: every applicable name of :func:`parity.cases.session_names`;
+        there, a name iNNvestigate cannot analyse on a model, such as ``deconvnet`` on a twin
+        with standalone ``ReLU`` layers, does not apply to it, and the report says why). A
+        named method without a reference is a failing row.
     float64 : bool
         Also run float64 and judge rows by the full gate (default); False compares the float32
         maps directly against the floor.
@@ -335,6 +371,7 @@ def check(
         raise UsageError(
             f"the Keras twin does not reproduce the model's outputs, so no map can be compared: {flat(error)}"
         ) from error
+    unanalysable = _drop_unanalysable(by_job) if names is None else {}
     rows, runs = [], []
     for subject in subjects:
         run = by_job[(subject.label, "float32")]
@@ -349,6 +386,7 @@ def check(
         if cache
         else "off (every reference computed live)",
         "skipped (not applicable)": ", ".join(skipped) or "none",
+        **({UNANALYSABLE: _unanalysable_text(unanalysable)} if unanalysable else {}),
         **(context or {}),
     }
     return Outcome(rows, runs, full, by_job)

@@ -113,3 +113,31 @@ def test_missing_or_unknown_fixtures_say_where_they_are(monkeypatch):
     monkeypatch.setitem(sys.modules, "fixtures.models", None)  # as where only the package is installed
     with pytest.raises(pipeline.UsageError, match="run from a clone of the repository"):
         fixture_subjects()
+
+
+def _run_with(dtype, **held):
+    run = ModelRun("m", dtype, np.zeros((1, 2)), np.zeros(1, int))
+    for name, value in held.items():
+        setattr(run, name, value)
+    return run
+
+
+def test_a_row_without_a_reference_in_either_dtype_becomes_a_skipped_name_of_its_model():
+    ones = np.ones(2)
+    by_job = {
+        ("m", "float32"): _run_with(
+            "float32", ours={"a": ones, "d": ones}, references={"a": ones}, unavailable={"d": "cannot"}
+        ),
+        # float64 has the reference that float32 lacks: still dropped in both, so no row is half-judged
+        ("m", "float64"): _run_with("float64", ours={"a": ones, "d": ones}, references={"a": ones, "d": ones}),
+        # our map failed where no reference exists: the failure stays a row
+        ("n", "float32"): _run_with("float32", errors={"e": "ours raised"}, unavailable={"e": "cannot"}),
+    }
+    found = pipeline._drop_unanalysable(by_job)
+    assert found == {"m": {"d": "cannot"}, "n": {"e": "cannot"}}
+    for dtype in ("float32", "float64"):
+        run = by_job[("m", dtype)]
+        assert set(run.ours) == set(run.references) == {"a"} and not run.unavailable
+        assert run.skipped == {"d": "iNNvestigate cannot analyse it on this model: cannot"}
+    assert by_job[("n", "float32")].errors == {"e": "ours raised"} and not by_job[("n", "float32")].skipped
+    assert pipeline._unanalysable_text(found) == "m: d (cannot); n: e (cannot)"
