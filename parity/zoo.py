@@ -510,6 +510,9 @@ def main(argv: list[str] | None = None) -> int:
             "runtime": f"{time.time() - started:.0f} s"
             + ("" if index + 1 == len(names) else f" (partial: {index + 1} of {len(names)} models)"),
         }
+        unrun = [model for model in ZOO if (model, "float32") not in results]
+        if unrun:
+            context["not compared in this run"] = ", ".join(unrun)
         # rewritten after every model, so a long run that is stopped keeps what it compared
         text, ok = report(results, methods, vit, context)
         args.out.write_text(text)
