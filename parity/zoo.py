@@ -48,9 +48,24 @@ from torch import nn
 
 from .compare import FLOAT32_FLOOR, FORMULA_TOLERANCE, ROUNDING_FACTOR, Verdict, judge
 
-__all__ = ["ZooModel", "ZOO", "METHODS", "build", "calibrate_batchnorm", "zoo_inputs", "run_job", "method_rows", "main"]
+__all__ = [
+    "ZooModel",
+    "ZOO",
+    "METHODS",
+    "build",
+    "calibrate_batchnorm",
+    "zoo_inputs",
+    "run_job",
+    "method_rows",
+    "twin_allowed",
+    "own_rounding",
+    "main",
+]
 
-#: largest relative forward error of a Keras twin (relative to the largest |logit|)
+#: largest relative forward error of a Keras twin (relative to the largest |logit|); a float32
+#: twin may also differ by ROUNDING_FACTOR x the PyTorch model's own float32 error (its float32
+#: logits against its float64 copy's) where that is larger: deep float32 models (googlenet at
+#: 65x65: 1.5e-5) round by more than 1e-5 on their own (see :func:`twin_allowed`)
 TWIN_TOLERANCE = 1e-5
 #: inputs per model (one batched call per method, so the rows are batched rows)
 BATCH = 2
@@ -242,6 +257,23 @@ class JobResult:
     twin_failure: str = ""
     input_layer_hidden: str = ""
     native: str = ""
+    #: (float32) the PyTorch model's float32 logits' error against its float64 copy's
+    own_rounding: float | None = None
+
+
+def twin_allowed(result: JobResult) -> float:
+    """The twin forward error allowed: :data:`TWIN_TOLERANCE`, or in float32 ROUNDING_FACTOR x
+    the PyTorch model's own float32 error where that is larger."""
+    own = result.own_rounding if result.dtype == "float32" and result.own_rounding is not None else 0.0
+    return max(TWIN_TOLERANCE, ROUNDING_FACTOR * own)
+
+
+def own_rounding(model: nn.Module, x: np.ndarray) -> float:
+    """``max |logits32 - logits64| / max |logits64|`` of ``model`` and its float64 copy at ``x``."""
+    with torch.no_grad():
+        y32 = model(torch.from_numpy(x)).double()
+        y64 = copy.deepcopy(model).to(torch.float64)(torch.from_numpy(x).double())
+    return float((y32 - y64).abs().max() / y64.abs().max())
 
 
 def _describe(error: BaseException, limit: int = 400) -> str:
@@ -281,6 +313,7 @@ def run_job(name: str, dtype: str, methods: tuple[str, ...] = METHODS) -> JobRes
     result = JobResult(name, dtype, 0.0)
     if dtype == "float32":
         result.native = native_check(model, x)
+        result.own_rounding = own_rounding(model, x)
     try:
         converted = copy.deepcopy(model).to(torch.float64) if dtype == "float64" else model
         twin = to_keras(converted, entry.input_shape, dtype=dtype, check=False)
@@ -389,8 +422,10 @@ def _twin_cell(result: JobResult) -> tuple[str, bool]:
         return f"cannot build: {result.twin_failure}", False
     if result.twin_error is None:
         return "not checked", False
-    ok = result.twin_error <= TWIN_TOLERANCE
-    return f"{result.twin_error:.1e}" + ("" if ok else " **> 1e-5**"), ok
+    allowed = twin_allowed(result)
+    ok = result.twin_error <= allowed
+    shown = f"{result.twin_error:.1e}" + ("" if allowed == TWIN_TOLERANCE else f" (allowed {allowed:.1e})")
+    return shown + ("" if ok else f" **> {allowed:.1e}**"), ok
 
 
 def _cell(text: str) -> str:
@@ -458,7 +493,8 @@ def report(
         f"- gate: float64 maps within {FORMULA_TOLERANCE:.0e}; our float32 map's error against "
         f"iNNvestigate's float64 map at most max({FLOAT32_FLOOR:.0e}, {ROUNDING_FACTOR:g} x "
         "iNNvestigate's own float32 error); errors are max |a - b| / max |b|; twin forward "
-        f"within {TWIN_TOLERANCE:.0e} of the largest |logit|",
+        f"within {TWIN_TOLERANCE:.0e} of the largest |logit| (in float32, or within "
+        f"{ROUNDING_FACTOR:g} x the PyTorch model's own float32 error where that is larger)",
         "",
         "## Models",
         "",

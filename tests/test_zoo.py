@@ -192,3 +192,26 @@ def test_report_of_a_failed_job_and_a_passing_one():
     assert ok
     _, not_refused = zoo.report({k: v for k, v in results.items() if k[0] == "resnet18"}, ("a",), "yes", {})
     assert not not_refused
+
+
+def test_a_float32_twin_may_round_as_much_as_the_model_itself():
+    deep = zoo.JobResult("m", "float32", 1.0, twin_error=3e-5, own_rounding=1e-5)
+    assert zoo.twin_allowed(deep) == zoo.ROUNDING_FACTOR * 1e-5
+    assert zoo._twin_cell(deep)[1]
+    shallow = zoo.JobResult("m", "float32", 1.0, twin_error=3e-5, own_rounding=1e-8)
+    assert zoo.twin_allowed(shallow) == zoo.TWIN_TOLERANCE and not zoo._twin_cell(shallow)[1]
+    # float64 has no rounding allowance: 1e-5 there is a wrong twin
+    wide = zoo.JobResult("m", "float64", 1.0, twin_error=3e-5, own_rounding=1e-5)
+    assert not zoo._twin_cell(wide)[1]
+
+
+def test_own_rounding_is_the_float32_models_error_against_its_float64_copy():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 40), nn.Tanh(), nn.Linear(40, 3)).eval()
+    x = np.random.default_rng(1).standard_normal((4, 6)).astype(np.float32)
+    y32 = net(torch.from_numpy(x)).detach().double().numpy()
+    w = [p.detach().double().numpy() for p in net.parameters()]
+    y64 = np.tanh(x.astype(np.float64) @ w[0].T + w[1]) @ w[2].T + w[3]  # numpy, float64
+    expected = np.abs(y32 - y64).max() / np.abs(y64).max()
+    assert 0 < zoo.own_rounding(net, x) == pytest.approx(expected, rel=1e-6)
+    assert next(net.parameters()).dtype == torch.float32  # the model itself is not converted
