@@ -176,15 +176,17 @@ def test_report_of_a_failed_job_and_a_passing_one():
     run32 = _run("float32", ours={"a": ref}, references={"a": ref})
     run64 = _run("float64", ours={"a": ref}, references={"a": ref})
     results = {
-        ("resnet18", "float32"): zoo.JobResult("resnet18", "float32", 2.0, run=run32, twin_error=1e-7, native="yes"),
+        ("resnet18", "float32"): zoo.JobResult(
+            "resnet18", "float32", 2.0, run=run32, twin_error=1e-7, native="yes", own_gradient_error=3e-7
+        ),
         ("resnet18", "float64"): zoo.JobResult("resnet18", "float64", 3.0, run=run64, twin_error=1e-15),
         ("vgg16", "float32"): zoo.JobResult("vgg16", "float32", 1.0, twin_error=2e-7, native="yes"),
         ("vgg16", "float64"): zoo.JobResult("vgg16", "float64", 1.0, error="the float64 job's process failed: x"),
     }
     text, ok = zoo.report(results, ("a",), "UnsupportedLayerError: attention", {"runtime": "1 s"})
     assert not ok
-    assert "| resnet18 | 65x65 | 1.0e-07 | 1.0e-15 | yes | 1 / 0 / 0 | 5 |" in text
-    assert "| vgg16 | 224x224 | 2.0e-07 | not checked | yes | 0 / 1 / 0 | 2 |" in text
+    assert "| resnet18 | 65x65 | 1.0e-07 | 1.0e-15 | 3.0e-07 | yes | 1 / 0 / 0 | 5 |" in text
+    assert "| vgg16 | 224x224 | 2.0e-07 | not checked | — | yes | 0 / 1 / 0 | 2 |" in text
     assert "rows: 1 pass, 1 FAIL, 0 n/a" in text
     ok_text, ok = zoo.report(
         {k: v for k, v in results.items() if k[0] == "resnet18"}, ("a",), "UnsupportedLayerError: attention", {}
@@ -210,8 +212,16 @@ def test_own_rounding_is_the_float32_models_error_against_its_float64_copy():
     net = nn.Sequential(nn.Linear(6, 40), nn.Tanh(), nn.Linear(40, 3)).eval()
     x = np.random.default_rng(1).standard_normal((4, 6)).astype(np.float32)
     y32 = net(torch.from_numpy(x)).detach().double().numpy()
-    w = [p.detach().double().numpy() for p in net.parameters()]
-    y64 = np.tanh(x.astype(np.float64) @ w[0].T + w[1]) @ w[2].T + w[3]  # numpy, float64
-    expected = np.abs(y32 - y64).max() / np.abs(y64).max()
-    assert 0 < zoo.own_rounding(net, x) == pytest.approx(expected, rel=1e-6)
+    w1, b1, w2, b2 = (p.detach().double().numpy() for p in net.parameters())
+    h = np.tanh(x.astype(np.float64) @ w1.T + b1)  # numpy, float64
+    y64 = h @ w2.T + b2
+    targets = y32.argmax(1)
+    g64 = ((1 - h**2) * w2[targets]) @ w1  # d y[target] / d x, by hand
+    inputs = torch.from_numpy(x).requires_grad_(True)
+    out = net(inputs)
+    (g32,) = torch.autograd.grad(out.gather(1, torch.from_numpy(targets)[:, None]).sum(), inputs)
+    logits_error, gradient_error = zoo.own_rounding(net, x)
+    assert 0 < logits_error == pytest.approx(np.abs(y32 - y64).max() / np.abs(y64).max(), rel=1e-6)
+    expected = np.abs(g32.double().numpy() - g64).max() / np.abs(g64).max()
+    assert 0 < gradient_error == pytest.approx(expected, rel=1e-6)
     assert next(net.parameters()).dtype == torch.float32  # the model itself is not converted
