@@ -39,14 +39,18 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .compare import FLOAT32_FLOOR, FORMULA_TOLERANCE, ROUNDING_FACTOR, Verdict, judge
+from .compare import FLOAT32_FLOOR, FORMULA_TOLERANCE, ROUNDING_FACTOR, Verdict, judge, relative_error
+
+if TYPE_CHECKING:
+    from .twin import Twin
 
 __all__ = [
     "ZooModel",
@@ -258,7 +262,7 @@ class JobResult:
     input_layer_hidden: str = ""
     native: str = ""
     #: (float32) the PyTorch model's float32 logits' error against its float64 copy's
-    own_rounding: float | None = None
+    own_logits_error: float | None = None
     #: (float32) the same for the plain autograd input gradient of each input's largest logit:
     #: a rounding event of PyTorch's own float32 forward (a max-pool near-tie, a ReLU that flips)
     #: shows here, apart from any method
@@ -268,7 +272,7 @@ class JobResult:
 def twin_allowed(result: JobResult) -> float:
     """The twin forward error allowed: :data:`TWIN_TOLERANCE`, or in float32 ROUNDING_FACTOR x
     the PyTorch model's own float32 error where that is larger."""
-    own = result.own_rounding if result.dtype == "float32" and result.own_rounding is not None else 0.0
+    own = result.own_logits_error if result.dtype == "float32" and result.own_logits_error is not None else 0.0
     return max(TWIN_TOLERANCE, ROUNDING_FACTOR * own)
 
 
@@ -282,14 +286,16 @@ def own_rounding(model: nn.Module, x: np.ndarray) -> tuple[float, float]:
         logits = net(inputs)
         chosen = logits.argmax(1) if targets is None else targets
         (gradient,) = torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), inputs)
-        return logits.detach().double(), gradient.double(), chosen
-
-    def error(a: torch.Tensor, b: torch.Tensor) -> float:
-        return float((a - b).abs().max() / b.abs().max())
+        return logits.detach().numpy(), gradient.numpy(), chosen
 
     y32, g32, targets = logits_and_gradient(model, torch.from_numpy(x), None)
     y64, g64, _ = logits_and_gradient(copy.deepcopy(model).to(torch.float64), torch.from_numpy(x).double(), targets)
-    return error(y32, y64), error(g32, g64)
+    return relative_error(y32, y64), relative_error(g32, g64)
+
+
+def _same_twin(twin: Twin, dtype: str) -> Twin:
+    """``twin`` for ``run_model(reference=...)``: the zoo's own checked twin, in its dtype."""
+    return twin
 
 
 def _describe(error: BaseException, limit: int = 400) -> str:
@@ -329,7 +335,7 @@ def run_job(name: str, dtype: str, methods: tuple[str, ...] = METHODS) -> JobRes
     result = JobResult(name, dtype, 0.0)
     if dtype == "float32":
         result.native = native_check(model, x)
-        result.own_rounding, result.own_gradient_error = own_rounding(model, x)
+        result.own_logits_error, result.own_gradient_error = own_rounding(model, x)
     twin = None
     try:
         converted = copy.deepcopy(model).to(torch.float64) if dtype == "float64" else model
@@ -344,7 +350,6 @@ def run_job(name: str, dtype: str, methods: tuple[str, ...] = METHODS) -> JobRes
         # input layer (a ZeroPadding2D in front of the first conv) loses; its rows say so. The
         # harness runs on this twin rather than converting again with its fixed 1e-5 forward
         # check, which a float32 twin may exceed by rounding alone (see twin_allowed)
-        checked = twin
         try:
             result.run = run_model(
                 name,
@@ -354,7 +359,7 @@ def run_job(name: str, dtype: str, methods: tuple[str, ...] = METHODS) -> JobRes
                 dtype,
                 list(methods),
                 identities=not result.input_layer_hidden,
-                reference=lambda _dtype: checked,
+                reference=partial(_same_twin, twin),
             )
         except Exception as error:  # a model the harness cannot run is a row saying why
             result.error = _describe(error)

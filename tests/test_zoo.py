@@ -197,13 +197,13 @@ def test_report_of_a_failed_job_and_a_passing_one():
 
 
 def test_a_float32_twin_may_round_as_much_as_the_model_itself():
-    deep = zoo.JobResult("m", "float32", 1.0, twin_error=3e-5, own_rounding=1e-5)
+    deep = zoo.JobResult("m", "float32", 1.0, twin_error=3e-5, own_logits_error=1e-5)
     assert zoo.twin_allowed(deep) == zoo.ROUNDING_FACTOR * 1e-5
     assert zoo._twin_cell(deep)[1]
-    shallow = zoo.JobResult("m", "float32", 1.0, twin_error=3e-5, own_rounding=1e-8)
+    shallow = zoo.JobResult("m", "float32", 1.0, twin_error=3e-5, own_logits_error=1e-8)
     assert zoo.twin_allowed(shallow) == zoo.TWIN_TOLERANCE and not zoo._twin_cell(shallow)[1]
     # float64 has no rounding allowance: 1e-5 there is a wrong twin
-    wide = zoo.JobResult("m", "float64", 1.0, twin_error=3e-5, own_rounding=1e-5)
+    wide = zoo.JobResult("m", "float64", 1.0, twin_error=3e-5, own_logits_error=1e-5)
     assert not zoo._twin_cell(wide)[1]
 
 
