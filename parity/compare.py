@@ -9,25 +9,33 @@ thread count and the kernels. So each row is judged in two parts, both framework
 the map in float32 and in float64 on the same inputs and targets:
 
 1. **Formula identity**: our float64 map is within :data:`FORMULA_TOLERANCE` (1e-10) of
-   iNNvestigate's float64 map. Float64 rounding of these maps is ~1e-13 relative, so a larger gap
-   is a formula difference, and the row fails whatever float32 says.
+   iNNvestigate's float64 map. Float64 rounding of these maps is at most ~2e-11 relative
+   (measured below), so a larger gap is a formula difference, and the row fails whatever float32 says.
 2. **Float32 accuracy**: our float32 map's error against iNNvestigate's float64 map is at most
    ``max(FLOAT32_FLOOR, ROUNDING_FACTOR * e_ref)``, where ``e_ref`` is iNNvestigate's own float32
    map's error against the same float64 map.
 
 Why these numbers. ``e_ref`` measures the map's float32 conditioning as one implementation of the
-formula meets it. Another implementation of the same formula rounds at different places (other
-summation orders and kernels), and its error is of the same order but not the same size: the two
-errors are each a sum of rounding terms of one magnitude, so either may be the larger. With
-``ROUNDING_FACTOR = 4`` ours may be up to four times iNNvestigate's; that is a margin for
-rounding differences, not for formula differences, which criterion 1 catches at 1e-10. The floor
-``1e-4`` is the project's float32 tolerance from before: a map whose reference rounds to 1e-7 is
-not required to agree to 4e-7. Neither number is chosen per method or per model.
+formula meets it on one CPU. Another implementation, or the same one on another CPU, rounds at
+different places (other summation orders and kernels), and its error is of the same order but
+not the same size: on an ill-conditioned map the error is set by a few entries whose
+denominators float32 cannot resolve, and which rounding pattern meets them is chance. The factor
+therefore comes from iNNvestigate against itself: its own float32 maps of the bundled fixtures
+(1548 rows, deterministic settings), computed on an Intel Xeon with AVX-512 and on an AMD EPYC
+with AVX2 (no AVX-512), have errors against the same float64 map that differ by up to 8.9 times
+(digits_densenet ``lrpsign_epsilon_0_001``: 7.1e-4 against 7.9e-5; median ratio 1.07 over the
+rows above 1e-5). A gate that rejects iNNvestigate as a twin of itself on another machine is
+wrong, so ``ROUNDING_FACTOR`` is 10, the next round number above that spread: with 4, 13 rows of
+iNNvestigate's AVX-512 maps failed against its AVX2 ones. It is a margin for rounding, not for
+formula differences, which criterion 1 catches at 1e-10. The floor ``1e-4`` is the project's
+float32 tolerance from before: a map whose reference rounds to 1e-7 is not required to agree to
+1e-6. Neither number is chosen per method or per model.
 
-Measured on the bundled fixtures (759 rows, deterministic settings): the float64 maps agree to
-7.9e-13 at most; where iNNvestigate's own float32 error exceeds 1e-5 (35 rows, all on the
-BatchNorm model, up to 1.8e-4) ours is at most 1.4 times it; over all rows the ratio reaches 3.7,
-on maps whose errors are a few times 1e-7, far under the floor.
+Measured on the same fixtures: the float64 maps agree to 1.9e-11 at most (the bias-free Z rule,
+whose denominators come closest to zero; 6.1e-12 for all other rows); our float32 errors on the
+AVX2 machine are at most 8.3 times iNNvestigate's float32 errors there (the same row as above,
+where iNNvestigate's AVX2 map is the outlier: ours is 6.5e-4, its AVX-512 map 7.1e-4) and at
+most 4.4 times its AVX-512 ones.
 
 All errors are :func:`relative_error`: ``max |a - b| / max |b|``.
 """
@@ -57,7 +65,7 @@ FORMULA_TOLERANCE = 1e-10
 #: smallest float32 error that is always allowed (the floor of the float32 criterion)
 FLOAT32_FLOOR = 1e-4
 #: how many times iNNvestigate's own float32 error our float32 error may be
-ROUNDING_FACTOR = 4.0
+ROUNDING_FACTOR = 10.0
 #: passing float32 rows above this direct error are flagged in the report
 FLAG_ABOVE = 1e-5
 #: the criterion in words, for report headers and docs

@@ -96,7 +96,7 @@ def test_state_dict_and_npy_inputs(tmp_path, capsys):
 
 
 def test_tolerance_option_sets_the_float32_floor(tmp_path, capsys):
-    # the floor is the allowed float32 error wherever 4 x iNNvestigate's own float32 error is below it
+    # the floor is the allowed float32 error wherever ROUNDING_FACTOR x iNNvestigate's own float32 error is below it
     record = tmp_path / "parity.json"
     code = main([*SMALL, "--methods", "gradient,lrp_epsilon_0_1", "--tolerance", "0.5", "--json", str(record)])
     rows = json.loads(record.read_text())["rows"]
