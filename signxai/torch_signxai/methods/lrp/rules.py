@@ -82,9 +82,13 @@ def _times(a: torch.Tensor, layer: Affine, g: torch.Tensor) -> torch.Tensor:
 
 
 def _signed_stabilise(z: torch.Tensor, epsilon: float | torch.Tensor) -> torch.Tensor:
-    """``z + epsilon * (+1 if z >= 0 else -1)`` (iNNvestigate's epsilon rule), as
-    ``z + epsilon`` or ``z - epsilon`` (the same values: a product with +-1 is exact)."""
-    return torch.where(z >= 0, z + epsilon, z - epsilon)
+    """``z + epsilon * (+1 if z >= 0 else -1)`` (iNNvestigate's epsilon rule), as the signed
+    epsilon plus ``z``, added in place into a fresh tensor: the same values (a product with +-1
+    and a negation are exact, a sum does not depend on its order) in three passes over ``z``
+    instead of four, and one allocation instead of three. ``epsilon`` takes ``z``'s dtype, as a
+    Python number added to ``z`` does."""
+    e = torch.as_tensor(epsilon, dtype=z.dtype, device=z.device)
+    return torch.where(z >= 0, e, -e).add_(z)
 
 
 @dataclass(frozen=True)
