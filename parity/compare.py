@@ -11,6 +11,10 @@ the map in float32 and in float64 on the same inputs and targets:
 1. **Formula identity**: our float64 map is within :data:`FORMULA_TOLERANCE` (1e-10) of
    iNNvestigate's float64 map. Float64 rounding of these maps is at most ~2e-11 relative
    (measured below), so a larger gap is a formula difference, and the row fails whatever float32 says.
+   A map can be so ill-conditioned that float64 rounding alone exceeds 1e-10; such a row fails too,
+   since neither precision verifies it, and its reason gives iNNvestigate's own float32 error (near
+   1 there). Measured on the model zoo's resnet18 (65x65): ``lrp_flat``'s float64 map moves by
+   1.2e-7 when only the input's memory layout changes, and iNNvestigate's float32 map is 110 % off.
 2. **Float32 accuracy**: our float32 map's error against iNNvestigate's float64 map is at most
    ``max(FLOAT32_FLOOR, ROUNDING_FACTOR * e_ref)``, where ``e_ref`` is iNNvestigate's own float32
    map's error against the same float64 map.
@@ -186,7 +190,10 @@ def judge(
     allowed = allowed_float32_error(ref, floor)
     reason = ""
     if not e64 <= FORMULA_TOLERANCE:
-        reason = f"float64 maps differ by {e64:.2e} > {FORMULA_TOLERANCE:.0e}: a formula difference"
+        reason = (
+            f"float64 maps differ by {e64:.2e} > {FORMULA_TOLERANCE:.0e}: a formula difference, unless "
+            f"float64 rounding of this map is that large (iNNvestigate's own float32 error {ref:.2e})"
+        )
     elif not ours <= allowed:
         reason = f"float32 error {ours:.2e} > allowed {allowed:.2e} (iNNvestigate's own float32 error {ref:.2e})"
     return Verdict(e64, ours, ref, allowed, not reason, reason)
