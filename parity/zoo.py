@@ -20,9 +20,11 @@ transformer checks that the native API refuses attention models with the library
 error. Writes a markdown report (default ``docs/zoo.md``) with the run time, prints it, and
 exits non-zero when a row fails.
 
-Heavy: 14 models x 2 dtypes x 22 methods, a fresh twin and iNNvestigate graph per method. The
-float32 job of resnet18 at 65x65 took 1234 s (about 15 CPU minutes) on a shared 2-core machine;
-the alexnet float64 job reached 24 GB and was killed for memory there. Run one model while
+Heavy: 14 models x 2 dtypes x 22 methods, a fresh twin and iNNvestigate graph per method. On a
+shared 2-core machine the jobs of resnet18 at 65x65 took 394 s (float32) and 516 s (float64);
+before the harness kept the constants of iNNvestigate's TF ops (:func:`parity.harness.graph_mode`)
+its float32 job took 1234 s. The alexnet float64 job once reached 24 GB and was killed for
+memory there. Run one model while
 developing (``python -m parity.zoo --models resnet18``).
 """
 
