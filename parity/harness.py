@@ -166,7 +166,9 @@ def run_model(
     ours : bool
         Also compute our library's maps (False: references only).
     identities : bool
-        Check the trap-10 identities on the reference side (:attr:`ModelRun.identities`).
+        Check the trap-10 identities on the reference side (:attr:`ModelRun.identities`). They
+        need iNNvestigate's input-layer rules, so a twin whose input layer iNNvestigate does not
+        see (a ZeroPadding2D in front of the first conv) is not checked; its rows say why.
     cache : parity.cache.ReferenceCache, optional
         Where reference maps are looked up and stored (default: none, every map computed live).
     reference : callable, optional
@@ -205,7 +207,7 @@ def run_model(
             tf.keras.backend.clear_session()
             return cache.get_or_compute(cache.key(digest, [what, twin_options], x, targets), compute)
 
-        if identities:
+        if identities and not twin.input_layer_hidden:
             run.identities = cached("identities", lambda: check_identities(twin.fresh, x, targets))
         bases: dict = {}  # maps without post-multipliers, shared by e.g. lrp_z, lrp_z_x_input
         for case in chosen:

@@ -348,9 +348,7 @@ def run_job(name: str, dtype: str, methods: tuple[str, ...] = METHODS) -> JobRes
         result.twin_failure = _describe(error)
     tf.keras.backend.clear_session()  # the references build fresh Keras models (twin.fresh)
     if twin is not None and not result.twin_failure:
-        # the reference-side identities need iNNvestigate's input-layer rules, which a hidden
-        # input layer (a ZeroPadding2D in front of the first conv) loses; its rows say so. The
-        # harness runs on this twin rather than converting again with its fixed 1e-5 forward
+        # the harness runs on this twin rather than converting again with its fixed 1e-5 forward
         # check, which a float32 twin may exceed by rounding alone (see twin_allowed)
         try:
             result.run = run_model(
@@ -360,7 +358,6 @@ def run_job(name: str, dtype: str, methods: tuple[str, ...] = METHODS) -> JobRes
                 entry.input_shape,
                 dtype,
                 list(methods),
-                identities=not result.input_layer_hidden,
                 reference=partial(_same_twin, twin),
             )
         except Exception as error:  # a model the harness cannot run is a row saying why

@@ -361,6 +361,23 @@ def test_parity_on_the_original_model_passes_and_reports_rows():
     assert run.inputs.shape == (3, 3, 9, 9) and run.input_layer_hidden is None
 
 
+def test_parity_runs_where_a_zero_padding_hides_the_input_layer_from_innvestigate():
+    """As in keras.applications' ResNet50 and DenseNet121: a ZeroPadding2D before the first conv.
+    iNNvestigate then applies no input-layer rule, so the reference-side identities, which need
+    one, are not checked (they used to stop the whole check), and the rows still compare."""
+    inputs = tf.keras.Input((8, 8, 3))
+    h = layers.ZeroPadding2D(1)(inputs)
+    h = layers.Conv2D(4, 3, activation="relu")(h)
+    h = layers.GlobalAveragePooling2D()(h)
+    model = tf.keras.Model(inputs, layers.Dense(3)(h))
+    x = np.random.default_rng(6).standard_normal((2, 8, 8, 3)).astype(np.float32)
+    outcome, _ = compare_keras(model, x, ["gradient", "lrp_z"])
+    run = outcome.runs[0]
+    assert run.input_layer_hidden and run.identities == {}
+    assert [row.method for row in outcome.rows] == ["gradient", "lrp_z"]
+    assert all(row.passed for row in outcome.rows), [(r.method, r.rel_error, r.note) for r in outcome.rows]
+
+
 def test_parity_inputs_must_have_the_keras_layout():
     from parity.pipeline import UsageError
 
