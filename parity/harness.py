@@ -62,7 +62,8 @@ def _keep_graph_constants() -> None:
     in a profile of two analyses of resnet18 at 65x65 they took 130 of 165 s. Keras' own switch
     ``_UNSAFE_GRAPH_OP_LAYER_CREATION`` keeps the constant tensor instead. The op in the graph,
     and so every map, is the same either way (bitwise, measured on resnet18 and on a fixture's 446
-    reference maps); nothing in the harness serialises those layers. A Keras without the switch is left as it is.
+    reference maps); nothing in the harness serialises those layers. A Keras without the switch
+    is left as it is.
     """
     from keras.src.engine import base_layer_utils
 

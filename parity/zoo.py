@@ -24,8 +24,7 @@ Heavy: 14 models x 2 dtypes x 22 methods, a fresh twin and iNNvestigate graph pe
 shared 2-core machine the jobs of resnet18 at 65x65 took 394 s (float32) and 516 s (float64);
 before the harness kept the constants of iNNvestigate's TF ops (:func:`parity.harness.graph_mode`)
 its float32 job took 1234 s. The alexnet float64 job once reached 24 GB and was killed for
-memory there. Run one model while
-developing (``python -m parity.zoo --models resnet18``).
+memory there. Run one model while developing (``python -m parity.zoo --models resnet18``).
 """
 
 from __future__ import annotations
