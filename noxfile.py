@@ -18,6 +18,10 @@ nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
 ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0"}
+#: pytest-xdist options of the test suite: every test process computes on one thread (the suite's
+#: conftest and the harness's determinism pin it), so two processes use CI's two cores; a test
+#: module stays in one process, so its module fixtures (twins, trained fixtures) are built once
+WORKERS = ("-n", "2", "--dist", "loadfile")
 
 
 @nox.session(python=PYTHON)
@@ -25,16 +29,20 @@ def tests(session: nox.Session) -> None:
     """The test suite: the library, fixtures and stored references without TensorFlow (posargs
     go to this run), then, in a pytest process of its own (TensorFlow's graph mode must not
     leak into the other tests), the TensorFlow tests: twin, references, the CLI and
-    assert_parity, the Hypothesis parity suite. Prints its wall time."""
+    assert_parity, the Hypothesis parity suite. Both runs use two worker processes
+    (:data:`WORKERS`; ``nox -s tests -- -n 0`` runs the first in one). Prints its wall time."""
     started = time.time()
     session.install("-e", ".[parity,test,dataset]")
-    session.run("pytest", "-m", "not tf and not slow and not ray", "-p", "no:cacheprovider", *session.posargs, env=ENV)
+    session.run(
+        "pytest", "-m", "not tf and not slow and not ray", "-p", "no:cacheprovider", *WORKERS, *session.posargs, env=ENV
+    )
     session.run(
         "pytest",
         "-m",
         "tf and not slow",
         "-p",
         "no:cacheprovider",
+        *WORKERS,
         "tests/parity",
         "tests/test_parity_helper.py",
         env=ENV,
