@@ -25,6 +25,7 @@ import pytest
 import torch
 from torch import nn
 
+from signxai.torch_signxai.layers import Conv1dSame, Conv2dSame
 from signxai.torch_signxai.methods.lrp.rules import (
     Affine,
     AlphaBetaRule,
@@ -278,18 +279,25 @@ def keras_pads_explicitly(size, kernel, stride, padding, dilation) -> bool:
     for n, k, s, p, d in zip(
         size, _tuple(kernel, nd), _tuple(stride, nd), _tuple(padding, nd), _tuple(dilation, nd), strict=True
     ):
-        k = d * (k - 1) + 1
-        windows = -(-n // s)
-        if p and ((n + 2 * p - k) // s + 1 != windows or max((windows - 1) * s + k - n, 0) // 2 != p):
+        if p and ((n + 2 * p - d * (k - 1) - 1) // s + 1 != -(-n // s) or tf_same_pads(n, k, s, d)[0] != p):
             return True
     return False
 
 
-def zero_pad_matrix(shape: tuple, padding: tuple) -> tuple[np.ndarray, tuple]:
-    """``P`` with ``P @ a`` the flat ``a`` of ``shape`` zero-padded by ``padding`` on both sides of
-    each spatial axis, and the padded shape."""
+def tf_same_pads(n: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
+    """TF's 'same' zeros (before, after) on an axis of ``n``: ``max((ceil(n / s) - 1) * s + k - n, 0)``
+    in total for the dilated kernel ``k``, the smaller half in front."""
+    k = d * (k - 1) + 1
+    total = max((-(-n // s) - 1) * s + k - n, 0)
+    return total // 2, total - total // 2
+
+
+def zero_pad_matrix(shape: tuple, padding: tuple, after: tuple | None = None) -> tuple[np.ndarray, tuple]:
+    """``P`` with ``P @ a`` the flat ``a`` of ``shape`` zero-padded by ``padding`` before each
+    spatial axis and ``after`` (default: ``padding``) after it, and the padded shape."""
     c, *size = shape
-    padded = (c, *[n + 2 * p for n, p in zip(size, padding, strict=True)])
+    after = padding if after is None else after
+    padded = (c, *[n + p + q for n, p, q in zip(size, padding, after, strict=True)])
     P = np.zeros((math.prod(padded), math.prod(shape)))
     for where in itertools.product(*map(range, shape)):
         inside = (where[0], *[w + p for w, p in zip(where[1:], padding, strict=True)])
@@ -327,6 +335,12 @@ def numpy_layers(modules: list[tuple[str, nn.Module]], in_shape: tuple) -> list[
                 )
             )
             shape = (W.shape[0],)
+        elif isinstance(m, (Conv1dSame, Conv2dSame)):
+            # TF's 'same' conv as a matrix of its real input: the padded zeros are no inputs
+            pads = [tf_same_pads(*axis) for axis in zip(shape[1:], m.kernel_size, m.stride, m.dilation, strict=True)]
+            P, padded = zero_pad_matrix(shape, *zip(*pads, strict=True))
+            L, shape = conv_linear(_numpy(m.weight), _numpy(m.bias), padded, m.stride, 0, m.dilation)
+            layers.append(Layer("linear", Linear(L.M @ P, L.b, (L.mask @ P) > 0, "conv"), name=name))
         elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
             assert m.groups == 1 and m.padding_mode == "zeros"
             padding = m.padding
@@ -781,6 +795,18 @@ def small_models() -> dict[str, tuple[nn.Module, tuple]]:
                 5,
             ),
             (1, 9),
+        ),
+        # TF's 'same' inside the layer: (0, 1) zeros on the even axis at stride 2, (1, 2) for k = 4
+        "conv_same2": (
+            _seeded(
+                nn.Sequential(Conv2dSame(2, 3, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 2 * 2, 4)).double(),
+                6,
+            ),
+            (2, 4, 3),
+        ),
+        "conv1d_same2": (
+            _seeded(nn.Sequential(Conv1dSame(1, 2, 4), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 8, 3)).double(), 7),
+            (1, 8),
         ),
     }
 

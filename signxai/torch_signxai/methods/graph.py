@@ -73,6 +73,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers import SAME_CONVS
 from ..utils import NoSoftmaxWrapper
 from .private import is_view
 
@@ -616,6 +617,11 @@ class _Tracer(fx.Tracer):
                 return super().trace(root, concrete_args)
             finally:
                 self._thread = None
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        """fx's leaves (torch.nn's layers), and the library's own convolutions
+        (:mod:`signxai.torch_signxai.layers`), which are layers of the kinds table too."""
+        return isinstance(m, SAME_CONVS) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(
         self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
+from ...layers import tf_same_padding
+
 __all__ = ["same_reproduces", "keras_padding", "explicit_padding"]
 
 
@@ -37,9 +39,7 @@ def same_reproduces(size: int, kernel: int, stride: int, pad: int) -> bool:
     windows and the padding in front agree. ``kernel`` is the effective (dilated) kernel size.
     """
     torch_out = (size + 2 * pad - kernel) // stride + 1
-    tf_out = -(-size // stride)
-    tf_before = max((tf_out - 1) * stride + kernel - size, 0) // 2
-    return torch_out == tf_out and tf_before == pad
+    return torch_out == -(-size // stride) and tf_same_padding(size, kernel, stride)[0] == pad
 
 
 def keras_padding(

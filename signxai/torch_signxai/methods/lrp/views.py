@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
+from ...layers import SAME_CONVS
 from ..graph import UnsupportedLayerError
 from .padding import explicit_padding
 from .rules import Affine
@@ -41,8 +42,11 @@ def conv_adjoint(
     """``weight^T v`` of a convolution by its input-gradient kernel (``convolution_backward``,
     what autograd runs for the layer's own backward, without a forward pass), with the module's
     padding or ``padding``; None for padding that is not a plain zero padding of fixed size
-    (autograd handles those)."""
-    if padding is None and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
+    (autograd handles those, and TF's ``'same'`` of :mod:`signxai.torch_signxai.layers`, computed
+    per input)."""
+    if padding is None and (
+        module.padding_mode != "zeros" or isinstance(module.padding, str) or isinstance(module, SAME_CONVS)
+    ):
         return None
     stride, dilation, groups = module.stride, module.dilation, module.groups
     pads = cast(tuple[int, ...], module.padding) if padding is None else padding
