@@ -42,9 +42,11 @@ SeparableConv, Lambda and TF-operator layers, Reshape/Permute, shared layers, ne
 Keras 2.14 facts the conversion relies on
 -----------------------------------------
 * TF's ``'same'`` padding pads ``max((ceil(n / s) - 1) * s + k - n, 0)`` in total, the odd
-  element at the end; where that is asymmetric (often at stride 2) the torch module pads
-  explicitly with ``ZeroPad2d`` in front of a ``'valid'`` convolution; ``'causal'`` pads
-  ``k - 1`` entries in front.
+  element at the end; where that is asymmetric (often at stride 2) the torch convolution is the
+  library's ``Conv1dSame``/``Conv2dSame`` (:mod:`signxai.torch_signxai.layers`), which pads so
+  inside the layer, so that LRP rules see the layer's unpadded input as iNNvestigate's do on the
+  Keras layer (a ``ZeroPad2d`` in front would make the padded tensor the rules' input);
+  ``'causal'`` pads ``k - 1`` entries in front.
 * TF's ``'same'`` average pooling divides by the number of real (unpadded) entries.
 * Keras ``Flatten`` flattens NHWC; the torch module flattens NCHW and the next Dense layer's
   input weights are permuted to match, so the module stays channels-first.
@@ -55,6 +57,7 @@ Keras 2.14 facts the conversion relies on
 from __future__ import annotations
 
 import copy
+import inspect
 import keyword
 import math
 import operator
@@ -74,6 +77,9 @@ import tensorflow as tf
 import torch
 from keras.src.utils.generic_utils import to_snake_case
 from torch import nn
+
+from signxai.torch_signxai import layers as same_layers
+from signxai.torch_signxai.layers import Conv1dSame, Conv2dSame, tf_same_padding
 
 from .compare import relative_error
 from .fanout import Backend
@@ -112,6 +118,7 @@ layers = tf.keras.layers
 #: which torch's stubs spell per class
 _RankedLayer = Callable[..., nn.Module]
 _CONV: tuple[_RankedLayer, ...] = (nn.Conv1d, nn.Conv2d)
+_SAME_CONV: tuple[_RankedLayer, ...] = (Conv1dSame, Conv2dSame)
 _CONV_TRANSPOSE: tuple[_RankedLayer, ...] = (nn.ConvTranspose1d, nn.ConvTranspose2d)
 _ZERO_PAD: tuple[_RankedLayer, ...] = (nn.ZeroPad1d, nn.ZeroPad2d)
 _MAX_POOL: tuple[_RankedLayer, ...] = (nn.MaxPool1d, nn.MaxPool2d)
@@ -333,12 +340,6 @@ class _Value:
     order: np.ndarray | None = None
 
 
-def _tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TF's ``'same'`` padding of one axis: (before, after), the odd element after."""
-    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
 #: Keras activation name -> torch module factory
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -495,24 +496,36 @@ class _Converter:
         flat = tuple(p for pair in reversed(pads) for p in pair)  # torch: last axis first
         return self._layer(cls(flat), value, suffix)
 
-    def _padding(
-        self, value: _Value, kernels: tuple[int, ...], strides: tuple[int, ...], dilations: tuple[int, ...]
-    ) -> tuple[_Value, tuple[int, ...]]:
-        """The symmetric torch padding of the layer's Keras padding mode, with an explicit zero
-        padding step in front where TF's 'same' is asymmetric (and for 'causal')."""
-        effective = [d * (k - 1) + 1 for k, d in zip(kernels, dilations, strict=True)]
-        mode = self.layer.padding
-        if mode == "valid":
-            return value, (0,) * len(kernels)
+    def _conv_module(self, rank: int, in_channels: int, out_channels: int, groups: int) -> tuple[_Value, nn.Module]:
+        """The convolution of the Keras conv layer being converted (weights still to load) and
+        its input: ``'valid'``, symmetric ``'same'`` as PyTorch's padding, asymmetric ``'same'``
+        as the library's Conv1dSame/Conv2dSame, ``'causal'`` with a zero padding step in front."""
+        conv, value = self.layer, self.inputs[0]
+        kernels, strides, dilations = conv.kernel_size, conv.strides, conv.dilation_rate
+        mode, cls, padding = conv.padding, _CONV[rank - 1], (0,) * rank
         if mode == "causal":
-            return self._pad_module(value, [(effective[0] - 1, 0)]), (0,)
-        if mode != "same":
+            value = self._pad_module(value, [(dilations[0] * (kernels[0] - 1), 0)])
+        elif mode == "same":
+            sizes = conv.input_shape[1:-1]
+            pads = [tf_same_padding(*axis) for axis in zip(sizes, kernels, strides, dilations, strict=True)]
+            if all(before == after for before, after in pads):
+                padding = tuple(before for before, _ in pads)
+            else:
+                cls = _SAME_CONV[rank - 1]
+        elif mode != "valid":
             raise self._error(f"uses padding={mode!r}; the converter supports 'valid', 'same' and 'causal'")
-        sizes = self.layer.input_shape[1:-1]
-        pads = [_tf_same_padding(n, k, s) for n, k, s in zip(sizes, effective, strides, strict=True)]
-        if all(before == after for before, after in pads):
-            return value, tuple(before for before, _ in pads)
-        return self._pad_module(value, pads), (0,) * len(kernels)
+        options = {} if cls is _SAME_CONV[rank - 1] else {"padding": padding}
+        module = cls(
+            in_channels,
+            out_channels,
+            kernels,
+            stride=strides,
+            dilation=dilations,
+            groups=groups,
+            bias=conv.use_bias,
+            **options,
+        )
+        return value, module
 
     # -- handlers ---------------------------------------------------------
 
@@ -525,17 +538,7 @@ class _Converter:
         conv, rank = self.layer, self._spatial()
         weights = self._weights()
         kernel = weights["kernel"]  # (*k, in / groups, out)
-        value, padding = self._padding(self.inputs[0], conv.kernel_size, conv.strides, conv.dilation_rate)
-        module = _CONV[rank - 1](
-            kernel.shape[-2] * conv.groups,
-            conv.filters,
-            conv.kernel_size,
-            stride=conv.strides,
-            padding=padding,
-            dilation=conv.dilation_rate,
-            groups=conv.groups,
-            bias=conv.use_bias,
-        )
+        value, module = self._conv_module(rank, kernel.shape[-2] * conv.groups, conv.filters, conv.groups)
         self._load(module, weight=kernel.transpose(rank + 1, rank, *range(rank)), **self._bias(weights))
         return self._activation(self._layer(module, value), _activation_name(conv))
 
@@ -549,17 +552,7 @@ class _Converter:
         weights = self._weights()
         kernel = weights["depthwise_kernel"]  # (*k, C, m)
         channels, multiplier = kernel.shape[-2:]
-        value, padding = self._padding(self.inputs[0], conv.kernel_size, conv.strides, conv.dilation_rate)
-        module = _CONV[rank - 1](
-            channels,
-            channels * multiplier,
-            conv.kernel_size,
-            stride=conv.strides,
-            padding=padding,
-            dilation=conv.dilation_rate,
-            groups=channels,
-            bias=conv.use_bias,
-        )
+        value, module = self._conv_module(rank, channels, channels * multiplier, channels)
         weight = kernel.transpose(rank, rank + 1, *range(rank)).reshape(channels * multiplier, 1, *conv.kernel_size)
         self._load(module, weight=weight, **self._bias(weights))
         return self._activation(self._layer(module, value), _activation_name(conv))
@@ -662,7 +655,7 @@ class _Converter:
         padding = (0,) * rank
         if pool.padding == "same":
             sizes = pool.input_shape[1:-1]
-            pads = [_tf_same_padding(n, k, s) for n, k, s in zip(sizes, pool.pool_size, pool.strides, strict=True)]
+            pads = [tf_same_padding(n, k, s) for n, k, s in zip(sizes, pool.pool_size, pool.strides, strict=True)]
             if any(before != after for before, after in pads):
                 raise self._error(
                     f"pads {pads} ('same' at this stride and size), asymmetrically, "
@@ -1158,6 +1151,9 @@ _CONSTRUCTOR_ARGS: dict[type, tuple[str, ...]] = {
         ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"),
     ),
     **dict.fromkeys(
+        (Conv1dSame, Conv2dSame), ("in_channels", "out_channels", "kernel_size", "stride", "dilation", "groups")
+    ),
+    **dict.fromkeys(
         (nn.ConvTranspose1d, nn.ConvTranspose2d),
         ("in_channels", "out_channels", "kernel_size", "stride", "padding", "output_padding"),
     ),
@@ -1196,7 +1192,18 @@ def _constructor(module: nn.Module) -> str:
     args = {name: getattr(module, name) for name in _CONSTRUCTOR_ARGS[cls]}
     if hasattr(module, "bias") and cls not in (nn.BatchNorm1d, nn.BatchNorm2d):
         args["bias"] = module.bias is not None
-    return f"nn.{cls.__name__}({', '.join(f'{key}={value!r}' for key, value in args.items())})"
+    prefix = "" if cls in _SAME_CONV else "nn."  # the library's own layers: defined in the file
+    return f"{prefix}{cls.__name__}({', '.join(f'{key}={value!r}' for key, value in args.items())})"
+
+
+def _library_layers_source(module: FromKeras) -> str:
+    """The source of the library's TF-'same' convolutions (:mod:`signxai.torch_signxai.layers`,
+    torch alone) where ``module`` uses them, for the exported file; '' otherwise."""
+    used = [cls for cls in _SAME_CONV if any(type(layer) is cls for layer in module.layers.values())]
+    if not used:
+        return ""
+    parts: list[Callable[..., object]] = [tf_same_padding, same_layers.tf_same_pad, same_layers._SamePadding, *used]
+    return "import torch.nn.functional as F\n\n\n" + "\n\n".join(inspect.getsource(part) for part in parts)
 
 
 def _variable(name: str, taken: set[str]) -> str:
@@ -1233,7 +1240,7 @@ softmax removed, so it returns logits). Load it with::
 """
 import torch
 from torch import nn
-
+{_library_layers_source(module)}
 
 class {class_name}(nn.Module):
     def __init__(self):

@@ -26,6 +26,7 @@ gradient):
 Conv1d/Conv2d, ``groups=1``                 Conv1D/Conv2D
 Conv1d/Conv2d, ``groups == in_channels``    DepthwiseConv1D/2D (``depth_multiplier``)
 Conv1d/Conv2d, other ``groups``             Conv1D/Conv2D(``groups=g``)
+Conv1dSame/Conv2dSame (signxai's layers)   the same, ``padding='same'``
 ConvTranspose1d/2d (``groups=1``)           Conv1DTranspose/Conv2DTranspose, Cropping
 Linear                                      Dense
 BatchNorm1d/2d                              BatchNormalization (``fused=False``,
@@ -92,6 +93,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from signxai.torch_signxai.layers import SAME_CONVS
 from signxai.torch_signxai.methods.graph import (
     Activation,
     ModelGraph,
@@ -1043,7 +1045,8 @@ class _Converter:
 
     def _conv(self, step: _Step) -> None:
         """Conv1d/Conv2d as Conv1D/2D, DepthwiseConv1D/2D or grouped Conv1D/2D (plus
-        ZeroPadding where Keras' padding modes cannot reproduce PyTorch's)."""
+        ZeroPadding where Keras' padding modes cannot reproduce PyTorch's); the library's
+        Conv1dSame/Conv2dSame with ``padding='same'``."""
         conv = step.module
         rank = self._kernel_rank(step)
         value = self._spatial_input(step, rank)
@@ -1055,7 +1058,9 @@ class _Converter:
                 step, "combines stride > 1 with dilation > 1, which Keras convolutions cannot build"
             )
         kernels = _ntuple(conv.kernel_size, rank)
-        if isinstance(conv.padding, str):
+        if isinstance(conv, SAME_CONVS):
+            padding, explicit = "same", None
+        elif isinstance(conv.padding, str):
             padding, explicit = conv.padding, None
         else:
             effective = tuple(d * (k - 1) + 1 for k, d in zip(kernels, dilations, strict=True))

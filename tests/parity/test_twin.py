@@ -25,6 +25,7 @@ from parity.twin import (
     to_channels_last,
     to_keras,
 )
+from signxai.torch_signxai.layers import Conv1dSame, Conv2dSame
 
 pytestmark = pytest.mark.tf
 
@@ -90,13 +91,16 @@ def test_channel_helpers_move_the_channel_axis_and_invert_each_other():
         (nn.Conv2d(2, 3, (3, 5), padding=(1, 1)), 6, "valid", (1, 1)),
         (nn.Conv2d(2, 3, 4, padding="same"), 6, "same", None),
         (nn.Conv2d(2, 3, 3, padding="valid", bias=False), 6, "valid", None),
+        (Conv2dSame(2, 3, 3, stride=2), 8, "same", None),  # TF pads (0, 1) inside the layer
+        (Conv2dSame(2, 3, 4), 7, "same", None),
+        (Conv2dSame(2, 2, 3, stride=2, groups=2), 6, "same", None),  # depthwise
     ],
 )
 def test_conv2d_uses_keras_padding_only_where_it_reproduces_pytorch(conv, size, keras_padding, explicit):
     model = _seq(nn.Conv2d(2, 2, 1), nn.ReLU(), conv)
     twin = to_keras(model, (2, size, size))
     keras_conv = _layer(twin, "2")
-    assert isinstance(keras_conv, layers.Conv2D)
+    assert isinstance(keras_conv, (layers.Conv2D, layers.DepthwiseConv2D))
     assert keras_conv.padding == keras_padding
     assert keras_conv.use_bias == (conv.bias is not None)
     has_padding_layer = "ZeroPadding2D" in _layer_types(twin)
@@ -112,6 +116,7 @@ def test_conv2d_uses_keras_padding_only_where_it_reproduces_pytorch(conv, size, 
         (nn.Conv1d(2, 3, 3, padding=1), 9, "same"),
         (nn.Conv1d(2, 3, 3, stride=2, padding=1), 10, "valid"),
         (nn.Conv1d(2, 3, 3, dilation=3, padding=3, bias=False), 11, "same"),
+        (Conv1dSame(2, 3, 3, stride=2), 10, "same"),
     ],
 )
 def test_conv1d(conv, size, keras_padding):
