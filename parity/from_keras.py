@@ -21,12 +21,14 @@ Keras layers and their torch counterparts
 =======================================  =======================================================
 Conv (``groups``, dilation, 'causal')    Conv (``groups``), activation as its own module
 DepthwiseConv (``depth_multiplier``)     Conv(``groups=C``), output ``c * m + k`` from channel c
+Conv, DepthwiseConv: asymmetric 'same'   the library's Conv1dSame/Conv2dSame
 ConvTranspose                            ConvTranspose (``output_padding`` where Keras adds)
 Dense                                    Linear (input weights permuted after a Flatten of NHWC)
 BatchNormalization                       BatchNorm1d/2d with Keras's epsilon
 Activation, ReLU, LeakyReLU, ELU         ReLU, ReLU6 / Hardtanh(0, m), LeakyReLU, ELU, SiLU, ...
 ZeroPadding                              ZeroPad
 MaxPooling, AveragePooling               MaxPool, AvgPool(``count_include_pad=False``)
+the same with asymmetric 'same'          the library's MaxPool1d/2dSame, AvgPool1d/2dSame
 GlobalAverage/MaxPooling                 AdaptiveAvg/MaxPool(1) (+ Flatten without keepdims)
 UpSampling (nearest)                     Upsample(nearest)
 Flatten                                  Flatten
@@ -37,7 +39,7 @@ a final softmax                          removed (both in the torch module and i
 
 Not converted (an :class:`~parity.twin.UnsupportedLayerError` names the layer and its class):
 SeparableConv, Lambda and TF-operator layers, Reshape/Permute, shared layers, nested models,
-'same' pooling that pads asymmetrically, and any other layer.
+and any other layer.
 
 Keras 2.14 facts the conversion relies on
 -----------------------------------------
@@ -47,7 +49,9 @@ Keras 2.14 facts the conversion relies on
   inside the layer, so that LRP rules see the layer's unpadded input as iNNvestigate's do on the
   Keras layer (a ``ZeroPad2d`` in front would make the padded tensor the rules' input);
   ``'causal'`` pads ``k - 1`` entries in front.
-* TF's ``'same'`` average pooling divides by the number of real (unpadded) entries.
+* TF's ``'same'`` average pooling divides by the number of real (unpadded) entries; where its
+  padding is asymmetric the torch module uses the library's ``MaxPool2dSame``/``AvgPool2dSame``
+  (and 1-d), which take TF's windows.
 * Keras ``Flatten`` flattens NHWC; the torch module flattens NCHW and the next Dense layer's
   input weights are permuted to match, so the module stays channels-first.
 * ``Conv2DTranspose`` with ``'valid'`` padding and no ``output_padding`` outputs
@@ -79,7 +83,17 @@ from keras.src.utils.generic_utils import to_snake_case
 from torch import nn
 
 from signxai.torch_signxai import layers as same_layers
-from signxai.torch_signxai.layers import Conv1dSame, Conv2dSame, tf_same_padding
+from signxai.torch_signxai.layers import (
+    SAME_LAYERS,
+    SAME_POOLS,
+    AvgPool1dSame,
+    AvgPool2dSame,
+    Conv1dSame,
+    Conv2dSame,
+    MaxPool1dSame,
+    MaxPool2dSame,
+    tf_same_padding,
+)
 
 from .compare import relative_error
 from .fanout import Backend
@@ -119,6 +133,8 @@ layers = tf.keras.layers
 _RankedLayer = Callable[..., nn.Module]
 _CONV: tuple[_RankedLayer, ...] = (nn.Conv1d, nn.Conv2d)
 _SAME_CONV: tuple[_RankedLayer, ...] = (Conv1dSame, Conv2dSame)
+_SAME_MAX_POOL: tuple[_RankedLayer, ...] = (MaxPool1dSame, MaxPool2dSame)
+_SAME_AVG_POOL: tuple[_RankedLayer, ...] = (AvgPool1dSame, AvgPool2dSame)
 _CONV_TRANSPOSE: tuple[_RankedLayer, ...] = (nn.ConvTranspose1d, nn.ConvTranspose2d)
 _ZERO_PAD: tuple[_RankedLayer, ...] = (nn.ZeroPad1d, nn.ZeroPad2d)
 _MAX_POOL: tuple[_RankedLayer, ...] = (nn.MaxPool1d, nn.MaxPool2d)
@@ -652,17 +668,16 @@ class _Converter:
     def _pooling(self) -> _Value:
         """Max/average pooling; TF's 'same' average divides by the real entries."""
         pool, rank = self.layer, self._spatial()
+        is_max = isinstance(pool, _MAX_POOLS)
         padding = (0,) * rank
         if pool.padding == "same":
             sizes = pool.input_shape[1:-1]
             pads = [tf_same_padding(n, k, s) for n, k, s in zip(sizes, pool.pool_size, pool.strides, strict=True)]
-            if any(before != after for before, after in pads):
-                raise self._error(
-                    f"pads {pads} ('same' at this stride and size), asymmetrically, "
-                    "which PyTorch's pooling padding cannot reproduce"
-                )
+            if any(before != after for before, after in pads):  # the library's TF-'same' pooling
+                same = (_SAME_MAX_POOL if is_max else _SAME_AVG_POOL)[rank - 1]
+                return self._layer(same(pool.pool_size, pool.strides), self.inputs[0])
             padding = tuple(before for before, _ in pads)
-        if isinstance(pool, _MAX_POOLS):
+        if is_max:
             module = _MAX_POOL[rank - 1](pool.pool_size, pool.strides, padding)
         else:
             module = _AVG_POOL[rank - 1](pool.pool_size, pool.strides, padding, count_include_pad=False)
@@ -1153,6 +1168,7 @@ _CONSTRUCTOR_ARGS: dict[type, tuple[str, ...]] = {
     **dict.fromkeys(
         (Conv1dSame, Conv2dSame), ("in_channels", "out_channels", "kernel_size", "stride", "dilation", "groups")
     ),
+    **dict.fromkeys(SAME_POOLS, ("kernel_size", "stride")),
     **dict.fromkeys(
         (nn.ConvTranspose1d, nn.ConvTranspose2d),
         ("in_channels", "out_channels", "kernel_size", "stride", "padding", "output_padding"),
@@ -1192,17 +1208,19 @@ def _constructor(module: nn.Module) -> str:
     args = {name: getattr(module, name) for name in _CONSTRUCTOR_ARGS[cls]}
     if hasattr(module, "bias") and cls not in (nn.BatchNorm1d, nn.BatchNorm2d):
         args["bias"] = module.bias is not None
-    prefix = "" if cls in _SAME_CONV else "nn."  # the library's own layers: defined in the file
+    prefix = "" if cls in SAME_LAYERS else "nn."  # the library's own layers: defined in the file
     return f"{prefix}{cls.__name__}({', '.join(f'{key}={value!r}' for key, value in args.items())})"
 
 
 def _library_layers_source(module: FromKeras) -> str:
-    """The source of the library's TF-'same' convolutions (:mod:`signxai.torch_signxai.layers`,
-    torch alone) where ``module`` uses them, for the exported file; '' otherwise."""
-    used = [cls for cls in _SAME_CONV if any(type(layer) is cls for layer in module.layers.values())]
+    """The source of the library's TF-'same' layers (:mod:`signxai.torch_signxai.layers`, torch
+    alone) that ``module`` uses, with their helpers and bases, for the exported file; '' if none."""
+    used = [cls for cls in SAME_LAYERS if any(type(layer) is cls for layer in module.layers.values())]
     if not used:
         return ""
-    parts: list[Callable[..., object]] = [tf_same_padding, same_layers.tf_same_pad, same_layers._SamePadding, *used]
+    # each class after its bases from that module (the mixins)
+    classes = dict.fromkeys(c for cls in used for c in reversed(cls.__mro__) if c.__module__ == same_layers.__name__)
+    parts: list[Callable[..., object]] = [tf_same_padding, same_layers.tf_same_pad, same_layers._per_axis, *classes]
     return "import torch.nn.functional as F\n\n\n" + "\n\n".join(inspect.getsource(part) for part in parts)
 
 

@@ -41,6 +41,7 @@ LeakyReLU, ELU                              LeakyReLU, ELU
 ``*`` / ``torch.mul`` of two tensors        Multiply (broadcasting, e.g. a gate)
 ``torch.cat``                               Concatenate (dim 1 of NCHW is axis -1)
 MaxPool/AvgPool 1d/2d (MaxPool ceil_mode)   MaxPooling/AveragePooling (+ ZeroPadding)
+Max/AvgPool1dSame, Max/AvgPool2dSame        MaxPooling/AveragePooling, ``padding='same'``
 AdaptiveAvgPool (module or functional),     GlobalAveragePooling (size 1),
 ``x.mean`` over all spatial axes            AveragePooling (a divisor), nothing
                                             (the input size)
@@ -93,7 +94,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from signxai.torch_signxai.layers import SAME_CONVS
+from signxai.torch_signxai.layers import SAME_CONVS, SAME_POOLS
 from signxai.torch_signxai.methods.graph import (
     Activation,
     ModelGraph,
@@ -1196,6 +1197,8 @@ class _Converter:
         pool = step.module
         kernels, strides = _ntuple(pool.kernel_size, rank), _ntuple(pool.stride, rank)
         pads = _ntuple(pool.padding, rank)
+        if isinstance(pool, SAME_POOLS):  # the library's TF-'same' poolings
+            return kernels, strides, pads, "same", None
         padding, explicit = keras_padding(value.shape[1:], kernels, strides, pads)
         pairs = None if explicit is None else tuple((pad, pad) for pad in explicit)
         return kernels, strides, pads, padding, pairs
@@ -1220,7 +1223,8 @@ class _Converter:
 
     def _pool_rank(self, step: _Step) -> int:
         """1 for the 1-d pooling modules, else 2."""
-        return 1 if type(step.module).__name__.endswith("1d") else 2
+        one_d = (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool1d)
+        return 1 if isinstance(step.module, one_d) else 2
 
     def _maxpool(self, step: _Step) -> None:
         """MaxPool1d/2d as Keras MaxPooling1D/2D.

@@ -13,7 +13,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from signxai.torch_signxai.layers import Conv1dSame, Conv2dSame, tf_same_padding
+from signxai.torch_signxai.layers import (
+    AvgPool1dSame,
+    AvgPool2dSame,
+    Conv1dSame,
+    Conv2dSame,
+    MaxPool1dSame,
+    MaxPool2dSame,
+    tf_same_padding,
+)
 
 
 @pytest.mark.parametrize(
@@ -67,3 +75,36 @@ def test_fx_traces_a_model_using_it():
     for size in (6, 7):  # the padding follows each input's size in the traced graph too
         x = torch.randn(1, 1, size, size)
         assert torch.equal(traced(x), model(x))
+
+
+def _tf_same_pool_reference(x: torch.Tensor, kernel: int, stride: int, reduce) -> torch.Tensor:
+    """TF's 'same' pooling of a (N, C, H, W) tensor by loops: ``ceil(n / s)`` windows per axis,
+    window ``i`` starting ``before`` entries ahead of ``i * s``, reduced over its real entries."""
+    outs = []
+    for n in x.shape[2:]:
+        before = tf_same_padding(n, kernel, stride)[0]
+        outs.append(
+            [(max(i * stride - before, 0), min(i * stride - before + kernel, n)) for i in range(-(-n // stride))]
+        )
+    out = torch.empty(*x.shape[:2], len(outs[0]), len(outs[1]), dtype=x.dtype)
+    for i, (r0, r1) in enumerate(outs[0]):
+        for j, (c0, c1) in enumerate(outs[1]):
+            out[:, :, i, j] = reduce(x[:, :, r0:r1, c0:c1].flatten(2))
+    return out
+
+
+@pytest.mark.parametrize("size", [(8, 7), (6, 6), (5, 9)])
+def test_same_poolings_take_tf_windows_of_real_entries(size):
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, *size, dtype=torch.float64) - 2.0  # mostly negative: a padded zero would win a max
+    maximum = _tf_same_pool_reference(x, 3, 2, lambda cells: cells.amax(dim=-1))
+    mean = _tf_same_pool_reference(x, 3, 2, lambda cells: cells.mean(dim=-1))
+    assert torch.equal(MaxPool2dSame(3, 2)(x), maximum)
+    torch.testing.assert_close(AvgPool2dSame(3, 2)(x), mean, rtol=1e-15, atol=1e-15)
+    assert AvgPool2dSame(3, 2).count_include_pad is False
+
+
+def test_same_poolings_in_one_dimension():
+    x = torch.tensor([[[-3.0, -1.0, -4.0, -1.0, -5.0, -9.0]]])  # 6 entries, k 3, s 2: TF pads (0, 1)
+    assert MaxPool1dSame(3, 2)(x).tolist() == [[[-1.0, -1.0, -5.0]]]
+    torch.testing.assert_close(AvgPool1dSame(3, 2)(x), torch.tensor([[[-8.0 / 3, -10.0 / 3, -7.0]]]))

@@ -25,7 +25,15 @@ import pytest
 import torch
 from torch import nn
 
-from signxai.torch_signxai.layers import Conv1dSame, Conv2dSame
+from signxai.torch_signxai.layers import (
+    SAME_POOLS,
+    AvgPool1dSame,
+    AvgPool2dSame,
+    Conv1dSame,
+    Conv2dSame,
+    MaxPool1dSame,
+    MaxPool2dSame,
+)
 from signxai.torch_signxai.methods.lrp.rules import (
     Affine,
     AlphaBetaRule,
@@ -253,19 +261,26 @@ def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().cpu().double().numpy().copy()
 
 
-def _windows(in_shape, kernel, stride) -> tuple[list[np.ndarray], tuple]:
-    """Input flat indices of each pooling window (row-major inside the window), no padding."""
+def _windows(in_shape, kernel, stride, same: bool = False) -> tuple[list[np.ndarray], tuple]:
+    """Input flat indices of each pooling window (row-major inside the window): no padding, or
+    TF's 'same' windows (``ceil(n / s)`` of them, starting ``before`` entries early), which hold
+    their real entries only."""
     c, *size = in_shape
     nd = len(size)
     kernel, stride = _tuple(kernel, nd), _tuple(stride if stride is not None else kernel, nd)
-    out = [(size[d] - kernel[d]) // stride[d] + 1 for d in range(nd)]
+    if same:
+        out = [-(-size[d] // stride[d]) for d in range(nd)]
+        before = [tf_same_pads(size[d], kernel[d], stride[d])[0] for d in range(nd)]
+    else:
+        out, before = [(size[d] - kernel[d]) // stride[d] + 1 for d in range(nd)], [0] * nd
     windows = []
     for ch in range(c):
         for where in itertools.product(*map(range, out)):
-            cells = [
-                np.ravel_multi_index((ch, *[where[d] * stride[d] + off[d] for d in range(nd)]), (c, *size))
-                for off in itertools.product(*map(range, kernel))
-            ]
+            cells = []
+            for off in itertools.product(*map(range, kernel)):
+                at = [where[d] * stride[d] - before[d] + off[d] for d in range(nd)]
+                if all(0 <= at[d] < size[d] for d in range(nd)):
+                    cells.append(np.ravel_multi_index((ch, *at), (c, *size)))
             windows.append(np.array(cells))
     return windows, (c, *out)
 
@@ -366,11 +381,11 @@ def numpy_layers(modules: list[tuple[str, nn.Module]], in_shape: tuple) -> list[
             layers.append(Layer("leaky", slope=m.negative_slope, name=name))
         elif isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):
             assert m.padding in (0, (0, 0)) and m.dilation in (1, (1, 1))
-            windows, shape = _windows(shape, m.kernel_size, m.stride)
+            windows, shape = _windows(shape, m.kernel_size, m.stride, same=isinstance(m, SAME_POOLS))
             layers.append(Layer("maxpool", windows=windows, name=name))
         elif isinstance(m, (nn.AvgPool1d, nn.AvgPool2d)):
             assert m.padding in (0, (0, 0), (0,))
-            windows, out = _windows(shape, m.kernel_size, m.stride)
+            windows, out = _windows(shape, m.kernel_size, m.stride, same=isinstance(m, SAME_POOLS))
             P = np.zeros((len(windows), math.prod(shape)))
             for row, cells in enumerate(windows):
                 P[row, cells] = 1.0 / len(cells)
@@ -803,6 +818,35 @@ def small_models() -> dict[str, tuple[nn.Module, tuple]]:
                 6,
             ),
             (2, 4, 3),
+        ),
+        # TF's 'same' pooling: max 3/2 on 6x5 pads (0, 1) and (1, 1), average 2/2 on 3x3 (0, 1)
+        "pool_same2": (
+            _seeded(
+                nn.Sequential(
+                    nn.Conv2d(2, 3, 3, padding=1),
+                    nn.ReLU(),
+                    MaxPool2dSame(3, 2),
+                    AvgPool2dSame(2, 2),
+                    nn.Flatten(),
+                    nn.Linear(3 * 2 * 2, 4),
+                ).double(),
+                8,
+            ),
+            (2, 6, 5),
+        ),
+        "pool1d_same2": (
+            _seeded(
+                nn.Sequential(
+                    nn.Conv1d(1, 2, 3, padding=1),
+                    nn.ReLU(),
+                    AvgPool1dSame(3, 2),
+                    MaxPool1dSame(3, 2),
+                    nn.Flatten(),
+                    nn.Linear(2 * 2, 3),
+                ).double(),
+                9,
+            ),
+            (1, 8),
         ),
         "conv1d_same2": (
             _seeded(nn.Sequential(Conv1dSame(1, 2, 4), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 8, 3)).double(), 7),

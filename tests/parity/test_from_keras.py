@@ -26,7 +26,7 @@ from parity.from_keras import (
     verify,
 )
 from parity.twin import TwinMismatchError, UnsupportedLayerError, to_keras
-from signxai.torch_signxai.layers import Conv2dSame
+from signxai.torch_signxai.layers import AvgPool2dSame, Conv2dSame, MaxPool2dSame
 from signxai.torch_signxai.methods.wrappers import calculate_relevancemaps
 
 pytestmark = pytest.mark.tf
@@ -217,9 +217,8 @@ def test_sequential_model_converts():
             lambda x: layers.Activation("exponential", name="exp")(x),
             "Activation 'exp' uses the activation 'exponential'",
         ),
-        (lambda x: layers.MaxPooling2D(3, 2, padding="same", name="pool")(x), "MaxPooling2D 'pool' pads"),
     ],
-    ids=["lambda", "separable", "reshape", "activation", "asymmetric_pool"],
+    ids=["lambda", "separable", "reshape", "activation"],
 )
 def test_unsupported_layers_raise_one_error_naming_layer_and_class(build, expected):
     inputs = tf.keras.Input((4, 4, 1))
@@ -387,6 +386,25 @@ def test_parity_where_same_padding_is_asymmetric():
     assert outcome.runs[0].input_layer_hidden is None
     rows = outcome.rows
     assert {row.method for row in rows} == set(PADDING_METHODS)
+    assert all(row.passed for row in rows), [(r.method, r.rel_error_f64, r.note) for r in rows]
+
+
+def test_asymmetric_same_pooling_converts_and_passes_parity():
+    """3x3 max and average pooling at stride 2 on 12x12 and 6x6: TF pads (0, 1); the torch
+    module's MaxPool2dSame/AvgPool2dSame take TF's windows (an average over real entries)."""
+    inputs = tf.keras.Input((12, 12, 3))
+    x = layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    x = layers.MaxPooling2D(3, 2, padding="same", name="max")(x)
+    x = layers.Conv2D(4, 3, padding="same", activation="relu")(x)
+    x = layers.AveragePooling2D(3, 2, padding="same", name="mean")(x)
+    model = tf.keras.Model(inputs, layers.Dense(5)(layers.Flatten()(x)))
+    torch_model = _check_both_dtypes(model)
+    assert isinstance(torch_model.layers["max"], MaxPool2dSame)
+    assert isinstance(torch_model.layers["mean"], AvgPool2dSame)
+    x = np.random.default_rng(6).standard_normal((2, 12, 12, 3)).astype(np.float32)
+    methods = ["gradient", "guided_backprop", "lrp_epsilon_0_1", "lrp_z", "lrp_flat", "lrpsign_epsilon_0_1"]
+    rows = compare_keras(model, x, methods, torch_model=torch_model)[0].rows
+    assert {row.method for row in rows} == set(methods)
     assert all(row.passed for row in rows), [(r.method, r.rel_error_f64, r.note) for r in rows]
 
 

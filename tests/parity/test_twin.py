@@ -25,7 +25,14 @@ from parity.twin import (
     to_channels_last,
     to_keras,
 )
-from signxai.torch_signxai.layers import Conv1dSame, Conv2dSame
+from signxai.torch_signxai.layers import (
+    AvgPool1dSame,
+    AvgPool2dSame,
+    Conv1dSame,
+    Conv2dSame,
+    MaxPool1dSame,
+    MaxPool2dSame,
+)
 
 pytestmark = pytest.mark.tf
 
@@ -242,6 +249,8 @@ def test_functional_calls_in_a_custom_forward():
         (nn.MaxPool2d(2, ceil_mode=True), 8, "valid", False),  # none overhangs
         (nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True), 8, "valid", True),
         (nn.MaxPool1d(3, stride=2, ceil_mode=True), 8, "valid", True),
+        (MaxPool2dSame(3, 2), 8, "same", False),  # TF's (0, 1), inside the layer
+        (MaxPool1dSame(2, 3), 8, "same", False),
     ],
 )
 def test_maxpool(pool, size, keras_padding, explicit):
@@ -263,6 +272,8 @@ def test_maxpool(pool, size, keras_padding, explicit):
         (nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), 6, "same", False),
         (nn.AvgPool1d(3, stride=1, padding=1), 6, "valid", True),
         (nn.AvgPool1d(3, stride=2, padding=1, count_include_pad=False), 9, "same", False),
+        (AvgPool2dSame(3, 2), 6, "same", False),  # TF's (0, 1), real entries only
+        (AvgPool1dSame(4, 1), 7, "same", False),
     ],
 )
 def test_avgpool_padding_and_count_include_pad(pool, size, keras_padding, explicit):

@@ -73,7 +73,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import SAME_CONVS
+from ..layers import SAME_LAYERS
 from ..utils import NoSoftmaxWrapper
 from .private import is_view
 
@@ -619,9 +619,9 @@ class _Tracer(fx.Tracer):
                 self._thread = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        """fx's leaves (torch.nn's layers), and the library's own convolutions
+        """fx's leaves (torch.nn's layers), and the library's own convolutions and poolings
         (:mod:`signxai.torch_signxai.layers`), which are layers of the kinds table too."""
-        return isinstance(m, SAME_CONVS) or super().is_leaf_module(m, module_qualified_name)
+        return isinstance(m, SAME_LAYERS) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(
         self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
