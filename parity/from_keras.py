@@ -83,17 +83,6 @@ from keras.src.utils.generic_utils import to_snake_case
 from torch import nn
 
 from signxai.torch_signxai import layers as same_layers
-from signxai.torch_signxai.layers import (
-    SAME_LAYERS,
-    SAME_POOLS,
-    AvgPool1dSame,
-    AvgPool2dSame,
-    Conv1dSame,
-    Conv2dSame,
-    MaxPool1dSame,
-    MaxPool2dSame,
-    tf_same_padding,
-)
 
 from .compare import relative_error
 from .fanout import Backend
@@ -132,9 +121,9 @@ layers = tf.keras.layers
 #: which torch's stubs spell per class
 _RankedLayer = Callable[..., nn.Module]
 _CONV: tuple[_RankedLayer, ...] = (nn.Conv1d, nn.Conv2d)
-_SAME_CONV: tuple[_RankedLayer, ...] = (Conv1dSame, Conv2dSame)
-_SAME_MAX_POOL: tuple[_RankedLayer, ...] = (MaxPool1dSame, MaxPool2dSame)
-_SAME_AVG_POOL: tuple[_RankedLayer, ...] = (AvgPool1dSame, AvgPool2dSame)
+_SAME_CONV: tuple[_RankedLayer, ...] = (same_layers.Conv1dSame, same_layers.Conv2dSame)
+_SAME_MAX_POOL: tuple[_RankedLayer, ...] = (same_layers.MaxPool1dSame, same_layers.MaxPool2dSame)
+_SAME_AVG_POOL: tuple[_RankedLayer, ...] = (same_layers.AvgPool1dSame, same_layers.AvgPool2dSame)
 _CONV_TRANSPOSE: tuple[_RankedLayer, ...] = (nn.ConvTranspose1d, nn.ConvTranspose2d)
 _ZERO_PAD: tuple[_RankedLayer, ...] = (nn.ZeroPad1d, nn.ZeroPad2d)
 _MAX_POOL: tuple[_RankedLayer, ...] = (nn.MaxPool1d, nn.MaxPool2d)
@@ -523,7 +512,7 @@ class _Converter:
             value = self._pad_module(value, [(dilations[0] * (kernels[0] - 1), 0)])
         elif mode == "same":
             sizes = conv.input_shape[1:-1]
-            pads = [tf_same_padding(*axis) for axis in zip(sizes, kernels, strides, dilations, strict=True)]
+            pads = [same_layers.tf_same_padding(*axis) for axis in zip(sizes, kernels, strides, dilations, strict=True)]
             if all(before == after for before, after in pads):
                 padding = tuple(before for before, _ in pads)
             else:
@@ -672,7 +661,10 @@ class _Converter:
         padding = (0,) * rank
         if pool.padding == "same":
             sizes = pool.input_shape[1:-1]
-            pads = [tf_same_padding(n, k, s) for n, k, s in zip(sizes, pool.pool_size, pool.strides, strict=True)]
+            pads = [
+                same_layers.tf_same_padding(n, k, s)
+                for n, k, s in zip(sizes, pool.pool_size, pool.strides, strict=True)
+            ]
             if any(before != after for before, after in pads):  # the library's TF-'same' pooling
                 same = (_SAME_MAX_POOL if is_max else _SAME_AVG_POOL)[rank - 1]
                 return self._layer(same(pool.pool_size, pool.strides), self.inputs[0])
@@ -1166,9 +1158,9 @@ _CONSTRUCTOR_ARGS: dict[type, tuple[str, ...]] = {
         ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"),
     ),
     **dict.fromkeys(
-        (Conv1dSame, Conv2dSame), ("in_channels", "out_channels", "kernel_size", "stride", "dilation", "groups")
+        same_layers.SAME_CONVS, ("in_channels", "out_channels", "kernel_size", "stride", "dilation", "groups")
     ),
-    **dict.fromkeys(SAME_POOLS, ("kernel_size", "stride")),
+    **dict.fromkeys(same_layers.SAME_POOLS, ("kernel_size", "stride")),
     **dict.fromkeys(
         (nn.ConvTranspose1d, nn.ConvTranspose2d),
         ("in_channels", "out_channels", "kernel_size", "stride", "padding", "output_padding"),
@@ -1208,19 +1200,24 @@ def _constructor(module: nn.Module) -> str:
     args = {name: getattr(module, name) for name in _CONSTRUCTOR_ARGS[cls]}
     if hasattr(module, "bias") and cls not in (nn.BatchNorm1d, nn.BatchNorm2d):
         args["bias"] = module.bias is not None
-    prefix = "" if cls in SAME_LAYERS else "nn."  # the library's own layers: defined in the file
+    prefix = "" if cls in same_layers.SAME_LAYERS else "nn."  # the library's own layers: defined in the file
     return f"{prefix}{cls.__name__}({', '.join(f'{key}={value!r}' for key, value in args.items())})"
 
 
 def _library_layers_source(module: FromKeras) -> str:
     """The source of the library's TF-'same' layers (:mod:`signxai.torch_signxai.layers`, torch
     alone) that ``module`` uses, with their helpers and bases, for the exported file; '' if none."""
-    used = [cls for cls in SAME_LAYERS if any(type(layer) is cls for layer in module.layers.values())]
+    used = [cls for cls in same_layers.SAME_LAYERS if any(type(layer) is cls for layer in module.layers.values())]
     if not used:
         return ""
     # each class after its bases from that module (the mixins)
     classes = dict.fromkeys(c for cls in used for c in reversed(cls.__mro__) if c.__module__ == same_layers.__name__)
-    parts: list[Callable[..., object]] = [tf_same_padding, same_layers.tf_same_pad, same_layers._per_axis, *classes]
+    parts: list[Callable[..., object]] = [
+        same_layers.tf_same_padding,
+        same_layers.tf_same_pad,
+        same_layers._per_axis,
+        *classes,
+    ]
     return "import torch.nn.functional as F\n\n\n" + "\n\n".join(inspect.getsource(part) for part in parts)
 
 
