@@ -15,7 +15,7 @@ import numpy as np
 
 from signxai.torch_signxai.methods.grammar import MethodSpec, parse
 
-__all__ = ["Case", "method_names", "session_names", "not_applicable", "method_kwargs", "NOISE_SEED"]
+__all__ = ["Case", "method_names", "session_names", "not_applicable", "method_kwargs", "NOISE_SEED", "SESSION_KWARGS"]
 
 #: the method names that must resolve (a copy of shared/method_names.txt; a test keeps them equal)
 METHOD_NAMES_FILE = Path(__file__).with_name("method_names.txt")
@@ -24,6 +24,8 @@ METHOD_NAMES_FILE = Path(__file__).with_name("method_names.txt")
 EXTRA_NAMES_FILE = Path(__file__).with_name("innvestigate_names.txt")
 #: seed of the smoothgrad / vargrad noise both frameworks receive
 NOISE_SEED = 1234
+#: keyword parameters the session passes with a name (both frameworks, every fixture)
+SESSION_KWARGS: dict[str, dict[str, Any]] = {"lrp.sequential_preset_b_flat_until_idx": {"until_layer_idx": 1}}
 
 
 def method_names(path: Path = METHOD_NAMES_FILE) -> list[str]:
@@ -64,10 +66,11 @@ def not_applicable(spec: MethodSpec, kind: str, gradcam_layer: str | None) -> st
 
 
 def method_kwargs(spec: MethodSpec, x: np.ndarray) -> dict[str, Any]:
-    """Extra method parameters for a comparison: the noise draws of smoothgrad / vargrad, so both
-    frameworks see the same noisy inputs (shape (num_samples, *x.shape), x with batch axis)."""
+    """Extra method parameters for a comparison: the name's :data:`SESSION_KWARGS`, and the noise
+    draws of smoothgrad / vargrad, so both frameworks see the same noisy inputs (shape
+    (num_samples, *x.shape), x with batch axis)."""
     if spec.family not in ("smoothgrad", "vargrad"):
-        return {}
+        return dict(SESSION_KWARGS.get(spec.name, {}))
     rng = np.random.default_rng(NOISE_SEED)
     noise = rng.standard_normal((spec.params["num_samples"], *x.shape)) * spec.params["noise_level"]
     return {"noise": noise.astype(x.dtype)}

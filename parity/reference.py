@@ -40,6 +40,8 @@ input rule ``sign``         ``input_layer_rule=`` :class:`SignRule` (with ``mu``
 input rule ``w_square``     ``input_layer_rule='WSquare'``
 input rule ``flat``         ``input_layer_rule='Flat'``
 input rule ``zbox``         ``input_layer_rule=(low, high)`` (iNNvestigate's ``BoundedRule``)
+``until_layer_idx=k``       ``until_layer_idx=j, until_layer_rule=`` the rule's class, j the
+                            ``model.layers`` index of the twin's conv/dense layer number k
 ==========================  ===============================================================
 
 Post-multipliers (``x_input``, ``x_sign`` with ``post_mu``) are applied here, in numpy.
@@ -82,6 +84,7 @@ from innvestigate.analyzer.relevance_based.relevance_analyzer import (
 )
 from tensorflow import keras
 
+from signxai.torch_signxai.methods.grammar import parse
 from signxai.torch_signxai.methods.lrp.table import INPUT_RULES
 
 from .compare import relative_error
@@ -617,10 +620,58 @@ def _input_rule(spec: MethodSpec) -> Any:
 _RULE_CLASSES = {"Z": rrule.ZRule, "WSquare": rrule.WSquareRule, "Flat": rrule.FlatRule}
 
 
-def _lrp_analyzer(spec: MethodSpec, model: keras.Model) -> Any:
+def _rule_class(name: str) -> Any:
+    """iNNvestigate's rule class for a hidden-rule name such as ``'epsilon_0_1'`` (or ``'flat'``)."""
+    spec = parse(f"lrp_{name}")
+    params, bias = spec.params, bool(spec.params.get("bias", True))
+    classes: dict[str, Callable[[], Any]] = {
+        "z": lambda: _proxy(rrule.ZRule, bias=bias),
+        "epsilon": lambda: _proxy(rrule.EpsilonRule, epsilon=float(params["epsilon"]), bias=bias),
+        "epsilon_std_x": lambda: _proxy(StdxEpsilonRule, stdfactor=float(params["stdfactor"]), bias=bias),
+        "alpha_beta": lambda: _proxy(rrule.AlphaBetaRule, alpha=params["alpha"], beta=params["beta"], bias=bias),
+        "z_plus": lambda: rrule.ZPlusRule,
+        "z_plus_fast": lambda: rrule.ZPlusFastRule,
+        "gamma": lambda: _proxy(GammaRule, gamma=float(params["gamma"])),
+        "flat": lambda: rrule.FlatRule,
+        "w_square": lambda: rrule.WSquareRule,
+    }
+    assert spec.rule in classes, spec.rule  # the grammar allows single rules only here
+    return classes[spec.rule]()
+
+
+def _until_kwargs(spec: MethodSpec, model: keras.Model, layer_names: Mapping[str, str] | None) -> dict[str, Any]:
+    """iNNvestigate's ``until_layer_idx`` and ``until_layer_rule`` for the spec's: the library
+    numbers the conv/dense layers in the PyTorch graph's execution order (``layer_names``, the
+    twin's build order), iNNvestigate numbers ``model.layers``; the index given to iNNvestigate is
+    that of the same conv/dense layer, and the conv/dense layers up to it must be the same ones."""
+    index = spec.params.get("until_layer_idx")
+    if index is None:
+        return {}
+    # a fused activation maps to its conv/dense layer's name too: each name once, where it first appears
+    built = dict.fromkeys((layer_names or {}).values())
+    names = [name for name in built if ichecks.contains_kernel(model.get_layer(name))]
+    if not names:
+        raise ReferenceUnavailable(f"{spec.name}: no build order (layer_names) numbers the twin's conv/dense layers")
+    chosen = names[: index + 1]
+    position = model.layers.index(model.get_layer(chosen[-1]))
+    keras_chosen = [layer.name for layer in model.layers[: position + 1] if ichecks.contains_kernel(layer)]
+    if sorted(keras_chosen) != sorted(chosen):
+        raise ReferenceUnavailable(
+            f"{spec.name}: the Keras model lists its conv/dense layers in another order than the PyTorch "
+            f"graph runs them ({keras_chosen} up to model.layers[{position}], against {chosen}), so no "
+            "until_layer_idx gives iNNvestigate the same layers"
+        )
+    return {"until_layer_idx": position, "until_layer_rule": _rule_class(spec.params["until_layer_rule"])}
+
+
+def _lrp_analyzer(spec: MethodSpec, model: keras.Model, layer_names: Mapping[str, str] | None) -> Any:
     rule, params = spec.rule, spec.params
     input_rule = _input_rule(spec)
-    kwargs: dict[str, Any] = {"neuron_selection_mode": "index", **_lrp_check_kwargs(model)}
+    kwargs: dict[str, Any] = {
+        "neuron_selection_mode": "index",
+        **_lrp_check_kwargs(model),
+        **_until_kwargs(spec, model, layer_names),
+    }
     if rule == "deep_taylor":
         if input_rule is None:
             return DeepTaylor(model, **kwargs)
@@ -661,7 +712,15 @@ def _lrp_analyzer(spec: MethodSpec, model: keras.Model) -> Any:
     raise ValueError(f"{spec.name}: unknown LRP rule {rule!r}")
 
 
-def _lrp(spec: MethodSpec, factory: Callable[[], keras.Model], x_cl: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def _lrp(
+    spec: MethodSpec,
+    factory: Callable[[], keras.Model],
+    x_cl: np.ndarray,
+    targets: np.ndarray,
+    layer_names: Mapping[str, str] | None,
+) -> np.ndarray:
+    if spec.params.get("last_rule") is not None:
+        raise ReferenceUnavailable(f"{spec.name}: iNNvestigate's analyzers have no rule of the last layer (last_rule=)")
     model = factory()
     if spec.input_rule is not None and not _input_layer_found(model):
         raise ReferenceUnavailable(
@@ -670,7 +729,7 @@ def _lrp(spec: MethodSpec, factory: Callable[[], keras.Model], x_cl: np.ndarray,
             "other tensors), so it would silently drop the input-layer rule (METHODS traps "
             "10 and 12)"
         )
-    analyzer = _build(spec.name, lambda: _lrp_analyzer(spec, model))
+    analyzer = _build(spec.name, lambda: _lrp_analyzer(spec, model, layer_names))
     _run_exception_checks(analyzer, model, spec.name)
     return _analyze(analyzer, x_cl, targets, spec.name)
 
@@ -719,7 +778,8 @@ def reference_map(
         The twin has a layer in front of its first conv/dense layer that iNNvestigate does not
         skip, so input-layer rules cannot be applied (METHODS trap 12).
     layer_names : mapping, optional
-        Torch module path -> Keras layer name, for Grad-CAM's ``layer_name``.
+        Torch module path -> Keras layer name, in the twin's build order, for Grad-CAM's
+        ``layer_name`` and LRP's ``until_layer_idx``.
 
     Returns
     -------
@@ -761,7 +821,7 @@ def reference_map(
         cam = _grad_cam(spec, keras_model_factory, x_cl, targets, layer_names)
         rmap = _simple("guided_backprop", keras_model_factory, x_cl, targets) * cam
     elif family == "lrp":
-        rmap = _lrp(spec, keras_model_factory, x_cl, targets)
+        rmap = _lrp(spec, keras_model_factory, x_cl, targets, layer_names)
     else:
         raise ValueError(f"{spec.name}: unknown method family {family!r}")
 

@@ -43,7 +43,9 @@ INNVESTIGATE_2_1_2 = {
     "lrp.sequential_preset_b": ("lrp_sequential_composite_b", {"epsilon": 0.1}),
     "lrp.sequential_preset_a_flat": ("flatlrp_sequential_composite_a", {}),
     "lrp.sequential_preset_b_flat": ("flatlrp_sequential_composite_b", {}),
-    "lrp.sequential_preset_b_flat_until_idx": None,
+    # LRPSequentialPresetBFlatUntilIdx(until_layer_idx=None): until_layer_rule=FlatRule, applied
+    # to no layer until an index is given (its index numbers model.layers; here conv/dense layers)
+    "lrp.sequential_preset_b_flat_until_idx": ("flatlrp_sequential_composite_b", {"until_layer_rule": "flat"}),
     "deep_taylor": ("lrp_deep_taylor", {}),
     "deep_taylor.bounded": ("zblrp_deep_taylor", {}),  # needs low= and high=
 }
@@ -78,7 +80,6 @@ def test_every_innvestigate_name_parses_to_the_spec_it_equals(name):
     "name, words",
     [
         ("lrp", "rule="),
-        ("lrp.sequential_preset_b_flat_until_idx", "model.layers"),
         ("pattern.net", "trained"),
         ("pattern.attribution", "trained"),
     ],
@@ -100,6 +101,8 @@ def test_innvestigate_keywords():
         "low": -128,
         "high": 128,
         "last_rule": None,
+        "until_layer_idx": None,
+        "until_layer_rule": None,
     }
     assert parse("lrp.epsilon", bias=False).params["bias"] is False
     assert parse("lrp.sequential_preset_b", epsilon=0.5).params["epsilon"] == 0.5

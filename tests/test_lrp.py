@@ -164,6 +164,64 @@ def test_input_rule_goes_to_the_first_layer_executed_not_the_first_registered():
         assert not np.allclose(got, wrong, rtol=1e-6), name
 
 
+class _Untraced(nn.Module):
+    """A model fx cannot trace (a branch on the batch size) around ``model``: LRP runs it as a chain."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        if x.shape[0] > 10**9:
+            return x
+        return self.model(x)
+
+
+#: (name, keywords) -> what iNNvestigate does: Flat (or another rule) on the conv/dense layers
+#: numbered 0..k in execution order, the input rule still first, the analyzer's rules elsewhere
+UNTIL_METHODS = {
+    ("lrp.sequential_preset_b_flat_until_idx", 1): Method(input=rule_flat, preset="b", until=(1, rule_flat)),
+    ("lrp.sequential_preset_b_flat_until_idx", 2): Method(input=rule_flat, preset="b", until=(2, rule_flat)),
+    ("lrp_epsilon_0_1", 1, "z"): Method(rule_epsilon(0.1), until=(1, rule_z())),
+    ("lrpsign_epsilon_0_1", 2, "w_square"): Method(rule_epsilon(0.1), rule_sign(0.0), until=(2, rule_w_square)),
+}
+
+
+@pytest.mark.parametrize("traced", [True, False], ids=["graph", "chain"])
+def test_until_layer_idx_numbers_the_conv_dense_layers_executed(traced):
+    """digits_cnn registers its classifier first and runs its features first; its four conv/dense
+    layers are numbered as they run, in the graph and in a chain alike."""
+    model, x, layers = _fixture64("digits_cnn")
+    assert sum(layer.op == "linear" for layer in layers) == 4
+    subject = model if traced else _Untraced(model)
+    targets = [3, 1, 0]
+    for (name, index, *rule), method in UNTIL_METHODS.items():
+        kwargs = {"until_layer_idx": index, **({"until_layer_rule": rule[0]} if rule else {})}
+        got = calculate_relevancemaps(name, x, subject, neuron_selection=targets, **kwargs)
+        assert_close(got, reference_batch(layers, x, targets, method))
+        kwargs["until_layer_idx"] = None
+        without = calculate_relevancemaps(name, x, subject, neuron_selection=targets, **kwargs)
+        assert not np.allclose(got, without, rtol=1e-6), (name, index)
+    preset_b_flat = calculate_relevancemaps("flatlrp_sequential_composite_b", x, subject, neuron_selection=targets)
+    np.testing.assert_array_equal(
+        calculate_relevancemaps("lrp.sequential_preset_b_flat_until_idx", x, subject, neuron_selection=targets),
+        preset_b_flat,
+    )
+
+
+def test_until_layer_idx_is_checked():
+    for kwargs, words in [
+        ({"until_layer_idx": 2}, "needs until_layer_rule"),
+        ({"until_layer_idx": -1, "until_layer_rule": "flat"}, "int >= 0"),
+        ({"until_layer_idx": 1.5, "until_layer_rule": "flat"}, "int >= 0"),
+        ({"until_layer_idx": 1, "until_layer_rule": "sequential_composite_a"}, "single rule"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            parse("lrp_epsilon_0_1", **kwargs)
+    with pytest.raises(ValueError, match="Deep Taylor has none"):
+        parse("lrp_deep_taylor", until_layer_idx=1, until_layer_rule="flat")
+
+
 # =============================================================================================
 # BatchNorm: iNNvestigate's linearisation (TF-compatible API) and the true map (native API)
 # =============================================================================================

@@ -350,7 +350,7 @@ class SharedConv(nn.Module):
 def test_a_module_called_at_an_input_and_a_hidden_position_is_refused():
     x = _x((1, 2, 4, 4), 10)[0]
     assert np.isfinite(calculate_relevancemap(SharedConv(), x, method="lrp_epsilon_0_1")).all()
-    with pytest.raises(UnsupportedLayerError, match="'conv'.*input or last layer"):
+    with pytest.raises(UnsupportedLayerError, match="'conv'.*input, until_layer_idx or last layer"):
         calculate_relevancemap(SharedConv(), x, method="lrpz_epsilon_0_1")
 
 

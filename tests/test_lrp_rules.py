@@ -452,7 +452,8 @@ class Method:
 
     hidden: rule of hidden conv/dense layers (and BN, unless ``preset``/``deep_taylor``);
     input: rule of the first conv/dense layer executed (None: the hidden rule);
-    preset: 'a' or 'b' (iNNvestigate's sequential presets); deep_taylor: iNNvestigate's DeepTaylor.
+    preset: 'a' or 'b' (iNNvestigate's sequential presets); deep_taylor: iNNvestigate's DeepTaylor;
+    until: (k, rule): the rule of the conv/dense layers 0..k in execution order (after the input rule).
     """
 
     hidden: Callable | None = None
@@ -460,6 +461,7 @@ class Method:
     preset: str | None = None
     deep_taylor: bool = False
     post: tuple = field(default=())
+    until: tuple[int, Callable] | None = None
 
 
 def reference(
@@ -493,6 +495,8 @@ def reference(
             L = layer.linear
             if i == first and method.input is not None:
                 rule = method.input
+            elif method.until is not None and kernels.index(i) <= method.until[0]:
+                rule = method.until[1]
             elif method.preset is not None:
                 rule = (
                     rule_epsilon(0.1)

@@ -87,3 +87,23 @@ def test_default_gradcam_layer_is_the_main_branch_conv_on_both_sides(case, name)
     assert np.array_equal(default, named) and not np.allclose(default, shortcut)
     got = calculate_relevancemaps(name, x, model, neuron_selection=targets)
     assert np.abs(got - default).max() <= TOL64 * np.abs(default).max()
+
+
+@pytest.mark.parametrize("index", [1, 2, 3])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [("lrp.sequential_preset_b_flat_until_idx", {}), ("lrp_epsilon_0_1", {"until_layer_rule": "z"})],
+)
+def test_until_layer_idx_reaches_the_same_layers_in_both_frameworks(case, name, kwargs, index):
+    """Conv/dense layers numbered as they run (stem 0, conv1 1, conv2 2, the projection shortcut 3,
+    which runs last); iNNvestigate gets the model.layers index of the same layer."""
+    model, twin, x, targets = case
+    spec = parse(name, until_layer_idx=index, **kwargs)
+    with twin.floatx():
+        expected = reference_map(spec, twin.fresh, x, targets, layer_names=twin.layer_names)
+        without = reference_map(
+            parse(name, until_layer_idx=index - 1, **kwargs), twin.fresh, x, targets, layer_names=twin.layer_names
+        )
+    assert not np.allclose(expected, without, rtol=1e-6)  # layer `index` really changed its rule
+    got = calculate_relevancemaps(name, x, model, neuron_selection=targets, until_layer_idx=index, **kwargs)
+    assert np.abs(got - expected).max() <= TOL64 * np.abs(expected).max()

@@ -85,6 +85,12 @@ ALIASES: Mapping[str, Alias] = MappingProxyType(
         "lrp.sequential_preset_b": Alias("lrp_sequential_composite_b", analyzer="LRPSequentialPresetB"),
         "lrp.sequential_preset_a_flat": Alias("flatlrp_sequential_composite_a", analyzer="LRPSequentialPresetAFlat"),
         "lrp.sequential_preset_b_flat": Alias("flatlrp_sequential_composite_b", analyzer="LRPSequentialPresetBFlat"),
+        # until_layer_idx numbers the conv/dense layers here (iNNvestigate: model.layers)
+        "lrp.sequential_preset_b_flat_until_idx": Alias(
+            "flatlrp_sequential_composite_b",
+            MappingProxyType({"until_layer_rule": "flat"}),
+            analyzer="LRPSequentialPresetBFlatUntilIdx",
+        ),
         "deep_taylor": Alias("lrp_deep_taylor", analyzer="DeepTaylor"),
         "deep_taylor.bounded": Alias("zblrp_deep_taylor", analyzer="BoundedDeepTaylor"),
         # iNNvestigate 1.x's bias-free names (2.x builds them with bias=False)
@@ -112,9 +118,6 @@ REFUSED: Mapping[str, str] = MappingProxyType(
     {
         "lrp": "iNNvestigate's base LRP analyzer has no rule of its own (it needs rule=); name the "
         "rule instead, e.g. lrp.z, lrp.epsilon or lrp_epsilon_0_1",
-        "lrp.sequential_preset_b_flat_until_idx": "its until_layer_idx counts the layers of the Keras "
-        "model (model.layers, weightless layers included), which a PyTorch model does not have; "
-        "flatlrp_sequential_composite_b is the same analyzer without until_layer_idx",
         "pattern.net": "PatternNet needs patterns trained on a data set, and iNNvestigate 2.1.2 no "
         "longer has it (create_analyzer does not know the name)",
         "pattern.attribution": "PatternAttribution needs patterns trained on a data set, and "

@@ -219,7 +219,8 @@ def format_methods(markdown: bool = False) -> str:
         "Keyword parameters fill or override a name's parameters; (required): the name or a "
         "keyword must give it; an alias lists the defaults it changes. Every LRP name also takes "
         "last_rule= (a rule name such as 'epsilon_0_1' for the last conv/dense layer; None: the "
-        "hidden rule).",
+        "hidden rule) and until_layer_idx= with until_layer_rule= (that rule for the conv/dense "
+        "layers numbered 0 to until_layer_idx in execution order).",
         "",
     ]
     lines = [] if markdown else intro

@@ -25,7 +25,9 @@ forms and every ``innvestigate.create_analyzer`` name (``lrp.epsilon``, ``lrp.al
 the few iNNvestigate names without a meaning for a PyTorch model are refused with the reason
 (:data:`.aliases.REFUSED`). Explicit keyword arguments (``epsilon=``, ``mu=``, ``stdfactor=``, ``low=``, ``high=``,
 ``bias=``, and iNNvestigate's ``augment_by_n=``, ``noise_scale=``, ``reference_inputs=``, ...) fill
-or override the parameters a name carries.
+or override the parameters a name carries. Every LRP name also takes ``last_rule=`` and
+``until_layer_idx=`` with ``until_layer_rule=`` (rules for the last conv/dense layer and for the
+conv/dense layers numbered 0 to ``until_layer_idx`` in execution order).
 """
 
 from __future__ import annotations
@@ -95,9 +97,14 @@ FAMILY_PARAMS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         "lrp": {},
     }
 )
-#: parameters every LRP method takes: the rule of the last conv/dense layer (a hidden-rule name
-#: such as ``'epsilon_0_1'``; None for the hidden rule)
-_LRP_COMMON = ("last_rule",)
+#: parameters every LRP method takes (None: not used): the rule of the last conv/dense layer (a
+#: hidden-rule name such as ``'epsilon_0_1'``), and a rule for the conv/dense layers numbered 0 to
+#: ``until_layer_idx`` in execution order (iNNvestigate's ``until_layer_rule`` and
+#: ``until_layer_idx``, which number Keras' ``model.layers`` instead; see the method reference)
+_LRP_COMMON = ("last_rule", "until_layer_idx", "until_layer_rule")
+#: the LRP parameters that name a single hidden-layer rule, and the rules that are not one
+_RULE_PARAMS = ("last_rule", "until_layer_rule")
+_ANALYZER_PRESETS = ("sequential_composite_a", "sequential_composite_b", "deep_taylor")
 
 #: keyword aliases accepted for a parameter
 _KWARG_ALIASES = MappingProxyType(
@@ -402,10 +409,10 @@ def parse(name: str, **kwargs: Any) -> MethodSpec:
 def _check_params(name: str, family: str, rule: str | None, input_rule: str | None, params: dict[str, Any]) -> None:
     """Reject missing or out-of-range parameters with a message naming them."""
     if family == "lrp":
-        if params["last_rule"] is not None:
-            last = parse(f"lrp_{params['last_rule']}")
-            if last.rule in ("sequential_composite_a", "sequential_composite_b", "deep_taylor"):
-                raise ValueError(f"method {name!r}: last_rule must be a single rule, got {params['last_rule']!r}")
+        for key in _RULE_PARAMS:
+            if params[key] is not None and parse(f"lrp_{params[key]}").rule in _ANALYZER_PRESETS:
+                raise ValueError(f"method {name!r}: {key} must be a single rule, got {params[key]!r}")
+        _check_until(name, rule, params["until_layer_idx"], params["until_layer_rule"])
         assert rule is not None  # every LRP method names its rule
         for key in LRP_RULES[rule]:
             if params.get(key) is None:
@@ -425,3 +432,17 @@ def _check_params(name: str, family: str, rule: str | None, input_rule: str | No
         raise ValueError(f"method {name!r}: stddev must be >= 0, got {params['stddev']!r}")
     if "noise_level" in params and not params["noise_level"] >= 0:
         raise ValueError(f"method {name!r}: noise_level must be >= 0, got {params['noise_level']!r}")
+
+
+def _check_until(name: str, rule: str | None, index: Any, until_rule: str | None) -> None:
+    """An ``until_layer_idx`` needs an ``until_layer_rule`` (a rule without an index applies to no
+    layer, as in iNNvestigate) and an LRP analyzer that has them."""
+    if index is None:
+        return
+    where = f"method {name!r}: until_layer_idx"
+    if until_rule is None:
+        raise ValueError(f"{where}= needs until_layer_rule= too (e.g. until_layer_rule='flat')")
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+        raise ValueError(f"{where} must be an int >= 0 (a conv/dense layer's number), got {index!r}")
+    if rule == "deep_taylor":
+        raise ValueError(f"{where}: Deep Taylor has none (iNNvestigate's DeepTaylor is not an LRP analyzer)")

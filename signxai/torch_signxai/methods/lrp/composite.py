@@ -69,8 +69,9 @@ class LRPComposite(Composite):
 
     def __init__(self, plan: Plan, batchnorm: str, reuse_outputs: bool = True, modular: Modular | None = None) -> None:
         self.plan, self.trace, self.modular = plan, Trace(), modular
-        #: graph mode: kernel module -> (is an input layer, is a last layer); activation -> fused
-        self.positions: dict[nn.Module, tuple[bool, bool]] = {}
+        #: graph mode: kernel module -> (is an input layer, gets the until rule, is a last layer);
+        #: activation -> fused
+        self.positions: dict[nn.Module, tuple[bool, bool, bool]] = {}
         self.fused: dict[nn.Module, bool] = {}
         kernel_hook = RuleHook(kernel_view, self._kernel_rule, self.trace, self._kernel_rules, native=reuse_outputs)
         norm_hook = _fixed_rule_hook(lambda m, x: batchnorm_view(m, batchnorm), plan.batchnorm, self.trace, False)
@@ -135,17 +136,21 @@ class LRPComposite(Composite):
         module run at nodes of different positions has no single rule."""
         graph = modular.graph
         plan = self.plan
+        numbers = {n.name: k for k, n in enumerate(n for n in graph.nodes if n.kind.name in KERNEL_KINDS)}
         for module, nodes in modular.nodes.items():
             kind = kind_of_module(module)
             if kind.name in KERNEL_KINDS:
                 positions = {
                     (
                         n.name in graph.input_layers and plan.input is not None,
+                        self._until(numbers[n.name]),
                         n.name in graph.last_layers and plan.last is not None,
                     )
                     for n in nodes
                 }
-                self.positions[module] = _single(positions, nodes, "as an input or last layer and elsewhere")
+                self.positions[module] = _single(
+                    positions, nodes, "as an input, until_layer_idx or last layer and elsewhere"
+                )
             elif kind.name == "activation" and plan.deep_taylor:
                 fused = {n.fused_into is not None for n in nodes}
                 self.fused[module] = _single(fused, nodes, "fused into a conv/dense layer and elsewhere")
@@ -160,20 +165,28 @@ class LRPComposite(Composite):
             position -= 1
         return position >= 0 and kind_of_module(leaves[position]).name in KERNEL_KINDS
 
+    def _until(self, number: int) -> bool:
+        """Whether the conv/dense layer numbered ``number`` (execution order) gets the until rule."""
+        index = self.plan.until_index
+        return self.plan.until is not None and index is not None and number <= index
+
     def _kernel_rules(self, module: nn.Module) -> tuple:
         """Every rule :meth:`_kernel_rule` may choose for ``module``."""
         plan = self.plan
-        return plan.input, plan.last, plan.dense if isinstance(module, nn.Linear) else plan.conv
+        return plan.input, plan.until, plan.last, plan.dense if isinstance(module, nn.Linear) else plan.conv
 
     def _kernel_rule(self, module: nn.Module) -> Rule:
         plan = self.plan
         if self.modular is not None:
-            is_input, is_last = self.positions[module]
+            is_input, is_until, is_last = self.positions[module]
         else:
             kernels = self.trace.kernels
             is_input, is_last = module is kernels[0], module is kernels[-1]
+            is_until = self._until(kernels.index(module))
         if plan.input is not None and is_input:
             return plan.input
+        if plan.until is not None and is_until:
+            return plan.until
         if plan.last is not None and is_last:
             return plan.last
         return plan.dense if isinstance(module, nn.Linear) else plan.conv

@@ -28,6 +28,11 @@ class Plan:
         Rule of the input layer (the first conv/dense layer executed), or None for the hidden rule.
     last : Rule or None
         Rule of the last conv/dense layer executed, or None for the hidden rule.
+    until : Rule or None
+        Rule of the conv/dense layers numbered 0 to ``until_index`` in execution order (the input
+        rule still wins at an input layer), or None.
+    until_index : int or None
+        The number of the last conv/dense layer that gets ``until``.
     average_pool : Rule or None
         Rule of average pooling (and of a spatial mean: global average pooling), or None for
         its plain gradient.
@@ -48,6 +53,8 @@ class Plan:
     batchnorm: Rule | None
     input: Rule | None = None
     last: Rule | None = None
+    until: Rule | None = None
+    until_index: int | None = None
     average_pool: Rule | None = field(default_factory=ZRule)
     add: Rule | None = field(default_factory=ZRule)
     gate: bool = True
@@ -63,10 +70,21 @@ def _input_rule(spec: MethodSpec) -> Rule | None:
     return None if spec.input_rule is None else build(INPUT_RULES[spec.input_rule], spec.params)
 
 
+def _named_rule(name: str | None) -> Rule | None:
+    """The rule a hidden-rule name such as ``'epsilon_0_1'`` stands for (None for None)."""
+    return None if name is None else _hidden_rule(parse(f"lrp_{name}"))
+
+
 def plan_for(spec: MethodSpec) -> Plan:
     """The layer rules of an LRP method spec, following the iNNvestigate analyzer it names."""
-    last = spec.params.get("last_rule")
-    common: dict[str, Any] = {"input": _input_rule(spec), "last": _hidden_rule(parse(f"lrp_{last}")) if last else None}
+    params = spec.params
+    index = params.get("until_layer_idx")
+    common: dict[str, Any] = {
+        "input": _input_rule(spec),
+        "last": _named_rule(params.get("last_rule")),
+        "until": None if index is None else _named_rule(params["until_layer_rule"]),
+        "until_index": index,
+    }
     if spec.rule in ("sequential_composite_a", "sequential_composite_b"):
         conv = AlphaBetaRule(1.0, 0.0) if spec.rule.endswith("a") else AlphaBetaRule(2.0, 1.0)
         return Plan(dense=EpsilonRule(spec.params["epsilon"]), conv=conv, batchnorm=AlphaBetaX2m100Rule(), **common)
