@@ -42,10 +42,11 @@ METHODS = ["gradient", "lrp_epsilon_0_1", "lrp_z", "guided_backprop"]
 
 @pytest.fixture(autouse=True)
 def _fresh_graph():
-    """Start every test on an empty TF graph with a seed (TF's op determinism refuses Dropout
-    layers without one)."""
+    """Start every test on an empty TF graph with seeds: TF's op determinism refuses Dropout
+    layers without one, and Keras draws an unseeded initializer's seed from Python's ``random``,
+    so without it a model's weights depend on the tests that ran before."""
     tf.keras.backend.clear_session()
-    tf.random.set_seed(0)
+    tf.keras.utils.set_random_seed(0)
 
 
 def _randomize_batchnorm(model: tf.keras.Model, seed: int = 0) -> tf.keras.Model:
@@ -378,7 +379,8 @@ PADDING_METHODS = [
 def test_parity_where_same_padding_is_asymmetric():
     """On 8x8 inputs the stride-2 stem's 'same' pads (0, 1): iNNvestigate sees the Keras layer
     as the input layer and its rules the unpadded input, and so does the library on the torch
-    module's Conv2dSame."""
+    module's Conv2dSame. Drawn with seed 1: on seed 0's draw a branch is dead (see below)."""
+    tf.keras.utils.set_random_seed(1)
     model = _small_graph(size=8, relu_only=True)
     x = np.random.default_rng(4).standard_normal((2, 8, 8, 3)).astype(np.float32)
     outcome, torch_model = compare_keras(model, x, PADDING_METHODS)
@@ -387,6 +389,22 @@ def test_parity_where_same_padding_is_asymmetric():
     rows = outcome.rows
     assert {row.method for row in rows} == set(PADDING_METHODS)
     assert all(row.passed for row in rows), [(r.method, r.rel_error_f64, r.note) for r in rows]
+
+
+def test_a_dead_branch_makes_std_x_nan_in_both_frameworks_alike():
+    """On seed 0's draw of the small graph the ReLU after its BatchNorm is zero everywhere for
+    both inputs, so the grouped conv after it sees an all-zero input: std_x's epsilon there is 0,
+    its pre-activation 0, and the epsilon rule's plain division 0/0 (iNNvestigate's too) makes
+    the whole map NaN. The library returns what iNNvestigate computes, NaN where it has NaN; the
+    gate fails the row, since a NaN map verifies nothing."""
+    model = _small_graph(size=8, relu_only=True)
+    x = np.random.default_rng(4).standard_normal((2, 8, 8, 3)).astype(np.float32)
+    outcome, _ = compare_keras(model, x, ["lrp_epsilon_0_1_std_x", "lrp_epsilon_0_1"])
+    rows = {row.method: row for row in outcome.rows}
+    assert rows["lrp_epsilon_0_1"].passed and not rows["lrp_epsilon_0_1_std_x"].passed
+    for run in outcome.by_job.values():
+        ours, reference = run.ours["lrp_epsilon_0_1_std_x"], run.references["lrp_epsilon_0_1_std_x"]
+        assert np.isnan(reference).all() and np.array_equal(np.isnan(ours), np.isnan(reference))
 
 
 def test_asymmetric_same_pooling_converts_and_passes_parity():
