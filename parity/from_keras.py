@@ -37,9 +37,13 @@ Dropout, SpatialDropout, GaussianNoise   nothing (inference)
 a final softmax                          removed (both in the torch module and in the twin)
 =======================================  =======================================================
 
+A model nested in another (a pretrained base inside a ``Sequential``, as in transfer learning) is
+flattened: its layers join the outer graph on the tensor it is called on, in the torch module
+and in the reference rebuild alike (iNNvestigate 2.1.2 refuses the nested original: its convnet
+check fires on the nested model as a layer). Layer names must then be unique across the nesting.
+
 Not converted (an :class:`~parity.twin.UnsupportedLayerError` names the layer and its class):
-SeparableConv, Lambda and TF-operator layers, Reshape/Permute, shared layers, nested models,
-and any other layer.
+SeparableConv, Lambda and TF-operator layers, Reshape/Permute, shared layers, and any other layer.
 
 Keras 2.14 facts the conversion relies on
 -----------------------------------------
@@ -70,7 +74,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from functools import partial, reduce
 from pathlib import Path
@@ -241,13 +245,14 @@ class FromKeras(nn.Module):
 # Reading the Keras graph
 
 
-def _inbound(layer: tf.keras.layers.Layer) -> list[str]:
-    """Names of the layers whose outputs ``layer`` takes, checked to be one call."""
-    nodes = layer.inbound_nodes
+def _inbound(layer: tf.keras.layers.Layer, model: tf.keras.Model) -> list[str]:
+    """Names of the layers whose outputs ``layer`` takes in ``model``, checked to be one call (a
+    nested model's layers have their node inside it; a model used elsewhere too, one per use)."""
+    nodes = [node for k, node in enumerate(layer.inbound_nodes) if f"{layer.name}_ib-{k}" in model._network_nodes]
     if len(nodes) != 1:
         raise UnsupportedLayerError(
-            f"{type(layer).__name__} '{layer.name}' is called {len(nodes)} times; the converter "
-            "needs every layer called once (no shared layers)"
+            f"{type(layer).__name__} '{layer.name}' is called {len(nodes)} times in '{model.name}'; the "
+            "converter needs every layer called once (no shared layers)"
         )
     inbound = nodes[0].inbound_layers
     return [layer.name for layer in (inbound if isinstance(inbound, list) else [inbound])]
@@ -265,28 +270,46 @@ def _check_model(model: tf.keras.Model) -> None:
             f"Keras model '{model.name}' has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
             "the converter needs exactly one of each"
         )
-    for layer in model.layers:
-        if isinstance(layer, tf.keras.Model):
-            raise UnsupportedLayerError(
-                f"{type(layer).__name__} '{layer.name}' is a model nested in '{model.name}'; call its "
-                "layers directly in the outer model"
-            )
-        if layer.name == _INPUT and not isinstance(layer, layers.InputLayer):
-            raise UnsupportedLayerError(
-                f"{type(layer).__name__} '{layer.name}': the name '{_INPUT}' is reserved for the input"
-            )
 
 
 def _graph_layers(model: tf.keras.Model) -> Iterator[tuple[tf.keras.layers.Layer, list[str]]]:
-    """Every layer but the input with the names of its inputs (the input layer named
-    ``'input'``), in an order where inputs come first."""
+    """Every layer but the inputs with the names of its inputs (the input layer named
+    ``'input'``), in an order where inputs come first. A nested model is flattened: its layers
+    (on the outer tensor it is called on), then the model itself with one input, its output
+    layer, for which it stands. Layer names must be unique across the nesting."""
     _check_model(model)
-    input_name = model.input_names[0]
-    rename = {input_name: _INPUT}
+    seen: set[str] = set()
+    for layer, inputs in _walk(model, {model.input_names[0]: _INPUT}):
+        if layer.name in seen or layer.name == _INPUT:
+            raise UnsupportedLayerError(
+                f"{type(layer).__name__} '{layer.name}': "
+                + (
+                    f"the name '{_INPUT}' is reserved for the input"
+                    if layer.name == _INPUT
+                    else "another layer of this name is in the model or a model nested in it; rename one"
+                )
+            )
+        seen.add(layer.name)
+        yield layer, inputs
+
+
+def _walk(
+    model: tf.keras.Model, rename: dict[str, str]
+) -> Generator[tuple[tf.keras.layers.Layer, list[str]], None, str]:
+    """:func:`_graph_layers` of one (possibly nested) model whose inputs ``rename`` names;
+    returns the name of the layer whose output is the model's."""
     for layer in model.layers:
         if isinstance(layer, layers.InputLayer):
             continue
-        yield layer, [rename.get(name, name) for name in _inbound(layer)]
+        inputs = [rename.get(name, name) for name in _inbound(layer, model)]
+        if isinstance(layer, tf.keras.Model):
+            _check_model(layer)
+            output = yield from _walk(layer, {layer.input_names[0]: inputs[0]})
+            yield layer, [output]
+            continue
+        yield layer, inputs
+    name = model.output_names[0]
+    return rename.get(name, name)
 
 
 def _weights_of(model: tf.keras.Model) -> dict[str, dict[str, np.ndarray]]:
@@ -297,13 +320,17 @@ def _weights_of(model: tf.keras.Model) -> dict[str, dict[str, np.ndarray]]:
     by_id = {id(weight): value for weight, value in zip(model.weights, values, strict=True)}
     return {
         layer.name: {weight.name.split("/")[-1].split(":")[0]: by_id[id(weight)] for weight in layer.weights}
-        for layer in model.layers
+        for layer, _ in _graph_layers(model)
+        if not isinstance(layer, tf.keras.Model)
     }
 
 
 def _output_layer(model: tf.keras.Model) -> tf.keras.layers.Layer:
-    """The layer that computes the model's output."""
-    return model.get_layer(model.output_names[0])
+    """The layer that computes the model's output (inside a nested model where one ends it)."""
+    layer = model.get_layer(model.output_names[0])
+    while isinstance(layer, tf.keras.Model):
+        layer = layer.get_layer(layer.output_names[0])
+    return layer
 
 
 def _activation_name(layer: tf.keras.layers.Layer) -> str:
@@ -379,6 +406,7 @@ class _Converter:
         self.dropped: list[str] = []
         self._names: set[str] = {_INPUT}
         self._handlers: list[tuple[tuple[type, ...], Callable]] = [
+            ((tf.keras.Model,), self._nested),
             ((layers.InputLayer,), self._identity),
             (_IDENTITIES, self._identity),
             ((layers.DepthwiseConv1D, layers.DepthwiseConv2D), self._depthwise),
@@ -536,6 +564,10 @@ class _Converter:
 
     def _identity(self) -> _Value:
         self.dropped.append(self.layer.name)
+        return self.inputs[0]
+
+    def _nested(self) -> _Value:
+        """A nested model, after its layers: its output layer's value."""
         return self.inputs[0]
 
     def _conv(self) -> _Value:
@@ -911,9 +943,10 @@ def _specs(model: tf.keras.Model, dtype: str) -> tuple[list[_LayerSpec], str, li
     rename: dict[str, str] = {}  # an inference identity's output is its input
     for layer, inputs in _graph_layers(model):
         inputs = [rename.get(name, name) for name in inputs]
-        if isinstance(layer, _IDENTITIES):
+        if isinstance(layer, (*_IDENTITIES, tf.keras.Model)):  # a nested model: its layers are in specs
             rename[layer.name] = inputs[0]
-            removed.append(layer.name)
+            if not isinstance(layer, tf.keras.Model):
+                removed.append(layer.name)
             continue
         config = {key: value for key, value in layer.get_config().items() if key != "dtype"}
         config["name"] = _reference_name(layer.name)

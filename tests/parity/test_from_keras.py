@@ -228,14 +228,75 @@ def test_unsupported_layers_raise_one_error_naming_layer_and_class(build, expect
         from_keras(model)
 
 
-def test_shared_layers_and_nested_models_are_rejected():
+def test_shared_layers_are_rejected():
     inputs = tf.keras.Input((4,))
     dense = layers.Dense(4, name="shared")
     with pytest.raises(UnsupportedLayerError, match="Dense 'shared' is called 2 times"):
         from_keras(tf.keras.Model(inputs, dense(dense(inputs))))
-    inner = tf.keras.Sequential([tf.keras.Input((4,)), layers.Dense(2)], name="inner")
-    with pytest.raises(UnsupportedLayerError, match="'inner' is a model nested"):
-        from_keras(tf.keras.Model(inputs, inner(inputs)))
+
+
+def _base(name: str = "base") -> tf.keras.Model:
+    """A functional feature extractor (conv with ReLU, BN, a stride-2 'same' conv), as a
+    pretrained base is nested in a transfer-learning model."""
+    inputs = tf.keras.Input((8, 8, 3))
+    x = layers.Conv2D(4, 3, padding="same", activation="relu", name=f"{name}_c1")(inputs)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.Conv2D(5, 3, strides=2, padding="same", name=f"{name}_c2")(x)
+    return _randomize_batchnorm(tf.keras.Model(inputs, x, name=name))
+
+
+def test_nested_models_are_flattened():
+    """A base model inside a Sequential (the transfer-learning pattern), and a Sequential head
+    nested in a functional model whose output it is; a base used by another model too."""
+    base = _base()
+    elsewhere = tf.keras.Input((8, 8, 3))
+    tf.keras.Model(elsewhere, base(elsewhere))  # base called in another model first
+    assert len(base.inbound_nodes) == 1
+    classifier = tf.keras.Sequential(
+        [tf.keras.Input((8, 8, 3)), base, layers.GlobalAveragePooling2D(), layers.Dense(3, name="head")]
+    )
+    torch_model = _check_both_dtypes(classifier)
+    assert [name for name in torch_model.layers if "act" not in name] == [
+        "base_c1",
+        "base_bn",
+        "base_c2",
+        "global_average_pooling2d",
+        "global_average_pooling2d_flatten",
+        "head",
+    ]
+    inputs = tf.keras.Input((8, 8, 3))
+    features = _base("trunk")(inputs)
+    head = tf.keras.Sequential(
+        [tf.keras.Input((4, 4, 5)), layers.Flatten(), layers.Dense(3, activation="softmax", name="probs")],
+        name="top",
+    )
+    wrapped = tf.keras.Model(inputs, head(features))
+    torch_model = _check_both_dtypes(wrapped)
+    assert torch_model.layer_names["layers.probs"] == "probs"
+
+
+def test_nested_models_pass_parity():
+    """iNNvestigate 2.1.2 refuses the nested original itself (its convnet check fires on the
+    nested Functional layer); it analyses the rebuilt, flattened layers, where the inner conv is
+    the input layer and a layer named inside the base is Grad-CAM's layer."""
+    model = tf.keras.Sequential(
+        [tf.keras.Input((8, 8, 3)), _base(), layers.GlobalAveragePooling2D(), layers.Dense(3, name="head")]
+    )
+    x = np.random.default_rng(7).standard_normal((2, 8, 8, 3)).astype(np.float32)
+    methods = ["gradient", "lrp_epsilon_0_1", "lrpsign_z", "lrp.sequential_preset_b_flat_until_idx", "grad_cam"]
+    outcome, _ = compare_keras(model, x, methods)
+    rows = outcome.rows
+    assert outcome.runs[0].input_layer_hidden is None
+    assert {row.method for row in rows} == set(methods)
+    assert all(row.passed for row in rows), [(r.method, r.rel_error_f64, r.note) for r in rows]
+
+
+def test_a_name_taken_inside_and_outside_a_nested_model_is_refused():
+    inputs = tf.keras.Input((8, 8, 3))
+    x = _base()(inputs)
+    model = tf.keras.Model(inputs, layers.Dense(3, name="base_c1")(layers.Flatten()(x)))
+    with pytest.raises(UnsupportedLayerError, match="Dense 'base_c1': another layer of this name"):
+        from_keras(model)
 
 
 def test_unbuilt_models_and_unfixed_shapes_are_rejected():
@@ -481,6 +542,24 @@ def _application(name: str) -> tf.keras.Model:
     size, options, _ = APPLICATIONS[name]
     model = getattr(tf.keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=10, **options)
     return _randomize_batchnorm(model)
+
+
+@pytest.mark.slow
+def test_an_application_nested_as_a_base_passes_parity():
+    """Transfer learning's model: MobileNetV2 without its top as a base inside a Sequential with
+    a new head (about 100 s)."""
+    base = _randomize_batchnorm(
+        tf.keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
+    )
+    model = tf.keras.Sequential(
+        [tf.keras.Input((32, 32, 3)), base, layers.GlobalAveragePooling2D(), layers.Dense(10, name="head")]
+    )
+    torch_model = _check_both_dtypes(model)
+    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    methods = ["gradient", "lrp_epsilon_0_1", "lrp_z", "lrpsign_epsilon_0_1"]
+    rows = compare_keras(model, x, methods, torch_model=torch_model)[0].rows
+    assert {row.method for row in rows} == set(methods)
+    assert all(row.passed for row in rows), [(r.method, r.rel_error_f64, r.note) for r in rows]
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=marks) for name, (_, _, marks) in APPLICATIONS.items()])
