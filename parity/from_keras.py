@@ -957,16 +957,19 @@ def _specs(model: tf.keras.Model, dtype: str) -> tuple[list[_LayerSpec], str, li
             initial[key] = value.astype(dtype)
         call_kwargs = {"training": False} if isinstance(layer, layers.BatchNormalization) else {}
         specs[layer.name] = _LayerSpec(type(layer), config, tuple(map(_ref_input, inputs)), initial, call_kwargs)
+    name = rename.get(output.name, output.name)  # a final Dropout: the layer before it
+    if name == _INPUT:
+        raise UnsupportedLayerError(f"Keras model '{model.name}' has no layer with a PyTorch counterpart")
     if _is_softmax(output):
         removed.append(output.name)
-        if "activation" in specs[output.name].config:  # fused: the layer without its softmax
-            specs[output.name].config["activation"] = "linear"
+        if "activation" in specs[name].config:  # fused: the layer without its softmax
+            specs[name].config["activation"] = "linear"
         else:
-            (source,) = specs.pop(output.name).inputs
+            (source,) = specs.pop(name).inputs
             if source == _INPUT:
                 raise UnsupportedLayerError(f"Keras model '{model.name}' is a softmax of its input")
             return list(specs.values()), source, removed
-    return list(specs.values()), specs[output.name].config["name"], removed
+    return list(specs.values()), specs[name].config["name"], removed
 
 
 def keras_twin(model: tf.keras.Model, dtype: str = "float32", torch_model: FromKeras | None = None) -> Twin:

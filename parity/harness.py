@@ -209,7 +209,10 @@ def run_model(
             return cache.get_or_compute(cache.key(digest, [what, twin_options], x, targets), compute)
 
         if identities and not twin.input_layer_hidden:
-            run.identities = cached("identities", lambda: check_identities(twin.fresh, x, targets))
+            try:
+                run.identities = cached("identities", lambda: check_identities(twin.fresh, x, targets))
+            except ReferenceUnavailable:  # the guard does not apply to this model; each row still compares
+                run.identities = {}
         bases: dict = {}  # maps without post-multipliers, shared by e.g. lrp_z, lrp_z_x_input
         for case in chosen:
             if ours:

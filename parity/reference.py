@@ -271,6 +271,20 @@ def _input_layer_found(model: keras.Model) -> bool:
     return any(ichecks.contains_kernel(layer) and ichecks.is_input_layer(layer) for layer in model.layers)
 
 
+def _input_enters_kernels_only(model: keras.Model) -> bool:
+    """Whether every path from the input enters a conv/dense layer first (through Flatten,
+    Reshape and Permute only)."""
+    pending = [layer for layer in model.layers if isinstance(layer, klayers.InputLayer)]
+    while pending:
+        source = pending.pop()
+        for user in (layer for layer in model.layers if source in _inbound_layers(layer)):
+            if isinstance(user, (klayers.Flatten, klayers.Reshape, klayers.Permute)):
+                pending.append(user)
+            elif not ichecks.contains_kernel(user):
+                return False
+    return True
+
+
 def _analyze(analyzer: Any, x_cl: np.ndarray, targets: np.ndarray, what: str) -> np.ndarray:
     try:
         return np.asarray(analyzer.analyze(x_cl, neuron_selection=targets))
@@ -846,6 +860,13 @@ def check_identities(
     dict
         max |a - b| / max(max |a|, max |b|) for ``'lrp_z_vs_gradient_x_input'``,
         ``'lrpsign_z_vs_gradient_x_sign'`` and ``'lrp_z_vs_lrpsign_z_x_abs'``.
+
+    Raises
+    ------
+    ReferenceUnavailable
+        Where the identities do not apply: iNNvestigate finds no input layer, or the input also
+        reaches a layer without a kernel (a skip connection from the input), whose relevance
+        reaches the input without the input rule.
     """
     x, targets = _inputs(x, targets)
     x_cl = to_channels_last(x)
@@ -856,6 +877,12 @@ def check_identities(
             raise ReferenceUnavailable(
                 "check_identities: iNNvestigate finds no conv/dense layer at the model input, "
                 "so it would drop the SIGN input rule (METHODS traps 10 and 12)"
+            )
+        if not _input_enters_kernels_only(model):
+            raise ReferenceUnavailable(
+                "check_identities: the input also reaches a layer other than a conv/dense layer "
+                "(e.g. an Add of a skip connection), where relevance passes without the input rule, "
+                "so the identities do not hold"
             )
     analyzers = {
         "lrp_z": _build(

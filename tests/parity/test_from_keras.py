@@ -523,6 +523,64 @@ def test_reference_twin_rebuilds_the_original_layers():
 
 
 # ----------------------------------------------------------------------------
+# iNNvestigate's own test networks (its repository's tests/networks, 2.1.2), rebuilt here from
+# their architectures: trivia's dot and skip_connection, mnist's log_reg (Flatten and Dropout,
+# no Dense), mlp_2dense and cnn_2conv_2dense, whose Flatten takes the model input, so its convs
+# are not part of the model; "connected" is the network its name describes. (The imagenet family
+# is keras.applications at 224x224, below at small sizes; its cifar10 module calls builders its
+# base module does not have.)
+
+
+def _dot() -> tf.keras.Model:
+    inputs = tf.keras.Input((2,))
+    return tf.keras.Model(inputs, layers.Dense(1)(inputs), name="dot")
+
+
+def _skip_connection() -> tf.keras.Model:
+    inputs = tf.keras.Input((1,))
+    return tf.keras.Model(inputs, layers.Add()([inputs, layers.Dense(1, use_bias=False)(inputs)]), name="skip")
+
+
+def _mnist(kind: str) -> tf.keras.Model:
+    inputs = tf.keras.Input((28, 28, 1))
+    if kind == "log_reg":
+        return tf.keras.Model(inputs, layers.Dropout(0.25)(layers.Flatten()(inputs), training=False), name=kind)
+    x = inputs
+    if kind != "mlp_2dense":
+        for _ in range(2):
+            x = layers.Conv2D(32, 5, padding="same", activation="relu")(x)
+            x = layers.MaxPooling2D(2, 2, padding="same")(x)
+    x = layers.Flatten()(x if kind == "cnn_connected" else inputs)
+    x = layers.Dropout(0.25)(layers.Dense(512, activation="relu")(x), training=False)
+    return tf.keras.Model(inputs, layers.Dense(10)(x), name=kind)
+
+
+INNVESTIGATE_NETWORKS = {
+    "dot": _dot,
+    "skip_connection": _skip_connection,
+    "log_reg": lambda: _mnist("log_reg"),
+    "mlp_2dense": lambda: _mnist("mlp_2dense"),
+    "cnn_2conv_2dense": lambda: _mnist("cnn_2conv_2dense"),
+    "cnn_2conv_2dense_connected": lambda: _mnist("cnn_connected"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INNVESTIGATE_NETWORKS))
+def test_innvestigates_test_networks_convert_and_pass(name):
+    """Every row passes but lrpsign_z on log_reg, which has no conv/dense layer for an input rule;
+    skip_connection's input also reaches the Add, so the reference-side identities do not apply."""
+    model = INNVESTIGATE_NETWORKS[name]()
+    torch_model = _check_both_dtypes(model)
+    x = np.random.default_rng(8).standard_normal((2, *model.input_shape[1:])).astype(np.float32)
+    methods = METHODS + ["lrpsign_z", "lrp_alpha_1_beta_0"]
+    rows = {row.method: row for row in compare_keras(model, x, methods, torch_model=torch_model)[0].rows}
+    assert set(rows) == set(methods)
+    if name == "log_reg":
+        assert "no conv/dense layer at the model input" in rows.pop("lrpsign_z").note
+    assert all(row.passed for row in rows.values()), [(r.method, r.rel_error_f64, r.note) for r in rows.values()]
+
+
+# ----------------------------------------------------------------------------
 # keras.applications (random weights, nothing downloaded)
 
 #: architecture -> (input size, constructor options, pytest marks of the forward test); the sizes

@@ -964,6 +964,20 @@ def test_input_rule_refused_when_innvestigate_would_drop_it(floatx):
             check_identities(factory, x, np.array([0, 1]))
 
 
+def test_identities_are_not_checked_where_the_input_skips_the_input_layer():
+    """With the input also added to a later layer's output, relevance reaches it through the Add
+    without the input rule, so lrpsign_z == gradient x sign(x) fails by construction."""
+
+    def skip():
+        inp = keras.Input((3,))
+        hidden = keras.layers.Dense(3, activation="relu")(inp)
+        return keras.Model(inp, keras.layers.Dense(2)(keras.layers.Add()([inp, hidden])))
+
+    x = np.random.default_rng(3).normal(size=(2, 3))
+    with pytest.raises(ReferenceUnavailable, match="also reaches a layer other than a conv/dense"):
+        check_identities(skip, x, np.array([0, 1]))
+
+
 def test_identities_hold_without_batchnorm(floatx):
     net = mlp(floatx)
     gaps = check_identities(net.factory(), cast(mlp_input(), floatx), TARGETS_MLP)
