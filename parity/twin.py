@@ -29,8 +29,8 @@ Conv1d/Conv2d, other ``groups``             Conv1D/Conv2D(``groups=g``)
 Conv1dSame/Conv2dSame (signxai's layers)   the same, ``padding='same'``
 ConvTranspose1d/2d (``groups=1``)           Conv1DTranspose/Conv2DTranspose, Cropping
 Linear                                      Dense
-BatchNorm1d/2d                              BatchNormalization (``fused=False``,
-                                            ``training=False``, PyTorch's eps)
+BatchNorm1d/2d                              BatchNormalization (``training=False``,
+                                            PyTorch's eps; ``fused=False`` below 1.001e-5)
 ReLU, ``F.relu``, ``torch.relu``            ``Activation('relu')`` (fused into a
                                             directly preceding conv/dense layer)
 ReLU6, ``F.relu6``, Hardtanh(0, 6)          ``ReLU(6.)``
@@ -66,8 +66,13 @@ Keras 2 and TensorFlow 2.14 facts the twin relies on
   ``permute``/``transpose`` needs no Keras layer: the twin tracks which torch
   axis each Keras axis holds and adds a ``Permute`` only where a layer needs
   channels-last input or a ``Reshape`` needs PyTorch's order.
-* ``BatchNormalization`` is built with ``fused=False`` (the fused kernel raises
-  epsilon to at least 1.001e-5) and called with ``training=False``.
+* ``BatchNormalization`` is called with ``training=False`` and built with Keras'
+  default ``fused=None`` (the fused kernel for 4-d float32 inputs, as in a Keras
+  user's own model, so that Keras -> PyTorch -> Keras is bitwise), except where
+  PyTorch's eps is below 1.001e-5, the smallest cuDNN's fused kernel takes (older
+  Keras raised a smaller one to it): there ``fused=False``, which computes with
+  PyTorch's eps on any device. On the CPU, Keras 2.14's fused and unfused kernels
+  agree to rounding for eps from 1e-7 to 1e-3.
 * Keras cannot build a convolution with both strides > 1 and
   dilation_rate > 1.
 * In graph mode a grouped ``Conv2D`` can be differentiated only when its
@@ -115,6 +120,9 @@ __all__ = [
     "to_channels_last",
     "to_keras",
 ]
+
+#: the smallest BatchNorm epsilon cuDNN's fused kernel takes (see the module docstring)
+_FUSED_MIN_EPSILON = 1.001e-5
 
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _SHAPE_BATCH = 2
@@ -1158,7 +1166,8 @@ class _Converter:
         self._emit(step, tf.keras.layers.Dense, config, [value], initial=initial)
 
     def _batchnorm(self, step: _Step) -> None:
-        """BatchNorm1d/2d as Keras BatchNormalization (fused=False, training=False)."""
+        """BatchNorm1d/2d as Keras BatchNormalization (training=False; Keras' default kernel
+        unless it would change the epsilon)."""
         bn, value = step.module, step.inputs[0]
         if bn.running_mean is None:
             raise self._unsupported(step, "has no running statistics (track_running_stats=False)")
@@ -1178,7 +1187,7 @@ class _Converter:
             "epsilon": float(bn.eps),
             "center": bn.affine,
             "scale": bn.affine,
-            "fused": False,
+            "fused": None if bn.eps >= _FUSED_MIN_EPSILON else False,
         }
         self._emit(
             step,

@@ -317,7 +317,8 @@ def test_batchnorm2d_carries_epsilon_and_running_stats(eps):
     twin = to_keras(model, (2, 6, 5))
     bn = _layer(twin, "1")
     assert isinstance(bn, layers.BatchNormalization)
-    assert bn.epsilon == eps and bn.fused is False
+    # Keras's default kernel (fused for this 4-d float32 input) unless eps is below cuDNN's 1.001e-5
+    assert bn.epsilon == eps and bn.fused is (eps >= 1.001e-5)
     gamma, beta, mean, var = bn.get_weights()
     assert np.array_equal(mean, model[1].running_mean.numpy())
     assert np.array_equal(var, model[1].running_var.numpy())
